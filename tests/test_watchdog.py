@@ -1,0 +1,388 @@
+"""Fault-injection tests for the watchdog and the heartbeat file, with small fake trainers instead of the real one.
+
+They must stay fast (tiny timeouts) and must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from vqrl.training.heartbeat import Heartbeat, heartbeat_path, read_heartbeat
+from vqrl.watchdog import backoff_delay, find_output_dir, resume_command, split_argv
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A fake trainer: beats a heartbeat each step, persists progress so a restart resumes, and misbehaves on demand.
+FAKE_TRAINER = textwrap.dedent(
+    """
+    import json, os, signal, subprocess, sys, time, argparse
+    import psutil
+    from vqrl.training.heartbeat import Heartbeat, heartbeat_path
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--step_time", type=float, default=0.02)
+    p.add_argument("--kill_at", default="")        # SIGKILL self at these steps, once each
+    p.add_argument("--stop_at", type=int, default=-1)  # SIGSTOP self at this step, once
+    p.add_argument("--fail_at", type=int, default=-1)  # exit 1 at this step, every time
+    p.add_argument("--grandchild", action="store_true")  # spawn a `sleep` in our group every attempt
+    p.add_argument("--forever", action="store_true")     # beat forever, record SIGTERM/SIGINT, ignore them
+    p.add_argument("--resume", default=None)
+    a = p.parse_args()
+
+    out = a.output_dir
+    state_path = os.path.join(out, "state.json")
+    state = json.load(open(state_path)) if os.path.exists(state_path) else {"step": 0, "done": []}
+    with open(os.path.join(out, "attempts.jsonl"), "a") as f:
+        f.write(json.dumps({"argv": sys.argv[1:], "resume_env": os.environ.get("VQRL_RESUME"),
+                            "attempt_env": os.environ.get("VQRL_WATCHDOG_ATTEMPT"), "start_step": state["step"],
+                            "old_grandchildren_alive": [
+                                g for g in state.get("grandchildren", [])
+                                if psutil.pid_exists(g) and psutil.Process(g).status() != psutil.STATUS_ZOMBIE],
+                            }) + "\\n")
+
+    def save():
+        tmp = state_path + ".tmp"
+        json.dump(state, open(tmp, "w"))
+        os.replace(tmp, state_path)
+
+    if a.grandchild:
+        g = subprocess.Popen(["sleep", "1000"])
+        state.setdefault("grandchildren", []).append(g.pid)
+        save()
+    if a.forever:
+        def on_stop(signum, frame):  # record the forwarded signal, then ignore it: the watchdog must SIGKILL
+            open(os.path.join(out, "got_" + signal.Signals(signum).name), "w").close()
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+
+    hb = Heartbeat(heartbeat_path(out), min_interval=0.0)
+    kill_at = {int(s) for s in a.kill_at.split(",") if s}
+    while a.forever or state["step"] < a.steps:
+        step = state["step"] + 1
+        hb.beat(step, "train")
+        time.sleep(a.step_time)
+        key = f"{step}"
+        if step in kill_at and key not in state["done"]:
+            state["done"].append(key); save()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == a.stop_at and "stop" not in state["done"]:
+            state["done"].append("stop"); save()
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if step == a.fail_at:
+            sys.exit(1)
+        state["step"] = step
+        save()
+    sys.exit(0)
+    """
+)
+
+FAST = ["--backoff", "0.05", "--max_backoff", "0.2", "--grace", "1", "--poll", "0.05",
+        "--hang_timeout", "2", "--startup_timeout", "10", "--window", "600"]
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    path = tmp_path / "fake_trainer.py"
+    path.write_text(FAKE_TRAINER)
+    return path
+
+
+def _watchdog_cmd(out: Path, options: list[str], command: list[str], entry=None) -> list[str]:
+    entry = entry or ["-m", "vqrl.watchdog"]
+    return [sys.executable, *entry, "--output_dir", str(out), *options, "--", *command]
+
+
+def run_watchdog(out, options, command, timeout=40, entry=None):
+    return subprocess.run(_watchdog_cmd(out, options, command, entry), capture_output=True, text=True,
+                          timeout=timeout, env=_env())
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("VQRL_HEARTBEAT", None)
+    env.pop("OUTPUT", None)
+    return env
+
+
+def events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "watchdog.jsonl").read_text().splitlines()]
+
+
+def attempts(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "attempts.jsonl").read_text().splitlines()]
+
+
+def kinds(evs, kind):
+    return [e for e in evs if e["event"] == kind]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ heartbeat
+
+
+def test_heartbeat_writes_json_and_rate_limits(tmp_path):
+    path = tmp_path / "hb" / "heartbeat.json"
+    hb = Heartbeat(path, min_interval=10.0)
+    assert read_heartbeat(path) is None
+    assert hb.beat(1, "train")
+    first = read_heartbeat(path)
+    assert {k: first[k] for k in ("step", "phase", "pid")} == {"step": 1, "phase": "train", "pid": os.getpid()}
+    assert isinstance(first["time"], float)
+    assert not hb.beat(1, "train")  # identical beat inside min_interval: skipped
+    assert read_heartbeat(path) == first
+    assert hb.beat(1, "save")  # phase change: always written
+    assert hb.beat(2, "save")  # step change: always written
+    assert read_heartbeat(path)["step"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["heartbeat.json"]  # no temp files left
+
+
+def test_read_heartbeat_never_raises_on_bad_files(tmp_path):
+    path = tmp_path / "heartbeat.json"
+    for content in ["", "{", "not json", "[1, 2]", '{"step": 1}', '{"step": "x", "time": 1.0}', "\x00\xff"]:
+        path.write_text(content)
+        assert read_heartbeat(path) is None, content
+    path.write_bytes(b"\xff\xfe\x00")
+    assert read_heartbeat(path) is None
+    assert read_heartbeat(tmp_path / "missing.json") is None
+    assert read_heartbeat(tmp_path) is None  # a directory
+
+
+def test_heartbeat_reader_never_sees_a_partial_file(tmp_path):
+    path = tmp_path / "heartbeat.json"
+    hb = Heartbeat(path, min_interval=0.0)
+    hb.beat(0, "train")
+    stop, bad = threading.Event(), []
+
+    def writer():
+        step = 0
+        while not stop.is_set():
+            step += 1
+            hb.beat(step, "train" * 50)  # a longer payload makes torn writes likelier if they could happen
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            if read_heartbeat(path) is None:
+                bad.append(1)
+    finally:
+        stop.set()
+        thread.join()
+    assert not bad
+
+
+def test_heartbeat_phase_keeps_beating_then_stops(tmp_path):
+    path = tmp_path / "heartbeat.json"
+    hb = Heartbeat(path)
+    with hb.phase("generate", 7, interval=0.05):
+        t0 = read_heartbeat(path)["time"]
+        time.sleep(0.3)
+        during = read_heartbeat(path)
+    assert during["phase"] == "generate" and during["step"] == 7 and during["time"] > t0
+    assert "phase_started" in during
+    after = read_heartbeat(path)
+    time.sleep(0.15)
+    assert read_heartbeat(path) == after  # the thread is gone with the block
+    with hb.phase("save", 8, interval=0.05, max_seconds=0.1):  # a stuck phase stops beating after max_seconds
+        time.sleep(0.3)
+        frozen = read_heartbeat(path)
+        time.sleep(0.15)
+        assert read_heartbeat(path) == frozen
+
+
+def test_heartbeat_survives_unwritable_location(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    hb = Heartbeat(blocker / "heartbeat.json")  # parent is a file: cannot write
+    with pytest.warns(RuntimeWarning):
+        assert hb.beat(1, "train") is False
+    assert hb.beat(2, "train") is False  # warns once, never raises
+
+
+def test_heartbeat_path_honours_watchdog_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
+    assert heartbeat_path(tmp_path) == str(tmp_path / "heartbeat.json")
+    monkeypatch.setenv("VQRL_HEARTBEAT", "/elsewhere/hb.json")
+    assert heartbeat_path(tmp_path) == "/elsewhere/hb.json"
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+
+
+def test_helpers():
+    assert split_argv(["--poll", "1", "--", "bash", "x.sh", "--", "y"]) == (["--poll", "1"], ["bash", "x.sh", "--", "y"])
+    assert find_output_dir(["python", "t.py", "--output_dir", "o1"], {}) == "o1"
+    assert find_output_dir(["python", "t.py", "--output_dir=o2"], {}) == "o2"
+    assert find_output_dir(["bash", "run.sh"], {"OUTPUT": "o3"}) == "o3"
+    assert find_output_dir(["bash", "run.sh"], {}) == os.getcwd()
+    assert resume_command(["bash", "run.sh"]) == ["bash", "run.sh", "--resume", "auto"]
+    assert resume_command(["t", "--resume", "ckpt-5"]) == ["t", "--resume", "ckpt-5"]
+    assert resume_command(["t", "--resume=auto"]) == ["t", "--resume=auto"]
+    assert resume_command(["bash", "run.sh"], add_arg=False) == ["bash", "run.sh"]
+    assert [backoff_delay(n, 30, 600) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]
+
+
+# ------------------------------------------------------------------------------------------------ fault injection
+
+
+def test_sigkill_crashes_restart_resume_and_finish(tmp_path, trainer):
+    out = tmp_path / "run"
+    out.mkdir()
+    res = run_watchdog(out, FAST, [sys.executable, str(trainer), "--output_dir", str(out), "--steps", "8",
+                                   "--kill_at", "2,4,6"])
+    assert res.returncode == 0, res.stderr
+    evs, atts = events(out), attempts(out)
+    assert len(kinds(evs, "start")) == 4 and len(atts) == 4
+    assert [e["exit_code"] for e in kinds(evs, "exit")] == [-9, -9, -9, 0]
+    assert [e["step"] for e in kinds(evs, "exit")] == [2, 4, 6, 8]
+    assert kinds(evs, "done") and evs[-1]["event"] == "done"
+    # every restart made progress, so the back-off stays at its initial value
+    assert [e["delay"] for e in kinds(evs, "backoff")] == [0.05, 0.05, 0.05]
+    assert atts[0]["resume_env"] is None and "--resume" not in atts[0]["argv"]
+    for a in atts[1:]:
+        assert a["resume_env"] == "auto" and a["argv"][-2:] == ["--resume", "auto"]
+    assert [a["attempt_env"] for a in atts] == ["1", "2", "3", "4"]
+    assert [a["start_step"] for a in atts] == [0, 1, 3, 5]
+    assert json.loads((out / "state.json").read_text())["step"] == 8
+    assert "[watchdog]" in res.stderr and "killed by SIGKILL" in res.stderr
+    for e in evs:
+        assert {"time", "event", "attempt", "pid", "step", "exit_code", "reason"} <= set(e)
+
+
+def test_no_process_of_the_old_group_survives_a_restart(tmp_path, trainer):
+    out = tmp_path / "run"
+    out.mkdir()
+    res = run_watchdog(out, FAST, [sys.executable, str(trainer), "--output_dir", str(out), "--steps", "4",
+                                   "--kill_at", "2", "--grandchild"])
+    assert res.returncode == 0, res.stderr
+    atts = attempts(out)
+    assert len(atts) == 2
+    assert atts[1]["old_grandchildren_alive"] == []  # checked by the new attempt as it started
+    grandchildren = json.loads((out / "state.json").read_text())["grandchildren"]
+    assert len(grandchildren) == 2
+    assert not any(alive(g) for g in grandchildren)  # the one left after success was cleaned up too
+    kills = kinds(events(out), "kill")
+    assert [k["reason"] for k in kills] == ["cleanup after exit", "cleanup after exit"]
+
+
+def test_sigstop_hang_is_detected_killed_and_resumed(tmp_path, trainer):
+    out = tmp_path / "run"
+    out.mkdir()
+    t0 = time.monotonic()
+    res = run_watchdog(out, [*FAST, "--hang_timeout", "1"],
+                       [sys.executable, str(trainer), "--output_dir", str(out), "--steps", "5", "--stop_at", "3"])
+    assert res.returncode == 0, res.stderr
+    evs = events(out)
+    hangs = kinds(evs, "hang")
+    assert len(hangs) == 1 and hangs[0]["step"] == 3 and 1.0 <= hangs[0]["age"] < 2.0
+    assert kinds(evs, "kill")[0]["signal"] == "SIGTERM"
+    assert kinds(evs, "exit")[0]["exit_code"] == -signal.SIGTERM  # SIGCONT let the frozen run act on SIGTERM
+    assert len(kinds(evs, "start")) == 2 and evs[-1]["event"] == "done"
+    assert attempts(out)[1]["start_step"] == 2
+    assert time.monotonic() - t0 < 15
+
+
+def test_no_first_heartbeat_within_startup_timeout(tmp_path):
+    out = tmp_path / "run"
+    res = run_watchdog(out, [*FAST, "--startup_timeout", "0.5", "--max_restarts", "0", "--grace", "0.3"],
+                       [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                              "time.sleep(100)"])
+    assert res.returncode == 1
+    evs = events(out)
+    assert "no heartbeat" in kinds(evs, "hang")[0]["reason"]
+    assert [k["signal"] for k in kinds(evs, "kill")] == ["SIGTERM", "SIGKILL"]  # SIGTERM ignored: SIGKILL after grace
+    assert kinds(evs, "exit")[0]["exit_code"] == -signal.SIGKILL
+    assert "--max_restarts 0" in kinds(evs, "give_up")[0]["reason"]
+
+
+def test_always_failing_command_gives_up_after_max_restarts(tmp_path):
+    out = tmp_path / "run"
+    res = run_watchdog(out, [*FAST, "--max_restarts", "3"], [sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert res.returncode == 1
+    evs = events(out)
+    assert len(kinds(evs, "start")) == 4
+    assert [e["exit_code"] for e in kinds(evs, "exit")] == [3, 3, 3, 3]
+    assert [e["delay"] for e in kinds(evs, "backoff")] == [0.05, 0.1, 0.2]  # doubling, capped at --max_backoff
+    give_up = evs[-1]
+    assert give_up["event"] == "give_up" and give_up["exit_code"] == 3 and "--max_restarts 3" in give_up["reason"]
+    assert "giving up" in res.stderr and "restarts within the last" in res.stderr
+
+
+def test_dying_at_the_same_step_gives_up(tmp_path, trainer):
+    out = tmp_path / "run"
+    out.mkdir()
+    res = run_watchdog(out, [*FAST, "--same_step_limit", "3"],
+                       [sys.executable, str(trainer), "--output_dir", str(out), "--steps", "9", "--fail_at", "3"])
+    assert res.returncode == 1
+    evs = events(out)
+    assert len(kinds(evs, "start")) == 3
+    assert [e["step"] for e in kinds(evs, "exit")] == [3, 3, 3]
+    assert "3 times in a row at step 3" in evs[-1]["reason"]
+    assert "same_step_limit" in res.stderr
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stop_signal_is_forwarded_and_ends_without_restart(tmp_path, trainer, sig, code):
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = _watchdog_cmd(out, [*FAST, "--grace", "0.5"],
+                        [sys.executable, str(trainer), "--output_dir", str(out), "--forever", "--grandchild"])
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 10
+        while (read_heartbeat(out / "heartbeat.json") or {}).get("step", 0) < 2:
+            assert time.monotonic() < deadline, "fake trainer never beat"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    evs = events(out)
+    assert len(kinds(evs, "start")) == 1 and not kinds(evs, "restart")
+    assert kinds(evs, "signal")[0]["signal"] == sig.name
+    assert [k["signal"] for k in kinds(evs, "kill")] == [sig.name, "SIGKILL"]  # the trainer ignores it: SIGKILL
+    assert (out / f"got_{sig.name}").exists()  # forwarded to the run
+    grandchildren = json.loads((out / "state.json").read_text())["grandchildren"]
+    assert not any(alive(g) for g in grandchildren)
+    assert f"received {sig.name}" in err
+
+
+def test_top_level_shim_and_exit_zero(tmp_path):
+    out = tmp_path / "run"
+    res = run_watchdog(out, FAST, [sys.executable, "-c", "print('hi')"], entry=[str(REPO / "watchdog.py")])
+    assert res.returncode == 0, res.stderr
+    assert [e["event"] for e in events(out)] == ["start", "exit", "done"]
+
+
+def test_command_that_cannot_start(tmp_path):
+    out = tmp_path / "run"
+    res = run_watchdog(out, FAST, [str(tmp_path / "no-such-program")])
+    assert res.returncode == 127
+    assert events(out)[-1]["reason"] == "cannot start"
+
+
+def test_missing_command_is_a_usage_error(tmp_path):
+    res = run_watchdog(tmp_path, FAST, [])
+    assert res.returncode == 2 and "after `--`" in res.stderr
