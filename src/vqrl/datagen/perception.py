@@ -330,8 +330,8 @@ def make_perception_data(
     unknown = [f for f in families if f not in DISTORTIONS]
     if unknown:
         raise ValueError(f"unknown distortion(s) {unknown}; choose from {', '.join(FAMILIES)}")
-    if per_image < 0 or not 0.0 <= region_prob <= 1.0:
-        raise ValueError("per_image must be >= 0 and region_prob within [0, 1]")
+    if per_image < 0 or seed < 0 or not 0.0 <= region_prob <= 1.0:
+        raise ValueError("per_image and seed must be >= 0 and region_prob within [0, 1]")
     lo, hi = box_frac
     if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(f"box_frac must satisfy 0 < low <= high <= 1, got {box_frac}")
