@@ -1,0 +1,55 @@
+"""vqrl's options, as one dataclass that extends TRL's GRPOConfig, so every TRL flag keeps its name and meaning.
+
+Only options TRL lacks are added here (data, prompts, vision budgets, rewards by name, trainer choice, Refine, resume);
+defaults reproduce the seed's recipe where it had one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+
+@dataclass
+class VQRLConfig(GRPOConfig):
+    # which trainer: a flag, never an edit of code
+    trainer: str = field(default="standard", metadata={"help": "standard | vllm | refine"})
+
+    # data
+    data_files: list[str] = field(default_factory=lambda: ["examples/RL_examples.json"],
+                                  metadata={"help": "JSON list or JSONL files of records (seed format)"})
+    data_weights: list[float] | None = field(default=None, metadata={"help": "per-file weight: 2 = twice, 0.5 = half"})
+    image_root: str | None = field(default=None, metadata={"help": "folder relative image paths start from"})
+    video_root: str | None = field(default=None, metadata={"help": "folder relative video paths start from"})
+    on_bad_sample: str = field(default="error", metadata={"help": "error: refuse to start | skip: drop and count"})
+
+    # prompts
+    think: bool = field(default=True, metadata={"help": "think mode (<think>..</think><answer>..</answer>)"})
+    system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
+    use_record_question: bool = field(default=True, metadata={"help": "use each record's own `question` field"})
+    max_prompt_length: int | None = field(default=None, metadata={"help": "refuse prompts longer than this (tokens, vision included)"})
+
+    # vision budgets (None: the processor's own)
+    min_pixels: int | None = field(default=None, metadata={"help": "image min pixels (Qwen smart_resize)"})
+    max_pixels: int | None = field(default=None, metadata={"help": "image max pixels (Qwen smart_resize)"})
+    video_fps: float = field(default=2.0, metadata={"help": "frames sampled per second of video"})
+    video_max_frames: int = field(default=16, metadata={"help": "at most this many frames per video"})
+    video_max_pixels: int | None = field(default=None, metadata={"help": "per-frame pixel cap"})
+    video_total_pixels: int | None = field(default=None, metadata={"help": "pixel budget over all frames of a video"})
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "freeze the vision encoder (seed default)"})
+
+    # rewards
+    reward_funcs: list[str] = field(default_factory=lambda: ["format", "answer"],
+                                    metadata={"help": "reward names (vqrl.rewards.REWARDS) or package.module:function"})
+    answer_threshold: float = field(default=0.5, metadata={"help": "`answer` reward tolerance (seed 0.5, Q-Insight 0.35)"})
+    gauss_sigma: float | None = field(default=None, metadata={"help": "`score_gauss` width (None: the reward's default)"})
+
+    # Refine-IQA (trainer=refine)
+    pd_mode: str = field(default="paper", metadata={"help": "paper: weighted per-token difference | seed: tenths digit only"})
+    pd_weights: list[float] | None = field(default=None, metadata={"help": "weights of the score tokens (d . d d)"})
+    pd_advantage_shaping: bool = field(default=False, metadata={"help": "the seed's advantage shaping"})
+
+    # run control
+    resume: str | None = field(default=None, metadata={"help": "auto: newest complete checkpoint | PATH | none"})
+    heartbeat: bool = field(default=True, metadata={"help": "write <output_dir>/heartbeat.json for the watchdog"})

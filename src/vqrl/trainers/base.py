@@ -1,0 +1,155 @@
+"""The base of all vqrl trainers: trl.GRPOTrainer with images AND videos in generation and in every log-prob pass.
+
+It overrides only where TRL handles vision (prompt encoding, log-prob inputs), plus crash-safe checkpoints and the
+reward kwargs. GRPO itself — advantages, KL, clipping, μ iterations, loss types — stays TRL's and must not be copied.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from transformers.trainer_utils import rotate_checkpoints
+from trl import GRPOTrainer
+
+from ..models.tiny import VISION_SPECIAL_TOKENS
+from ..training import checkpoints
+from . import vision as V
+
+
+class VQRLTrainer(GRPOTrainer):
+    """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes."""
+
+    def __init__(self, *args, heartbeat=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending_vision: list[dict] | None = None
+        self._staging_root: str | None = None
+        self.heartbeat = heartbeat
+        tok = self._tokenizer
+        self._vision_token_ids = sorted(
+            {tid for t in VISION_SPECIAL_TOKENS if (tid := tok.convert_tokens_to_ids(t)) is not None and tid != tok.unk_token_id}
+        )
+        config = self.model.config
+        self._image_token_id = getattr(config, "image_token_id", None)
+        self._video_token_id = getattr(config, "video_token_id", None)
+        if not self.use_vllm:  # a sampled vision token would break the next forward: never sample one
+            suppress = sorted(set(self.generation_kwargs.get("suppress_tokens") or []) | set(self._vision_token_ids))
+            self.generation_kwargs["suppress_tokens"] = suppress
+            self.generation_config.suppress_tokens = suppress
+
+    # ---- prompts -> token ids + per-sample vision tensors -------------------------------------------------------
+    def _tokenize_prompts(self, prompts: list):
+        """Encode each conversation with its images and videos; keep the vision tensors per sample."""
+        ids, per_sample = [], []
+        for prompt in prompts:
+            prompt_ids, vision = V.encode_prompt(self.processing_class, prompt, **self.chat_template_kwargs)
+            ids.append(prompt_ids)
+            per_sample.append(vision)
+        self._pending_vision = per_sample
+        fields = V.collate(per_sample)
+        if fields:  # per-token modality ids, left-padded by TRL alongside input_ids
+            fields["mm_token_type_ids"] = [
+                [1 if t == self._image_token_id else 2 if t == self._video_token_id else 0 for t in p] for p in ids
+            ]
+        # images=None keeps TRL from re-processing images for its own (image-only) forward kwargs
+        return ids, None, fields
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.heartbeat is not None:
+            self.heartbeat.beat(self.state.global_step, "generate")
+        completion_ids, logprobs = super()._generate_single_turn(
+            prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+        )
+        return self._cut_at_vision_tokens(completion_ids, logprobs)
+
+    def _cut_at_vision_tokens(self, completion_ids, logprobs):
+        """End a completion before any vision special token, so it is neither fed back nor trained on."""
+        vision = set(self._vision_token_ids)
+        cut = 0
+        for i, ids in enumerate(completion_ids):
+            pos = next((j for j, t in enumerate(ids) if t in vision), None)
+            if pos is not None:
+                cut += 1
+                completion_ids[i] = list(ids[:pos])
+                if logprobs is not None:
+                    logprobs[i] = logprobs[i][:pos]
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["completions/cut_at_vision_token"].append(cut / max(len(completion_ids), 1))
+        return completion_ids, logprobs
+
+    def _generate_and_score_completions(self, inputs):
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            output["vision"] = self._pending_vision
+        finally:
+            self._pending_vision = None
+        return output
+
+    # ---- log-prob passes: TRL computes them, we supply the vision inputs per micro-batch ---------------------------
+    def _compute_loss(self, model, inputs):
+        self._pending_vision = inputs.get("vision")
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._pending_vision = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        vision = self._pending_vision
+        base = GRPOTrainer._get_per_token_logps_and_entropies
+        if vision is None:
+            return base(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                        compute_aux_loss, **kwargs)
+        if len(vision) != input_ids.size(0):
+            raise RuntimeError(f"vision inputs for {len(vision)} samples but {input_ids.size(0)} sequences")
+        step = batch_size or input_ids.size(0)
+        logps, entropies, aux = [], [], []
+        for start in range(0, input_ids.size(0), step):
+            end = min(start + step, input_ids.size(0))
+            ids = input_ids[start:end]
+            extra = V.collate(vision[start:end], device=ids.device)
+            if extra:
+                extra["mm_token_type_ids"] = V.mm_token_type_ids(ids, self._image_token_id, self._video_token_id)
+            lp, ent, ax = base(self, functools.partial(model, **extra), ids, attention_mask[start:end],
+                               logits_to_keep, end - start, compute_entropy, compute_aux_loss)
+            logps.append(lp)
+            entropies.append(ent)
+            aux.append(ax)
+        return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
+                torch.stack(aux).mean() if compute_aux_loss else None)
+
+    # ---- rewards -----------------------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """Rewards that rank across a group (fidelity_rank) need the group size: pass it as a column."""
+        mode = "train" if self.model.training else "eval"
+        n = self.num_generations if mode == "train" else self.num_generations_eval
+        inputs = [{**x, "num_generations": n} for x in inputs]
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    # ---- crash-safe checkpoints ----------------------------------------------------------------------------------
+    def _get_output_dir(self, trial):
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Write into a staging folder, then rename into place and mark complete: a crash never leaves a
+        checkpoint that resume could pick. Older checkpoints are rotated only after the new one is complete."""
+        run_dir = super()._get_output_dir(trial)
+        step = self.state.global_step
+        staging = os.path.join(run_dir, f"{checkpoints.STAGING_PREFIX}{step}")
+        if self.heartbeat is not None:
+            self.heartbeat.beat(step, "save")
+        if self.args.should_save:
+            checkpoints.clear_dir(staging)
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            checkpoints.finalize(os.path.join(staging, f"checkpoint-{step}"), run_dir, step)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()

@@ -1,0 +1,89 @@
+"""Training logs: a JSONL of every logged step (each step exactly once, even across restarts) and the curve PNGs.
+
+TensorBoard logging is the Trainer's own (`report_to`); this module only adds the file a watchdog-resumed run needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from transformers import TrainerCallback
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str) -> list[dict]:
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash
+                continue
+    return rows
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends each log to metrics.jsonl; on (re)start drops rows past the resumed step, so redone steps replace
+    the lost ones instead of appearing twice. Draws reward/length curves at the end."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, METRICS_FILE)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            for r in kept:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch}
+        row.update({k: v for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_curves(self.path, os.path.join(os.path.dirname(self.path), "curves.png"))
+
+
+def plot_curves(metrics_path: str, out_png: str) -> str | None:
+    """Reward (total and per function) and completion length against step, one PNG."""
+    rows = [r for r in read_metrics(metrics_path) if "reward" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(steps, [r["reward"] for r in rows], label="reward (weighted sum)", linewidth=2)
+    for key in sorted({k for r in rows for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
+        ax1.plot(steps, [r.get(key, math.nan) for r in rows], label=key.split("/")[1], alpha=0.8)
+    ax1.set(xlabel="step", ylabel="reward", title="Rewards")
+    ax1.legend(fontsize=8)
+    for key, label in (("completions/mean_length", "mean"), ("completions/max_length", "max"),
+                       ("completions/min_length", "min")):
+        if any(key in r for r in rows):
+            ax2.plot(steps, [r.get(key, math.nan) for r in rows], label=label)
+    ax2.set(xlabel="step", ylabel="tokens", title="Completion length")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
