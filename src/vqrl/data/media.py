@@ -91,7 +91,8 @@ def load_video(path: str, spec: VisionSpec) -> tuple[torch.Tensor, dict]:
         "total_num_frames": len(frames),
         "frames_indices": idx,
         "duration": len(frames) / native_fps,
-        "sampled_fps": len(idx) / max(len(frames) / native_fps, 1e-6),
+        "height": height,
+        "width": width,
     }
     return tensor, meta
 

@@ -1,0 +1,35 @@
+# The front door. `make demo` and `make test` are all a newcomer needs; each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements_standard_RL.txt pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: venv demo test test-slow test-all test-vllm clean
+
+$(STAMP): requirements_standard_RL.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements_standard_RL.txt
+	$(PY) -m pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+# A few GRPO steps of the embedded tiny model on examples/ (images and a video) on the CPU, then an evaluation
+# on the held-out examples. Writes outputs/demo/: checkpoints, final/, metrics.jsonl, curves.png, eval/.
+demo: $(STAMP)
+	rm -rf outputs/demo
+	PYTHON=$(PY) bash finetune_RL.sh
+	$(PY) -m vqrl.cli eval --model outputs/demo/final --data examples/RL_examples_eval.json \
+	  --image_root examples --video_root examples --mode expected --out outputs/demo/eval
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: test test-slow
+
+clean:
+	rm -rf outputs .pytest_cache .hypothesis

@@ -1,0 +1,115 @@
+"""The trainer's contract with TRL: vision (images AND videos) reaches the loss, rewards see the right record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainer_utils import make_trainer, write_records
+
+VIDEO_RECORDS = [
+    {"video": "videos/rocket_pan_l0.mp4", "solution": 4.6, "type": "scoring_video"},
+    {"video": "videos/coffee_pan_l2.mp4", "solution": 2.3, "type": "scoring_video"},
+]
+IMAGE_RECORDS = [
+    {"image": "images/chelsea.jpg", "solution": 4.5, "type": "scoring_image"},
+    {"image": "images/degraded/chelsea_l3.jpg", "solution": 1.4, "type": "scoring_image"},
+]
+
+
+def _generation_batch(trainer):
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by train(); we call the loss directly
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer._prepare_inputs(batch)
+
+
+def _vision_grad(model) -> float:
+    visual = model.model.visual
+    return sum(float(p.grad.abs().sum()) for p in visual.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("records, key", [(VIDEO_RECORDS, "pixel_values_videos"), (IMAGE_RECORDS, "pixel_values")])
+def test_vision_reaches_the_loss(tiny_model_dir, tmp_path, records, key):
+    """Changing the pixels changes the loss, and the vision tower gets gradient (TRL 1.16 drops video here)."""
+    data = write_records(tmp_path / "d.json", records)
+    trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"],
+                           beta=0.1, freeze_vision_tower="false", per_device_train_batch_size=4, num_generations=2)
+    inputs = _generation_batch(trainer)
+    assert all(key in v for v in inputs["vision"])
+    inputs["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5])  # a fixed signal, independent of sampled text
+    model = trainer.model
+    model.zero_grad()
+    loss = trainer.compute_loss(model, inputs)
+    loss.backward()
+    assert _vision_grad(model) > 0, "vision tower got no gradient: pixels did not reach the loss"
+
+    changed = dict(inputs)
+    changed["vision"] = [{**v, key: torch.randn_like(v[key]) * 3} for v in inputs["vision"]]
+    with torch.no_grad():
+        loss_same = trainer.compute_loss(model, inputs)
+        loss_changed = trainer.compute_loss(model, changed)
+    assert torch.isclose(loss_same, loss.detach())
+    assert not torch.isclose(loss_changed, loss_same), "loss did not depend on the pixels"
+
+
+def test_mixed_image_and_video_batch_trains(tiny_model_dir, tmp_path):
+    data = write_records(tmp_path / "d.json", VIDEO_RECORDS + IMAGE_RECORDS)
+    trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"],
+                           max_steps=2, per_device_train_batch_size=8, num_generations=2)
+    inputs = _generation_batch(trainer)
+    kinds = {("v" if "pixel_values_videos" in v else "") + ("i" if "pixel_values" in v else "") for v in inputs["vision"]}
+    assert kinds == {"v", "i"}
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_rewards_see_the_solution_of_their_own_prompt(tiny_model_dir, tmp_path, monkeypatch):
+    """With 4 prompts per batch every completion's reward call gets its own record's solution (the seed read
+    inputs[0] for all)."""
+    records = [
+        {"image": "images/" + name, "solution": sol, "type": "scoring_image", "question": f"Rate photo #{k}."}
+        for k, (name, sol) in enumerate([("chelsea.jpg", 1.25), ("coffee.jpg", 2.5), ("rocket.jpg", 3.75),
+                                         ("camera.jpg", 4.9)])
+    ]
+    data = write_records(tmp_path / "d.json", records)
+    log = tmp_path / "seen.jsonl"
+    monkeypatch.setenv("VQRL_TEST_RECORD", str(log))
+    trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:record_batch"],
+                           max_steps=2, per_device_train_batch_size=8, num_generations=2)
+    trainer.train()
+    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(seen) == 16 and len({s["sample_id"] for s in seen}) == 4
+    by_question = {f"Rate photo #{k}.": r["solution"] for k, r in enumerate(records)}
+    for s in seen:
+        question = next(q for q in by_question if q in s["text"])
+        assert s["solution"] == by_question[question]
+    for i in range(0, len(seen), 2):  # generations of one prompt are consecutive
+        assert seen[i]["sample_id"] == seen[i + 1]["sample_id"]
+    logged = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    step_means = [r["rewards/record_batch/mean"] for r in logged if "rewards/record_batch/mean" in r]
+    assert step_means and all(1.25 <= m <= 4.9 for m in step_means)
+
+
+def test_completions_are_cut_before_vision_tokens(tiny_model_dir, tmp_path):
+    data = write_records(tmp_path / "d.json", IMAGE_RECORDS)
+    trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"])
+    image_pad = trainer._image_token_id
+    assert image_pad in trainer.generation_config.suppress_tokens
+    cut, _ = trainer._cut_at_vision_tokens([[5, 6, image_pad, 7], [5, 6]], None)
+    assert cut == [[5, 6], [5, 6]]
+
+
+def test_bad_sample_policy(tiny_model_dir, tmp_path):
+    from vqrl.data.records import DataError
+
+    data = write_records(tmp_path / "d.json", IMAGE_RECORDS + [{"image": "images/nope.jpg", "solution": 3,
+                                                                "type": "scoring_image"}])
+    with pytest.raises(DataError, match=r"d.json:2: image file not found"):
+        make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"])
+    trainer = make_trainer(tiny_model_dir, tmp_path / "out2", [data], reward_funcs=["recording:length_reward"],
+                           on_bad_sample="skip")
+    assert len(trainer.train_dataset) == 2
+

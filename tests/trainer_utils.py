@@ -1,0 +1,38 @@
+"""Build a vqrl trainer on a tiny model from flag lists, as the command line would."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from vqrl.grpo import build_trainer, parse
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def write_records(path, records) -> str:
+    with open(path, "w") as f:
+        json.dump(records, f)
+    return str(path)
+
+
+def flags(model_dir, out_dir, data_files, **overrides) -> list[str]:
+    base = {
+        "model_name_or_path": model_dir, "output_dir": str(out_dir), "image_root": EXAMPLES, "video_root": EXAMPLES,
+        "max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 2, "max_completion_length": 8,
+        "logging_steps": 1, "report_to": "none", "use_cpu": "true", "save_strategy": "no", "seed": 0,
+        "learning_rate": 1e-3,
+    }
+    base.update(overrides)
+    argv = ["--data_files", *data_files]
+    for key, value in base.items():
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def make_trainer(model_dir, out_dir, data_files, **overrides):
+    args, model_args = parse(flags(model_dir, out_dir, data_files, **overrides))
+    return build_trainer(args, model_args)
