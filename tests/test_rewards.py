@@ -1,0 +1,479 @@
+"""Reward library: pinned values per reward, fidelity_rank against the formula, registry, and robustness."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.stats import norm
+
+from vqrl.rewards import REWARDS, build_reward_funcs, completion_text, extract_answer, parse_score
+from vqrl.rewards.parsing import column
+
+SEED = "<think>The image is sharp, well exposed, with natural colours.</think><answer>Score: 4.40</answer>"
+
+
+def call(name, completion, **row):
+    """One completion through REWARDS[name], with each given column as a one-element list."""
+    return REWARDS[name]([completion], **{key: [value] for key, value in row.items()})[0]
+
+
+# ---------------------------------------------------------------- parsing
+
+@pytest.mark.parametrize("text, expected", [
+    ("<answer>Score: 3.62</answer>", "Score: 3.62"),
+    ("<ANSWER >  4 </ answer>", "4"),
+    ("<answer>1</answer> then <answer>2</answer>", "2"),
+    ("<answer>1</answer> then <answer>2", "1"),  # an unclosed trailing answer is not an answer
+    ("<answer><answer>3</answer></answer>", "3"),
+    ("<answer></answer>", ""),
+    ("Score: 4", None),
+    ("</answer><answer>", None),
+    ("", None),
+    (None, None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<answer>Score: 3.62</answer>", 3.62),
+    ("<answer>3.6</answer>", 3.6),
+    ("<answer>4</answer>", 4.0),
+    ("<answer>score:4.0</answer>", 4.0),
+    ("<answer> SCORE = 2.5. </answer>", 2.5),
+    ("<answer>4/5</answer>", None),
+    ("<answer>3 out of 5</answer>", None),
+    ("<answer>Score: nan</answer>", None),
+    ("<answer>inf</answer>", None),
+    ("<answer>1e3</answer>", None),
+    ("<answer>٣.٦٢</answer>", None),  # Arabic-Indic digits: float() takes them, we do not
+    ("<answer>" + "9" * 400 + "</answer>", None),  # would be inf; too long to be a score anyway
+    ("Score: 4.40", None),  # no tags: free text is not an answer
+    ("<answer>Score: 2.00</answer><answer>Score: 4.00</answer>", 4.0),
+])
+def test_parse_score(text, expected):
+    assert parse_score(text) == expected
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("plain", "plain"),
+    ([{"role": "assistant", "content": "hi"}], "hi"),
+    ([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "image"},
+                                        {"type": "text", "text": "b"}]}],
+     "ab"),
+    ([{"role": "assistant", "content": "x"}, {"role": "tool", "content": "t"}, {"role": "assistant", "content": "y"}],
+     "x\ny"),
+    ({"role": "assistant", "content": "single"}, "single"),
+    ([{"role": "assistant", "content": None}], ""),
+    (None, ""),
+    (42, ""),
+])
+def test_completion_text(completion, expected):
+    assert completion_text(completion) == expected
+
+
+def test_column_length_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="'solution'.*3 values"):
+        column({"solution": [1.0]}, "solution", 3)
+
+
+# ---------------------------------------------------------------- pinned values
+
+def test_seed_example():
+    for name in ("answer", "format", "format_strict"):
+        assert call(name, SEED, solution=4.4008) == 1.0
+
+
+def test_seed_example_conversational():
+    completion = [{"role": "assistant", "content": [{"type": "text", "text": SEED}]}]
+    assert [call(name, completion, solution=4.4008) for name in ("answer", "format", "format_strict")] == [1, 1, 1]
+
+
+FORMAT_CASES = [
+    # completion, row, format, format_strict
+    (SEED, {"solution": 4.4}, 1, 1),
+    ("<think>x</think>\n<answer>\nScore: 3.62\n</answer>\n", {"solution": 4.4}, 1, 1),
+    ("<think></think><answer>Score: 3.62</answer>", {"solution": 4.4}, 1, 1),
+    ("<think>x</think><answer>3.6</answer>", {"solution": 4.4}, 1, 0),  # strict wants Score: d.dd
+    ("<think>x</think><answer>Score: 3.6</answer>", {"solution": 4.4}, 1, 0),
+    ("<think>x</think><answer>Score: ٣.٦٢</answer>", {"solution": 4.4}, 0, 0),
+    ("  <Think>x</THINK> <answer>4</answer>  ", {"solution": 4.4}, 1, 0),
+    ("<think>x</think><answer>Score: 3.62</answer>\n\n", {"solution": 4.4}, 1, 0),  # seed `$`: one newline only
+    ("<answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 0),
+    ("<think>x</think> so <answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 0),
+    ("<think>x</think><answer>Score: 3.62</answer> extra", {"solution": 4.4}, 0, 0),
+    ("<think>x<think>y</think><answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 1),  # seed's .*? allows nesting
+    ("<think>x</think><answer>Score: 3.62", {"solution": 4.4}, 0, 0),
+    ("<think>x</think><answer>great</answer>", {"solution": 4.4}, 0, 0),
+    ("<think>x</think><answer>B</answer>", {"solution": "B", "type": "choice_image"}, 1, 0),
+    ("<think>x</think><answer>  </answer>", {"solution": "B", "type": "choice_image"}, 0, 0),
+    ("<think>x</think><answer>Score: 3.62</answer>", {}, 1, 1),
+    ("", {"solution": 4.4}, 0, 0),
+]
+
+
+@pytest.mark.parametrize("completion, row, fmt, strict", FORMAT_CASES)
+def test_format_rewards(completion, row, fmt, strict):
+    assert call("format", completion, **row) == fmt
+    assert call("format_strict", completion, **row) == strict
+
+
+SCORE_CASES = [
+    # answer text, MOS, answer(0.5), score_l1, score_gauss(σ=0.5)
+    ("Score: 4.40", 4.4008, 1, 1 - 0.0008 / 4, math.exp(-0.0008 ** 2 / 0.5)),
+    ("Score: 4.90", 4.40, 1, 0.875, math.exp(-0.5)),  # exactly at the threshold counts
+    ("Score: 3.50", 4.40, 0, 1 - 0.9 / 4, math.exp(-0.81 / 0.5)),
+    ("1", 5.0, 0, 0.0, math.exp(-16 / 0.5)),
+    ("9", 1.0, 0, 0.0, math.exp(-64 / 0.5)),  # out of scale: floored at 0
+    ("4/5", 4.0, 0, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("answer, mos, acc, l1, gauss", SCORE_CASES)
+def test_score_rewards(answer, mos, acc, l1, gauss):
+    completion = f"<think>t</think><answer>{answer}</answer>"
+    assert call("answer", completion, solution=mos) == acc
+    assert call("score_l1", completion, solution=mos) == pytest.approx(l1)
+    assert call("score_gauss", completion, solution=mos) == pytest.approx(gauss)
+
+
+@pytest.mark.parametrize("solution", [None, "A", float("nan"), float("inf"), [1, 2, 3, 4], True])
+def test_score_rewards_without_a_usable_mos_give_zero(solution):
+    for name in ("answer", "score_l1", "score_gauss"):
+        assert call(name, SEED, solution=solution) == 0.0
+
+
+def test_score_rewards_accept_a_numeric_string_mos():
+    assert call("answer", SEED, solution="4.4") == 1.0
+
+
+def test_options_are_bound_by_build_reward_funcs():
+    answer, gauss = build_reward_funcs(["answer", "score_gauss"], answer_threshold=0.35, gauss_sigma=1.0)
+    completion = "<answer>4.0</answer>"
+    assert answer([completion], solution=[4.4]) == [0.0]
+    assert answer([completion], solution=[4.3]) == [1.0]
+    assert gauss([completion], solution=[5.0]) == [pytest.approx(math.exp(-0.5))]
+    assert REWARDS["answer"]([completion], solution=[4.4]) == [1.0]  # defaults untouched
+
+
+DISTORTION_CASES = [
+    # answer, row, reward
+    ('{"distortion": "gaussian_blur", "severity": 3}', {"distortion": "gaussian_blur", "severity": 3}, 1.0),
+    ('{"distortion": "Gaussian Blur", "severity": "moderate"}', {"distortion": "gaussian_blur", "severity": 3}, 1.0),
+    ('```json\n{"Distortion": "gaussian blur", "Severity": 2}\n```', {"distortion": "gaussian_blur", "severity": 3},
+     0.25),
+    ('{"distortion": "jpeg", "severity": 3}', {"distortion": "gaussian_blur", "severity": 3}, 0.0),
+    ("gaussian blur, severity 3", {"distortion": "gaussian_blur", "severity": 3}, 1.0),
+    ("Distortion: jpeg compression; Severity: 4", {"distortion": "JPEG_Compression", "severity": 4}, 1.0),
+    ("Distortion: jpeg compression; Severity: severe", {"distortion": "jpeg compression", "severity": "4"}, 1.0),
+    ("jpeg compression (severity: mild)", {"distortion": "jpeg_compression", "severity": 4}, 0.25),
+    ("jpeg compression", {"distortion": "jpeg_compression", "severity": 4}, 0.25),
+    ("motion blur, severity 4", {"distortion": "jpeg_compression", "severity": 4}, 0.0),  # Q-Insight: no credit
+    ("extreme noise", {"distortion": "noise", "severity": 5}, 0.0),  # name is "extremenoise": wrong type
+    ("white noise", {"solution": "white_noise", "severity": None}, 1.0),  # no severity label: type is all
+    ("", {"distortion": "noise", "severity": 1}, 0.0),
+    ("{not json", {"distortion": "noise", "severity": 1}, 0.0),
+    ('{"distortion": "noise", "severity": 1}', {"solution": 4.2}, 0.0),  # not a distortion row
+]
+
+
+@pytest.mark.parametrize("answer, row, expected", DISTORTION_CASES)
+def test_distortion(answer, row, expected):
+    assert call("distortion", f"<think>t</think><answer>{answer}</answer>", **row) == expected
+
+
+OPTIONS = ["sharp", "blurry", "noisy", "over-exposed"]
+CHOICE_CASES = [
+    ("B", {"solution": "B", "options": OPTIONS}, 1),
+    ("(B)", {"solution": "B", "options": OPTIONS}, 1),
+    ("B.", {"solution": "B", "options": OPTIONS}, 1),
+    ("b", {"solution": "B", "options": OPTIONS}, 1),
+    ("B. blurry", {"solution": "B", "options": OPTIONS}, 1),
+    ("Blurry", {"solution": "B", "options": OPTIONS}, 1),
+    ("over exposed", {"solution": "D", "options": OPTIONS}, 1),
+    ("Answer: D", {"solution": "D", "options": OPTIONS}, 1),
+    ("A", {"solution": "B", "options": OPTIONS}, 0),
+    ("sharp", {"solution": "B", "options": OPTIONS}, 0),
+    ("B. sharp", {"solution": "A", "options": OPTIONS}, 0),  # the letter wins over the text after it
+    ("B or C", {"solution": "B", "options": OPTIONS}, 0),
+    ("blurry", {"solution": "(B)", "options": ["A. sharp", "B. blurry"]}, 1),
+    ("A", {"solution": "blurry", "options": ["blurry", "sharp"]}, 1),  # solution given as the option text
+    ("B", {"solution": "B"}, 1),  # no options column: letters only
+    ("B", {"solution": None, "options": OPTIONS}, 0),
+]
+
+
+@pytest.mark.parametrize("answer, row, expected", CHOICE_CASES)
+def test_choice(answer, row, expected):
+    assert call("choice", f"<think>t</think><answer>{answer}</answer>", **row) == expected
+
+
+IOU_CASES = [
+    ("[0, 0, 10, 10]", {"bbox": [0, 0, 10, 10]}, 1.0),
+    ("[0, 0, 10, 10]", {"bbox": [5, 0, 15, 10]}, 50 / 150),
+    ('{"bbox_2d": [0.0, 0.0, 10.0, 10.0]}', {"bbox": [[0, 0, 10, 5]]}, 0.5),
+    ("(0,0,10,10)", {"solution": [20, 20, 30, 30]}, 0.0),
+    ("[0, 0, 10, 10]", {"solution": "[0, 0, 10, 10]"}, 0.0),  # a string solution is a letter/name, not a box
+    ("[0, 0, 10, 10]", {"bbox": "[0, 0, 10, 10]"}, 1.0),
+    ("[10, 10, 0, 0]", {"bbox": [0, 0, 10, 10]}, 0.0),  # degenerate prediction
+    ("[0, 0, 10, 10]", {"bbox": [0, 0, 0, 10]}, 0.0),  # degenerate truth
+    ("[0, 0, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
+    ("[0, 0, nan, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
+    ("[0, 0, 1e999, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
+    ("no box", {"bbox": [0, 0, 10, 10]}, 0.0),
+]
+
+
+@pytest.mark.parametrize("answer, row, expected", IOU_CASES)
+def test_iou(answer, row, expected):
+    assert call("iou", f"<think>t</think><answer>{answer}</answer>", **row) == pytest.approx(expected)
+
+
+def test_parse_failures_are_logged_per_reward():
+    logged = []
+    completions = [SEED, "garbage", "<answer>Score: 2</answer>", "<answer>x</answer>"]
+    REWARDS["answer"](completions, solution=[4.4, 4.4, None, 4.4], log_metric=lambda k, v: logged.append((k, v)))
+    assert logged == [("parse_fail/answer", pytest.approx(2 / 3))]  # the row without a MOS is not counted
+    logged.clear()
+    REWARDS["choice"](completions, solution=[None] * 4, log_metric=lambda k, v: logged.append((k, v)))
+    assert logged == []  # no row where the reward applies: nothing to report
+
+
+def test_unknown_kwargs_and_trl_extras_are_ignored():
+    out = REWARDS["answer"]([SEED], solution=[4.4], prompts=["p"], completion_ids=[[1, 2]], trainer_state=object(),
+                            log_extra=lambda *a: None, whatever=[1])
+    assert out == [1.0]
+
+
+# ---------------------------------------------------------------- fidelity_rank
+
+def reference_fidelity(scores, mos, G, eps=1e-6):
+    """VisualQuality-R1's formula, written out independently with numpy loops over a (images × G) grid."""
+    x = np.array([np.nan if s is None else s for s in scores], dtype=float).reshape(-1, G)
+    m = np.array(mos, dtype=float).reshape(-1, G)[:, 0]
+    valid = ~np.isnan(x)
+    mu = np.array([x[i][valid[i]].mean() if valid[i].any() else np.nan for i in range(len(x))])
+    var = np.array([x[i][valid[i]].var(ddof=1) if valid[i].sum() > 1 else 0.0 for i in range(len(x))])
+    out = np.zeros_like(x)
+    for i in range(len(x)):
+        others = [z for z in range(len(x)) if z != i and valid[z].any()]
+        for j in range(G):
+            if not valid[i, j] or not others:
+                continue
+            terms = []
+            for z in others:
+                p = norm.cdf((x[i, j] - mu[z]) / np.sqrt(var[i] + var[z] + eps))
+                g = 1.0 if m[i] > m[z] else 0.0 if m[i] < m[z] else 0.5
+                terms.append(np.sqrt(p * g) + np.sqrt((1 - p) * (1 - g)))
+            out[i, j] = np.mean(terms)
+    return out.ravel().tolist()
+
+
+def answer_text(score):
+    return "<think>t</think><answer>nothing</answer>" if score is None else f"<answer>Score: {score:.2f}</answer>"
+
+
+BATCH_SCORES = [3.5, 3.9, None, 4.2, 2.0, 2.5, 2.25, None, 4.0, 4.0, 3.0, 3.75]
+BATCH_MOS = [4.1] * 4 + [2.3] * 4 + [3.6] * 4
+
+
+def test_fidelity_rank_matches_the_formula():
+    completions = [answer_text(s) for s in BATCH_SCORES]
+    expected = reference_fidelity(BATCH_SCORES, BATCH_MOS, 4)
+    got = REWARDS["fidelity_rank"](completions, solution=BATCH_MOS, num_generations=4)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got[2] == got[7] == 0.0 and all(0 < v <= 1 for i, v in enumerate(got) if i not in (2, 7))
+
+
+def test_fidelity_rank_groups_by_sample_id_or_per_row_num_generations():
+    completions = [answer_text(s) for s in BATCH_SCORES]
+    expected = reference_fidelity(BATCH_SCORES, BATCH_MOS, 4)
+    ids = [f"img{i // 4}" for i in range(12)]
+    assert REWARDS["fidelity_rank"](completions, solution=BATCH_MOS, sample_id=ids) == pytest.approx(expected)
+    per_row = REWARDS["fidelity_rank"](completions, solution=BATCH_MOS, num_generations=[4] * 12)
+    assert per_row == pytest.approx(expected)
+
+
+def test_fidelity_rank_skips_groups_without_any_score():
+    scores = [None] * 4 + BATCH_SCORES[4:]
+    got = REWARDS["fidelity_rank"]([answer_text(s) for s in scores], solution=BATCH_MOS, num_generations=4)
+    assert got[:4] == [0.0] * 4
+    assert got[4:] == pytest.approx(reference_fidelity(BATCH_SCORES[4:], BATCH_MOS[4:], 4))
+
+
+def test_fidelity_rank_equal_mos_and_equal_scores():
+    # Same MOS: g = 0.5; one score per image: σ = 0 and p is nearly a step (ε = 1e-6).
+    got = REWARDS["fidelity_rank"]([answer_text(3.0), answer_text(3.0)], solution=[3.0, 3.0], num_generations=1)
+    assert got == pytest.approx([1.0, 1.0])  # p = 0.5, g = 0.5: sqrt(.25) + sqrt(.25)
+    got = REWARDS["fidelity_rank"]([answer_text(4.0), answer_text(2.0)], solution=[4.0, 2.0], num_generations=1)
+    assert got == pytest.approx([1.0, 1.0])  # both ordered right with certainty
+
+
+def test_fidelity_rank_single_image_gives_zero():
+    assert REWARDS["fidelity_rank"]([answer_text(3.0)] * 4, solution=[3.0] * 4, num_generations=4) == [0.0] * 4
+
+
+def test_fidelity_rank_needs_groups():
+    with pytest.raises(ValueError, match="num_generations.*sample_id"):
+        REWARDS["fidelity_rank"]([answer_text(3.0)] * 2, solution=[3.0, 2.0])
+    with pytest.raises(ValueError, match="whole groups of 4"):
+        REWARDS["fidelity_rank"]([answer_text(3.0)] * 6, solution=[3.0] * 6, num_generations=4)
+    with pytest.raises(ValueError, match="one positive int"):
+        REWARDS["fidelity_rank"]([answer_text(3.0)] * 2, solution=[3.0] * 2, num_generations=[1, 2])
+
+
+def test_fidelity_rank_logs_parse_failures():
+    logged = []
+    REWARDS["fidelity_rank"]([answer_text(s) for s in BATCH_SCORES], solution=BATCH_MOS, num_generations=4,
+                             log_metric=lambda k, v: logged.append((k, v)))
+    assert logged == [("parse_fail/fidelity_rank", pytest.approx(2 / 12))]
+
+
+# ---------------------------------------------------------------- registry
+
+def user_reward(completions, **kwargs):
+    return [0.5 for _ in completions]
+
+
+def test_registry_names_and_trl_metric_names():
+    assert set(REWARDS) == {"format", "format_strict", "answer", "score_l1", "score_gauss", "fidelity_rank",
+                            "distortion", "choice", "iou"}
+    for name, func in REWARDS.items():
+        assert func.__name__ == name
+    funcs = build_reward_funcs(list(REWARDS), answer_threshold=0.35)
+    assert [f.__name__ for f in funcs] == list(REWARDS)
+    from trl.trainer.utils import get_callable_name, is_async_callable
+    assert [get_callable_name(f) for f in funcs] == list(REWARDS)
+    assert not any(is_async_callable(f) for f in funcs)
+    assert pickle.loads(pickle.dumps(funcs[2]))([SEED], solution=[4.0]) == [0.0]  # 0.4 off > 0.35
+
+
+def test_user_function_by_module_path():
+    (func,) = build_reward_funcs([f"{__name__}:user_reward"])
+    assert func is user_reward
+    (func,) = build_reward_funcs(["math:fsum"])
+    assert func is math.fsum
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("accuracy", r"unknown reward 'accuracy': use one of format, .*fidelity_rank.* or `package.module:function`"),
+    ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+    ("math:no_such_function", "module 'math' has no attribute 'no_such_function'"),
+    ("math:pi", "is a float, not a function"),
+    ("os.system('x'):f", "expected `package.module:function`"),
+    ("math:__import__('os')", "expected `package.module:function`"),
+    (None, "unknown reward None"),
+])
+def test_bad_reward_names(entry, message):
+    with pytest.raises(ValueError, match=message):
+        build_reward_funcs([entry])
+
+
+@pytest.mark.parametrize("options", [{"answer_threshold": -1}, {"gauss_sigma": 0}, {"fidelity_eps": float("nan")},
+                                     {"gauss_sigma": "1"}])
+def test_bad_options(options):
+    with pytest.raises(ValueError, match="must be a finite number"):
+        build_reward_funcs(["answer"], **options)
+
+
+# ---------------------------------------------------------------- robustness
+
+RANGES = {name: {0.0, 1.0} for name in ("format", "format_strict", "answer", "choice")}
+RANGES["distortion"] = {0.0, 0.25, 1.0}
+
+
+def check_outputs(name, out, n):
+    assert isinstance(out, list) and len(out) == n
+    for value in out:
+        assert isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 1.0
+        if name in RANGES:
+            assert value in RANGES[name]
+
+
+def all_rewards(completions, **columns):
+    n = len(completions)
+    columns.setdefault("num_generations", 1)
+    columns.setdefault("sample_id", [str(i) for i in range(n)])
+    for name, func in REWARDS.items():
+        check_outputs(name, func(completions, **columns), n)
+
+
+HUGE = [
+    "<answer>" * 60_000 + "Score: 3" + "</answer>" * 60_000,
+    "<think>" + "x" * 1_000_000 + "</think><answer>Score: 3.00</answer>",
+    "</think><answer>" * 60_000,
+    "<" + " " * 1_000_000 + "answer>",
+    "<answer>" + "9" * 1_000_000 + "</answer>",
+    "<answer>[" + "1," * 500_000 + "]</answer>",
+    "<answer>" + "{" * 1_000_000 + "</answer>",
+    "<answer>" + "[" * 3_000 + "</answer>",
+    "<answer>" + "severity " * 100_000 + "</answer>",
+    "<answer>" + "(" * 1_000 + "</answer>",
+]
+
+
+def test_huge_and_adversarial_completions_are_fast_and_zero_or_valid():
+    start = time.perf_counter()
+    columns = {"solution": [3.0] * len(HUGE), "bbox": [[0, 0, 1, 1]] * len(HUGE),
+               "distortion": ["noise"] * len(HUGE), "severity": [3] * len(HUGE), "options": [OPTIONS] * len(HUGE)}
+    all_rewards(HUGE, **columns)
+    assert time.perf_counter() - start < 5.0
+    assert REWARDS["format_strict"](HUGE[1:2], solution=[3.0]) == [1.0]
+
+
+@pytest.mark.parametrize("completion", ["", "<think>", "</answer>", "<answer>", "<answer></answer>", "\x00", "🙂"])
+def test_empty_and_broken_completions_score_zero(completion):
+    row = {"solution": 3.0, "bbox": [0, 0, 1, 1], "distortion": "noise", "severity": 1, "options": OPTIONS}
+    for name in REWARDS:
+        if name != "fidelity_rank":
+            assert call(name, completion, **row) == 0.0, name
+
+
+def test_empty_batch():
+    for func in REWARDS.values():
+        assert func([], solution=[], num_generations=4) == []
+
+
+FRAGMENTS = ["<think>", "</think>", "<answer>", "</answer>", "< answer >", "</ANSWER>", "Score:", "score", "3.62",
+             "4", ".", "-", "nan", "inf", "1e309", "٣", "٫", "/5", " ", "\n", "[", "]", ",", "{", "}", '"', ":",
+             "severity", "gaussian blur", "moderate", "A", "(B)", "blurry", "9" * 70, "0.5"]
+adversarial = st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join)
+texts = st.one_of(st.text(max_size=200), adversarial)
+completion = st.one_of(
+    texts,
+    texts.map(lambda t: [{"role": "assistant", "content": t}]),
+    texts.map(lambda t: [{"role": "assistant", "content": [{"type": "text", "text": t}]}]),
+    st.none(),
+)
+values = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10), texts,
+                   st.lists(st.floats(-5, 20), max_size=5), st.booleans())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_every_reward_is_finite_and_in_range(data):
+    n = data.draw(st.integers(0, 8))
+    completions = data.draw(st.lists(completion, min_size=n, max_size=n))
+    columns = {key: data.draw(st.lists(values, min_size=n, max_size=n))
+               for key in ("solution", "distortion", "severity", "bbox", "type")}
+    columns["options"] = data.draw(st.lists(st.one_of(st.none(), st.lists(texts, max_size=4)), min_size=n, max_size=n))
+    runs = data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    columns["sample_id"] = [str(sum(runs[:i + 1])) for i in range(n)]  # consecutive runs of equal ids
+    columns["num_generations"] = data.draw(st.sampled_from([None, 1]))  # None: fidelity_rank groups by sample_id
+    all_rewards(completions, **columns)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6)), st.floats(1, 5)), min_size=1, max_size=6),
+       st.integers(1, 4))
+def test_fidelity_rank_is_in_range_for_any_scores(images, G):
+    scores = [s for s, _ in images for _ in range(G)]
+    mos = [m for _, m in images for _ in range(G)]
+    completions = [answer_text(s) if s is None else f"<answer>{s!r}</answer>" for s in scores]
+    check_outputs("fidelity_rank", REWARDS["fidelity_rank"](completions, solution=mos, num_generations=G), len(scores))
