@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import time
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from vqrl.rewards import REWARDS, build_reward_funcs, completion_text, extract_answer, parse_score
+from vqrl.rewards import REWARDS, RewardFunc, build_reward_funcs, completion_text, extract_answer, parse_score
 from vqrl.rewards.parsing import column
 
 SEED = "<think>The image is sharp, well exposed, with natural colours.</think><answer>Score: 4.40</answer>"
@@ -396,12 +397,29 @@ def check_outputs(name, out, n):
             assert value in RANGES[name]
 
 
+class Raised(logging.Handler):
+    """Collects the registry's "reward raised" warnings: a swallowed exception is still a bug."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def all_rewards(completions, **columns):
     n = len(completions)
     columns.setdefault("num_generations", 1)
     columns.setdefault("sample_id", [str(i) for i in range(n)])
-    for name, func in REWARDS.items():
-        check_outputs(name, func(completions, **columns), n)
+    raised = Raised()
+    logging.getLogger("vqrl.rewards.registry").addHandler(raised)
+    try:
+        for name, func in REWARDS.items():
+            check_outputs(name, func(completions, **columns), n)
+    finally:
+        logging.getLogger("vqrl.rewards.registry").removeHandler(raised)
+    assert raised.messages == []
 
 
 HUGE = [
@@ -477,3 +495,14 @@ def test_fidelity_rank_is_in_range_for_any_scores(images, G):
     mos = [m for _, m in images for _ in range(G)]
     completions = [answer_text(s) if s is None else f"<answer>{s!r}</answer>" for s in scores]
     check_outputs("fidelity_rank", REWARDS["fidelity_rank"](completions, solution=mos, num_generations=G), len(scores))
+
+
+def test_a_row_that_raises_scores_zero_and_is_reported(caplog):
+    def broken(text, row):
+        raise RuntimeError("bug")
+
+    func = RewardFunc("broken", broken, 0.0, 1.0)
+    logged = []
+    assert func(["a", "b"], log_metric=lambda k, v: logged.append((k, v))) == [0.0, 0.0]
+    assert logged == [("parse_fail/broken", 1.0)]
+    assert "reward broken raised on completion 0" in caplog.text

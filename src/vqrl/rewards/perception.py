@@ -22,7 +22,6 @@ _SEVERITY = re.compile(
 _NAME_LABEL = re.compile(r"^\s*(?:distortion\s*(?:type|name)?|type)\s*(?:is\s+|[:=-])?", re.IGNORECASE)
 _NAME_KEYS = ("distortion", "distortion_type", "type", "name")
 _SEVERITY_KEYS = ("severity", "level", "degree")
-_FENCE = re.compile(r"^```[a-z]*\s*|\s*```$", re.IGNORECASE)
 
 _LETTER = re.compile(r"(?:(?:answer|option)\s*[:=-]?\s*)?\(?\s*([A-Za-z])\s*\)?\s*[.):]?", re.IGNORECASE)
 _LABEL_PREFIX = re.compile(r"\s*(?:\(([A-Z])\)\s*|([A-Z])[.):]\s+)")
@@ -47,10 +46,18 @@ def severity_level(value) -> int | None:
     return int(number) if number is not None and number == int(number) else None
 
 
+def _unfence(text: str) -> str:
+    """The body of a Markdown code block (```json ... ```), or the text itself."""
+    if text.startswith("```"):
+        text = text[3:].split("\n", 1)[1] if "\n" in text else text[3:]
+        text = text[:-3] if text.endswith("```") else text
+    return text.strip()
+
+
 def parse_distortion(answer: str) -> tuple[str, int | None]:
     """(name key, severity) from JSON `{"distortion": ..., "severity": ...}` or text like
     "gaussian blur, severity 3" / "Distortion: jpeg compression; Severity: moderate". Name key "" if none."""
-    text = _FENCE.sub("", answer.strip())
+    text = _unfence(answer.strip())
     if text.startswith("{"):
         try:
             obj = json.loads(text)
