@@ -11,6 +11,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def write_records(path, records) -> str:
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(records, f)
     return str(path)

@@ -103,8 +103,9 @@ class MediaLoader:
 class RowBuilder:
     """Turns record i into a TRL row; a record whose media fails to decode is replaced by the next good one."""
 
-    def __init__(self, records: list[dict], loader: MediaLoader, prompt_cfg: PromptConfig):
+    def __init__(self, records: list[dict], loader: MediaLoader, prompt_cfg: PromptConfig, with_nothink: bool = False):
         self.records, self.loader, self.prompt_cfg = records, loader, prompt_cfg
+        self.with_nothink = with_nothink  # the Refine trainer also needs each prompt's no-think form
         self.failures: dict[int, str] = {}
 
     def row(self, index: int) -> dict:
@@ -125,6 +126,8 @@ class RowBuilder:
 
     def _row(self, rec: dict, media: list[dict]) -> dict:
         row = {"prompt": build_messages(rec, media, self.prompt_cfg)}
+        if self.with_nothink:
+            row["prompt_nothink"] = build_messages(rec, media, self.prompt_cfg, think=False)
         sol = rec["solution"]
         row["solution"] = parse_mos(sol) if TASK_TYPES[rec["type"]][1] == "mos" else sol
         row["type"] = rec["type"]

@@ -23,7 +23,8 @@ class VQRLTrainer(GRPOTrainer):
 
     def __init__(self, *args, heartbeat=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._pending_vision: list[dict] | None = None
+        self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
+        self._pending_prompt_ids: list[list[int]] | None = None
         self._staging_root: str | None = None
         self.heartbeat = heartbeat
         tok = self._tokenizer
@@ -46,7 +47,7 @@ class VQRLTrainer(GRPOTrainer):
             prompt_ids, vision = V.encode_prompt(self.processing_class, prompt, **self.chat_template_kwargs)
             ids.append(prompt_ids)
             per_sample.append(vision)
-        self._pending_vision = per_sample
+        self._pending_vision, self._pending_prompt_ids = per_sample, ids
         fields = V.collate(per_sample)
         if fields:  # per-token modality ids, left-padded by TRL alongside input_ids
             fields["mm_token_type_ids"] = [
