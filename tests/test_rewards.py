@@ -506,3 +506,25 @@ def test_a_row_that_raises_scores_zero_and_is_reported(caplog):
     assert func(["a", "b"], log_metric=lambda k, v: logged.append((k, v))) == [0.0, 0.0]
     assert logged == [("parse_fail/broken", 1.0)]
     assert "reward broken raised on completion 0" in caplog.text
+
+
+def test_mixed_stage1_batch_each_reward_grades_its_own_task():
+    # Rows shaped like `vqrl make-perception-data` output: every record carries distortion, severity and bbox.
+    common = {"distortion": "darken", "severity": 4, "bbox": [71, 68, 179, 163]}
+    rows = [
+        {**common, "type": "distortion_image", "solution": "darken", "options": None},
+        {**common, "type": "choice_image", "solution": "D",
+         "options": ["motion_blur", "saturation_loss", "gaussian_blur", "darken"]},
+        {**common, "type": "grounding_image", "solution": [71, 68, 179, 163], "options": None},
+        {"type": "scoring_image", "solution": 3.2, "distortion": None, "severity": None, "bbox": None,
+         "options": None},
+    ]
+    answers = ['{"distortion": "darken", "severity": 4}', "D", "[71, 68, 179, 163]", "Score: 3.20"]
+    completions = [f"<think>t</think><answer>{a}</answer>" for a in answers]
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    expected = {"distortion": [1, 0, 0, 0], "choice": [0, 1, 0, 0], "iou": [0, 0, 1, 0], "answer": [0, 0, 0, 1],
+                "format": [1, 1, 1, 1], "format_strict": [0, 0, 0, 1]}
+    for name, values in expected.items():
+        logged = []
+        assert REWARDS[name](completions, log_metric=lambda k, v: logged.append(v), **columns) == values, name
+        assert logged == [0.0], name  # parse failures are counted over the reward's own rows only

@@ -28,6 +28,15 @@ _LABEL_PREFIX = re.compile(r"\s*(?:\(([A-Z])\)\s*|([A-Z])[.):]\s+)")
 _BOX = re.compile(rf"[\[(]\s*({NUMBER})\s*,\s*({NUMBER})\s*,\s*({NUMBER})\s*,\s*({NUMBER})\s*[\])]")
 
 
+def _applies(row: dict, family: str) -> bool:
+    """Whether the row is this reward's task: its `type` is `<family>_*`, or it is untyped.
+
+    Stage-1 records carry `distortion`, `severity` and `bbox` whatever their task, so the columns alone do not tell.
+    """
+    rtype = row.get("type")
+    return not isinstance(rtype, str) or rtype.split("_", 1)[0].lower() == family
+
+
 def _name_key(name) -> str:
     """Distortion names compare case-, space-, underscore- and punctuation-insensitively: "JPEG_compression"."""
     return "".join(ch for ch in str(name).casefold() if ch.isalnum()) if name is not None else ""
@@ -83,6 +92,8 @@ def distortion_reward(text: str, row: dict) -> tuple[float, bool | None]:
     The truth is the `distortion` column (else a string `solution`) and the `severity` column. Right severity with
     the wrong type earns nothing; a row without a severity label gives 1.0 for the right type.
     """
+    if not _applies(row, "distortion"):
+        return 0.0, None
     truth = row.get("distortion")
     if truth is None and isinstance(row.get("solution"), str):
         truth = row.get("solution")
@@ -130,7 +141,7 @@ def choice_reward(text: str, row: dict) -> tuple[float, bool | None]:
     `solution` is the right letter (or the right text); `options` the option texts, listed in letter order.
     """
     solution, options = row.get("solution"), row.get("options")
-    if not isinstance(solution, str) or not solution.strip():
+    if not _applies(row, "choice") or not isinstance(solution, str) or not solution.strip():
         return 0.0, None
     options = options if isinstance(options, (list, tuple)) else []
     keys = [_text_key(_strip_label(option)) for option in options]
@@ -169,6 +180,8 @@ def parse_box(value) -> tuple[float, float, float, float] | None:
 
 def iou_reward(text: str, row: dict) -> tuple[float, bool | None]:
     """IoU of the answered box with the `bbox` column (else a box `solution`); 0 if unparseable or degenerate."""
+    if not _applies(row, "grounding"):
+        return 0.0, None
     truth = parse_box(row.get("bbox"))
     if truth is None and not isinstance(row.get("solution"), str):
         truth = parse_box(row.get("solution"))

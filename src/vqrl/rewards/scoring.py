@@ -69,8 +69,11 @@ def format_reward(text: str, row: dict) -> tuple[float, bool]:
 
 
 def format_strict_reward(text: str, row: dict) -> tuple[float, bool]:
-    """The seed's exact rule: `<think>…</think>` then `<answer>Score: d.dd</answer>`, nothing else around."""
-    failed = parse_number(extract_answer(text)) is None
+    """The seed's exact rule: `<think>…</think>` then `<answer>Score: d.dd</answer>`, nothing else around.
+
+    Non-scoring rows always get 0 (as in the seed); their parse failures are counted as `format` counts them.
+    """
+    failed = not _answer_ok(extract_answer(text), row)
     if not text.startswith("<think>"):
         return 0.0, failed
     end_think = text.rfind("</think>")
