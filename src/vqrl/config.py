@@ -20,8 +20,10 @@ class VQRLConfig(GRPOConfig):
     data_files: list[str] = field(default_factory=lambda: ["examples/RL_examples.json"],
                                   metadata={"help": "JSON list or JSONL files of records (seed format)"})
     data_weights: list[float] | None = field(default=None, metadata={"help": "per-file weight: 2 = twice, 0.5 = half"})
-    image_root: str | None = field(default=None, metadata={"help": "folder relative image paths start from"})
-    video_root: str | None = field(default=None, metadata={"help": "folder relative video paths start from"})
+    image_root: list[str] | None = field(default=None, metadata={"help": "folder relative image paths start from; "
+                                                                          "one for all files or one per file"})
+    video_root: list[str] | None = field(default=None, metadata={"help": "folder relative video paths start from; "
+                                                                          "one for all files or one per file"})
     on_bad_sample: str = field(default="error", metadata={"help": "error: refuse to start | skip: drop and count"})
 
     # prompts

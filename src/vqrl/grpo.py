@@ -110,7 +110,7 @@ def build_trainer(args: VQRLConfig, model_args: ModelConfig):
             logger.warning("skipped %d record(s) over max_prompt_length", len(too_long))
     prompt_cfg = PromptConfig(think=args.think, system_prompt=args.system_prompt,
                               use_record_question=args.use_record_question)
-    builder = RowBuilder(records, MediaLoader(spec, args.image_root, args.video_root), prompt_cfg,
+    builder = RowBuilder(records, MediaLoader(spec, None, None), prompt_cfg,  # records carry anchored paths
                          with_nothink=args.trainer == "refine")
     dataset = make_train_dataset(records, builder)
     options = {"answer_threshold": args.answer_threshold}

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from .media import VisionSpec, load_image, load_video
 from .prompts import PromptConfig, build_messages
-from .records import PERCEPTION_FIELDS, TASK_TYPES, DataError, Problem, check_record, mix, parse_mos, read_records, resolve_media
+from .records import (PERCEPTION_FIELDS, TASK_TYPES, DataError, Problem, anchor_paths, check_record, mix, parse_mos,
+                      read_records, resolve_media, roots_per_file)
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,8 @@ REWARD_COLUMNS = ("solution", "type", "sample_id", "image_path", "video_path") +
 class DataConfig:
     files: list[str]
     weights: list[float] | None = None
-    image_root: str | None = None
-    video_root: str | None = None
+    image_root: str | list[str] | None = None  # one for all files, or one per file
+    video_root: str | list[str] | None = None
     on_bad_sample: str = "error"  # "error": refuse to start and list problems; "skip": drop and count
     seed: int = 42
 
@@ -34,12 +35,16 @@ class DataConfig:
 def load_records(cfg: DataConfig) -> tuple[list[dict], list[Problem]]:
     """All files read, checked and mixed. Returns (usable records, problems found)."""
     sources, problems = [], []
-    for path in cfg.files:
+    image_roots = roots_per_file(cfg.image_root, len(cfg.files), "image_root")
+    video_roots = roots_per_file(cfg.video_root, len(cfg.files), "video_root")
+    for path, image_root, video_root in zip(cfg.files, image_roots, video_roots):
         result = read_records(path)
         problems.extend(result.problems)
         good = []
         for rec in result.records:
-            reasons = check_record(rec, cfg.image_root, cfg.video_root)
+            if isinstance(rec, dict):
+                rec = anchor_paths(rec, image_root, video_root)
+            reasons = check_record(rec)
             if reasons:
                 problems.extend(Problem(path, rec.get("_index") if isinstance(rec, dict) else None, r) for r in reasons)
             else:

@@ -114,6 +114,28 @@ def resolve_media(record: dict, root: str | None, key: str) -> str | None:
     return value if os.path.isabs(value) or not root else os.path.join(root, value)
 
 
+def roots_per_file(root, n_files: int, what: str) -> list[str | None]:
+    """One root for every file, or one per file (mixing datasets that live in different folders)."""
+    if root is None or isinstance(root, str):
+        return [root] * n_files
+    root = list(root)
+    if len(root) == 1:
+        return root * n_files
+    if len(root) != n_files:
+        raise ValueError(f"got {len(root)} {what} values for {n_files} data files: give one, or one per file")
+    return root
+
+
+def anchor_paths(record: dict, image_root: str | None, video_root: str | None) -> dict:
+    """The record with its media paths joined to their roots, so later steps need no root."""
+    out = dict(record)
+    for key, root in (("image", image_root), ("reference", image_root), ("video", video_root)):
+        path = resolve_media(out, root, key)
+        if path is not None:
+            out[key] = path
+    return out
+
+
 def record_media_kind(record: dict) -> str | None:
     spec = TASK_TYPES.get(record.get("type"))
     return spec[0] if spec else ("video" if "video" in record else "image" if "image" in record else None)
@@ -189,7 +211,11 @@ def mix(sources: list[list[dict]], weights: list[float] | None, seed: int) -> li
         if weight < 0:
             raise ValueError(f"data weight {weight} is negative")
         whole, frac = int(weight), weight - int(weight)
-        out.extend(records * whole)
         take = round(frac * len(records))
-        out.extend(rng.sample(records, take) if take else [])
+        picked = [r for _ in range(whole) for r in records] + (rng.sample(records, take) if take else [])
+        seen: dict[str, int] = {}
+        for rec in picked:  # a repeated record gets its own sample_id, so groups never merge
+            sid = str(rec.get("sample_id"))
+            seen[sid] = seen.get(sid, 0) + 1
+            out.append(rec if seen[sid] == 1 else {**rec, "sample_id": f"{sid}#{seen[sid] - 1}"})
     return out

@@ -11,7 +11,7 @@ import sys
 from tqdm import tqdm
 
 from .media import VisionSpec, probe_video, video_frame_indices, video_tokens
-from .records import TASK_TYPES, Problem, check_record, read_records, resolve_media
+from .records import TASK_TYPES, Problem, check_record, read_records, resolve_media, roots_per_file
 
 
 def _open_media(record: dict, image_root, video_root, spec: VisionSpec | None) -> tuple[list[str], int]:
@@ -45,7 +45,9 @@ def validate_files(files, image_root=None, video_root=None, decode: bool = True,
     """Every problem in `files`; an empty list means the data is ready for training."""
     problems: list[Problem] = []
     spec = VisionSpec.for_processor(processor) if processor is not None else None
-    for path in files:
+    image_roots = roots_per_file(image_root, len(files), "image_root")
+    video_roots = roots_per_file(video_root, len(files), "video_root")
+    for path, image_root, video_root in zip(files, image_roots, video_roots):
         result = read_records(path)
         problems.extend(result.problems)
         for rec in tqdm(result.records, desc=f"checking {path}", disable=not progress, unit="rec"):
@@ -67,8 +69,10 @@ def validate_files(files, image_root=None, video_root=None, decode: bool = True,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", help="JSON list or JSONL data files")
-    parser.add_argument("--image_root", default=None, help="folder that relative image paths start from")
-    parser.add_argument("--video_root", default=None, help="folder that relative video paths start from")
+    parser.add_argument("--image_root", nargs="+", default=None,
+                        help="folder that relative image paths start from (one, or one per file)")
+    parser.add_argument("--video_root", nargs="+", default=None,
+                        help="folder that relative video paths start from (one, or one per file)")
     parser.add_argument("--no_decode", action="store_true", help="only check that files exist (faster)")
     parser.add_argument("--model", default=None, help="model/processor path: also check prompt length in tokens")
     parser.add_argument("--max_prompt_length", type=int, default=None, help="token limit for prompt + vision tokens")
