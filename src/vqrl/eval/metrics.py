@@ -1,6 +1,6 @@
 """Agreement between predicted scores and MOS: SRCC, KRCC, PLCC (raw and after the 4-parameter logistic map), RMSE.
 
-Must not invent numbers: unparsed predictions are dropped and counted, never imputed; undefined values are None, not NaN.
+Must not invent numbers: unparsed predictions are dropped and counted, never imputed; undefined stats are None, not NaN.
 """
 
 from __future__ import annotations

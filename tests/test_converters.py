@@ -1,0 +1,462 @@
+"""Each converter on small files written in its dataset's official label format (rows invented, format and quirks
+kept), checked for paths, rescaled values, meta and count; plus the CLI and its error messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vqrl.data.records import check_record
+from vqrl.eval import converters as C
+
+
+def touch(root: Path, *rels: str) -> None:
+    for rel in rels:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+
+
+def assert_valid(records, root):
+    """Every record passes the data layer's own check (type, [1,5] MOS, media file exists under root)."""
+    for r in records:
+        assert check_record(r, image_root=str(root), video_root=str(root)) == [], r
+
+
+def by_path(records, key="image"):
+    return {r[key]: r for r in records}
+
+
+def write_xlsx(path: Path, sheets: dict[str, list[list]]) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for name, rows in sheets.items():
+        ws = book.create_sheet(name)
+        for row in rows:
+            ws.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    book.save(path)
+
+
+# ------------------------------------------------------------------------------------------------------------ KonIQ
+
+
+KONIQ_SCORES = (
+    '"image_name","c1","c2","c3","c4","c5","c_total","MOS","SD","MOS_zscore"\n'
+    '"10004473376.jpg",0,0,25,73,7,105,3.828571429,0.527277894,77.38362069\n'
+    '"10007357496.jpg",0,3,45,47,1,96,3.479166667,0.580003025,68.72857143\n'
+    '"10050349236.jpg",6,69,27,0,0,102,2.205882353,0.532846555,30.94181034\n'
+)
+KONIQ_SETS = (
+    "image_name,c1,c2,c3,c4,c5,c_total,MOS,SD,set\n"
+    "10004473376.jpg,0.0,0.0,0.238,0.695,0.0667,105,77.3836206897,0.527,training\n"
+    "10007357496.jpg,0.0,0.031,0.468,0.489,0.0104,96,68.7285714286,0.580,test\n"
+    "10050349236.jpg,0.0588,0.676,0.264,0.0,0.0,102,30.9418103448,0.532,validation\n"
+)
+
+
+def test_koniq(tmp_path):
+    (tmp_path / "koniq10k_scores_and_distributions.csv").write_text(KONIQ_SCORES)
+    touch(tmp_path, "1024x768/10004473376.jpg", "1024x768/10007357496.jpg", "1024x768/10050349236.jpg")
+    recs = C.convert("koniq", tmp_path)
+    assert len(recs) == 3
+    r = by_path(recs)["1024x768/10004473376.jpg"]
+    assert r["type"] == "scoring_image" and r["dataset"] == "koniq" and "question" not in r
+    assert r["solution"] == 3.8286  # 1-5 already: identity, rounded to 4 places
+    assert r["meta"]["mos_raw"] == pytest.approx(3.828571429)
+    assert r["meta"]["mos_zscore"] == pytest.approx(77.38362069)
+    assert r["meta"]["rule"] == "linear [1,5]->[1,5]" and r["meta"]["dataset"] == "koniq"
+    assert r["meta"]["source"] == "koniq10k_scores_and_distributions.csv"
+    assert "split" not in r["meta"]
+    assert_valid(recs, tmp_path)
+
+
+def test_koniq_splits_come_from_sets_file_not_its_mos(tmp_path):
+    (tmp_path / "koniq10k_scores_and_distributions.csv").write_text(KONIQ_SCORES)
+    (tmp_path / "metadata").mkdir()
+    (tmp_path / "metadata/koniq10k_distributions_sets.csv").write_text(KONIQ_SETS)
+    with pytest.raises(C.ConversionError, match="choose train, val or test"):
+        C.convert("koniq", tmp_path, split="dev")
+    test = C.convert("koniq10k", tmp_path, split="test")
+    assert [r["image"] for r in test] == ["1024x768/10007357496.jpg"]
+    assert test[0]["solution"] == 3.4792 and test[0]["meta"]["split"] == "test"  # the 1-5 MOS, not 68.7
+    assert [r["meta"]["split"] for r in C.convert("koniq", tmp_path, split="val")] == ["validation"]
+    assert len(C.convert("KonIQ-10k", tmp_path, split="training")) == 1
+    assert {r["meta"]["split"] for r in C.convert("koniq", tmp_path)} == {"training", "test", "validation"}
+
+
+def test_koniq_split_without_sets_file_is_a_clear_error(tmp_path):
+    (tmp_path / "koniq10k_scores_and_distributions.csv").write_text(KONIQ_SCORES)
+    with pytest.raises(C.ConversionError, match="koniq10k_distributions_sets.csv"):
+        C.convert("koniq", tmp_path, split="test")
+
+
+def test_koniq_half_size_images_are_found(tmp_path):
+    (tmp_path / "koniq10k_scores_and_distributions.csv").write_text(KONIQ_SCORES)
+    touch(tmp_path, "512x384/10004473376.jpg")
+    assert C.convert("koniq", tmp_path)[0]["image"].startswith("512x384/")
+
+
+# ------------------------------------------------------------------------------------------------------------- SPAQ
+
+
+def test_spaq_xlsx(tmp_path):
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [
+        ["Image name", "MOS", "Brightness", "Colorfulness", "Contrast", "Noisiness", "Sharpness"],
+        ["00001.jpg", 48.86, 47.43, 55.57, 55.71, 37.86, 42.57],
+        ["00002.jpg", 62.5, 55.38, 67.13, 53.13, 57.5, 47.5],
+        ["00003.jpg", 100, 62.38, 72.63, 65.75, 72.25, 82.71],
+        [None, None, None, None, None, None, None],  # trailing padding row
+    ]})
+    touch(tmp_path, "TestImage/00001.jpg", "TestImage/00002.jpg", "TestImage/00003.jpg")
+    recs = C.convert("spaq", tmp_path)
+    assert len(recs) == 3
+    r = by_path(recs)
+    assert r["TestImage/00001.jpg"]["solution"] == pytest.approx(1 + 4 * 48.86 / 100)
+    assert r["TestImage/00002.jpg"]["solution"] == 3.5
+    assert r["TestImage/00003.jpg"]["solution"] == 5.0
+    assert r["TestImage/00001.jpg"]["meta"]["rule"] == "linear [0,100]->[1,5]"
+    assert r["TestImage/00001.jpg"]["meta"]["mos_raw"] == 48.86
+    assert_valid(recs, tmp_path)
+
+
+def test_xlsx_without_openpyxl_says_how_to_install(tmp_path, monkeypatch):
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"S": [["Image name", "MOS"]]})
+    monkeypatch.setitem(sys.modules, "openpyxl", None)  # import openpyxl -> ImportError
+    with pytest.raises(C.ConversionError, match="pip install openpyxl"):
+        C.convert("spaq", tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------- LIVE Challenge
+
+
+def test_live_challenge_mat_drops_the_seven_training_images(tmp_path):
+    from scipy.io import savemat
+
+    names = [f"t{i}.bmp" for i in range(1, 8)] + ["100.bmp", "3.bmp", "1002.JPG"]
+    mos = [63.96, 25.33, 48.93, 35.88, 66.50, 54.57, 77.88, 32.56, 44.45, 87.5]
+    cell = np.empty((len(names), 1), dtype=object)  # a MATLAB cell column, as in AllImages_release.mat
+    for i, n in enumerate(names):
+        cell[i, 0] = np.array([n])
+    (tmp_path / "Data").mkdir()
+    savemat(tmp_path / "Data/AllImages_release.mat", {"AllImages_release": cell})
+    savemat(tmp_path / "Data/AllMOS_release.mat", {"AllMOS_release": np.array([mos])})  # 1 x N row
+    touch(tmp_path, "Images/100.bmp", "Images/3.bmp", "Images/1002.JPG", "Images/trainingImages/t1.bmp")
+    recs = C.convert("clive", tmp_path)
+    assert [r["image"] for r in recs] == ["Images/100.bmp", "Images/3.bmp", "Images/1002.JPG"]
+    assert recs[0]["solution"] == pytest.approx(1 + 4 * 0.3256, abs=1e-4)
+    assert recs[2]["meta"]["mos_raw"] == 87.5 and recs[2]["dataset"] == "livec"
+    assert all(r["meta"]["rule"] == "linear [0,100]->[1,5]" for r in recs)
+    assert_valid(recs, tmp_path)
+
+
+def test_live_challenge_length_mismatch(tmp_path):
+    from scipy.io import savemat
+
+    (tmp_path / "Data").mkdir()
+    cell = np.empty((2, 1), dtype=object)
+    cell[0, 0], cell[1, 0] = np.array(["a.bmp"]), np.array(["b.bmp"])
+    savemat(tmp_path / "Data/AllImages_release.mat", {"AllImages_release": cell})
+    savemat(tmp_path / "Data/AllMOS_release.mat", {"AllMOS_release": np.array([[1.0, 2.0, 3.0]])})
+    with pytest.raises(C.ConversionError, match="lists 2 images but .* 3 MOS"):
+        C.convert("livec", tmp_path)
+
+
+def test_live_challenge_wrong_variable(tmp_path):
+    from scipy.io import savemat
+
+    (tmp_path / "Data").mkdir()
+    savemat(tmp_path / "Data/AllMOS_release.mat", {"mos": np.array([[1.0]])})
+    savemat(tmp_path / "Data/AllImages_release.mat", {"AllImages_release": np.array(["a.bmp"])})
+    with pytest.raises(C.ConversionError, match="no variable 'AllMOS_release'"):
+        C.convert("livec", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------ KADID
+
+
+def test_kadid_dmos_is_quality_oriented_not_inverted(tmp_path):
+    base = tmp_path / "kadid10k"
+    base.mkdir()
+    (base / "dmos.csv").write_text(
+        "dist_img,ref_img,dmos,var\n"
+        "I01_01_01.png,I01.png,4.57,0.496\n"
+        "I01_01_05.png,I01.png,1.43,0.353\n"
+        "I81_25_03.png,I81.png,3.0,0.812\n")
+    touch(tmp_path, "kadid10k/images/I01_01_01.png", "kadid10k/images/I01_01_05.png",
+          "kadid10k/images/I81_25_03.png")
+    recs = C.convert("kadid-10k", tmp_path)
+    r = by_path(recs)
+    assert len(recs) == 3
+    mild, strong = r["kadid10k/images/I01_01_01.png"], r["kadid10k/images/I01_01_05.png"]
+    assert mild["solution"] == 4.57 and strong["solution"] == 1.43  # level 1 (mild) scores higher: not inverted
+    assert mild["meta"]["reference"] == "kadid10k/images/I01.png" and mild["meta"]["var"] == 0.496
+    assert mild["meta"]["rule"].startswith("linear [1,5]->[1,5]") and "higher is better" in mild["meta"]["rule"]
+    assert_valid(recs, tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------- AGIQA-3K
+
+
+def test_agiqa3k(tmp_path):
+    (tmp_path / "data.csv").write_text(
+        "name,prompt,adj1,adj2,style,mos_quality,std_quality,mos_align,std_align\n"
+        'AttnGAN_normal_000.jpg,"statue of a horse, baroque",baroque,,,0.7373,0.4921,1.6015,0.8371\n'
+        "sd1.5_highcorr_012.jpg,a cat,,,,4.2,0.51,4.01,0.6\n")
+    touch(tmp_path, "AGIQA-3K/AttnGAN_normal_000.jpg", "AGIQA-3K/sd1.5_highcorr_012.jpg")
+    recs = C.convert("agiqa-3k", tmp_path)
+    r = by_path(recs)
+    low = r["AGIQA-3K/AttnGAN_normal_000.jpg"]
+    assert low["solution"] == pytest.approx(1 + 4 * 0.7373 / 5, abs=1e-4)
+    assert r["AGIQA-3K/sd1.5_highcorr_012.jpg"]["solution"] == pytest.approx(4.36)
+    assert low["meta"]["mos_align"] == 1.6015 and low["meta"]["prompt"] == "statue of a horse, baroque"
+    assert low["meta"]["rule"] == "linear [0,5]->[1,5]"
+    assert_valid(recs, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------ PIPAL
+
+
+def test_pipal_elo_min_max(tmp_path):
+    (tmp_path / "Train_Label").mkdir()
+    (tmp_path / "Train_Label/A0001.txt").write_text("A0001_00_00.bmp,1520.0648\nA0001_10_03.bmp,1000.0000\n")
+    (tmp_path / "Train_Label/A0002.txt").write_text("A0002_00_00.bmp,1800.0000\r\n\r\n")
+    touch(tmp_path, "Train_Dis/A0001_00_00.bmp", "Train_Dis/A0002_00_00.bmp",
+          "Distortion_2/A0001_10_03.bmp",  # the train release also ships its distortions in Distortion_1..4
+          "Train_Ref/A0001.bmp", "Train_Ref/A0002.bmp")
+    recs = C.convert("pipal", tmp_path)
+    r = by_path(recs)
+    assert len(recs) == 3
+    assert r["Train_Dis/A0002_00_00.bmp"]["solution"] == 5.0
+    assert r["Distortion_2/A0001_10_03.bmp"]["solution"] == 1.0
+    mid = r["Train_Dis/A0001_00_00.bmp"]
+    assert mid["solution"] == pytest.approx(1 + 4 * 520.0648 / 800, abs=1e-4)
+    assert mid["meta"]["rule"].startswith("linear [1000,1800]->[1,5]") and "observed" in mid["meta"]["rule"]
+    assert mid["meta"]["reference"] == "Train_Ref/A0001.bmp" and mid["meta"]["source"] == "Train_Label/A0001.txt"
+    assert_valid(recs, tmp_path)
+
+
+def test_pipal_missing_labels(tmp_path):
+    with pytest.raises(C.ConversionError, match=r"Train_Label"):
+        C.convert("pipal", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------- CSIQ
+
+
+def csiq_sheet(rows):
+    """all_by_image as distributed: title rows, header in row 4 starting at column D."""
+    pad = [None, None, None]
+    return ([["CSIQ image quality database"], ["DMOS by image"], []]
+            + [pad + ["image", "dst_idx", "dst_type", "dst_lev", "dmos_std", "dmos"]]
+            + [pad + r for r in rows] + [pad + [None] * 6])
+
+
+def test_csiq_dmos_inverted_and_file_names(tmp_path):
+    write_xlsx(tmp_path / "csiq.DMOS.xlsx", {
+        "all_by_image": csiq_sheet([
+            [1600, 1, "noise", 1, 0.061, 0.062],
+            [1600, 2, "jpeg 2000", 5, 0.1, 0.9],
+            ["aerial_city", 4, "jpeg", 3, 0.08, 0.4],
+            ["boston", 3, "blur", 2, 0.05, -0.01],  # slightly below 0: kept, clipped, flagged
+            ["boston", 6, "contrast", 1, 0.05, 0.25],
+            ["boston", 5, "fnoise", 4, 0.05, 0.5],
+        ]),
+        "all_by_distortion": [["another sheet the converter must ignore"]],
+    })
+    touch(tmp_path, "dst_imgs/awgn/1600.AWGN.1.png", "dst_imgs/jpeg2000/1600.jpeg2000.5.png",
+          "dst_imgs/jpeg/aerial_city.JPEG.3.png", "dst_imgs/blur/boston.BLUR.2.png",
+          "dst_imgs/contrast/boston.contrast.1.png", "dst_imgs/fnoise/boston.fnoise.4.png")
+    recs = C.convert("csiq", tmp_path)
+    r = by_path(recs)
+    assert len(recs) == 6
+    best = r["dst_imgs/awgn/1600.AWGN.1.png"]
+    assert best["solution"] == pytest.approx(5 - 4 * 0.062)  # low DMOS = good = high MOS
+    assert r["dst_imgs/jpeg2000/1600.jpeg2000.5.png"]["solution"] == pytest.approx(1.4)
+    assert r["dst_imgs/jpeg/aerial_city.JPEG.3.png"]["solution"] == pytest.approx(3.4)
+    clipped = r["dst_imgs/blur/boston.BLUR.2.png"]
+    assert clipped["solution"] == 5.0 and clipped["meta"]["clipped"] is True and clipped["meta"]["mos_raw"] == -0.01
+    assert best["meta"]["rule"].startswith("inverted linear [0,1]->[5,1]")
+    assert best["meta"]["reference"] == "src_imgs/1600.png"
+    assert best["meta"]["distortion"] == "noise" and best["meta"]["level"] == 1
+    assert "clipped" not in best["meta"]
+    assert_valid(recs, tmp_path)
+
+
+def test_csiq_missing_sheet(tmp_path):
+    write_xlsx(tmp_path / "csiq.DMOS.xlsx", {"Sheet1": [["image", "dmos"]]})
+    with pytest.raises(C.ConversionError, match="no sheet 'all_by_image'"):
+        C.convert("csiq", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------- TID2013
+
+
+def test_tid2013_name_case_quirks(tmp_path):
+    # names as written in mos_with_names.txt: mixed case, some .BMP; CRLF line ends
+    (tmp_path / "mos_with_names.txt").write_bytes(
+        b"5.51429 I01_01_1.bmp\r\n5.56757 i01_01_2.bmp\r\n5.91429 I01_11_1.BMP\r\n0.24000 i25_24_5.bmp\r\n\r\n")
+    # names on disk disagree in case with the file
+    touch(tmp_path, "distorted_images/i01_01_1.bmp", "distorted_images/I01_01_2.bmp",
+          "distorted_images/i01_11_1.bmp", "distorted_images/i25_24_5.bmp",
+          "reference_images/I01.BMP", "reference_images/i25.bmp")
+    recs = C.convert("tid2013", tmp_path)
+    assert [r["image"] for r in recs] == ["distorted_images/i01_01_1.bmp", "distorted_images/I01_01_2.bmp",
+                                          "distorted_images/i01_11_1.bmp", "distorted_images/i25_24_5.bmp"]
+    assert recs[0]["solution"] == pytest.approx(1 + 4 * 5.51429 / 9, abs=1e-4)
+    assert recs[3]["solution"] == pytest.approx(1 + 4 * 0.24 / 9, abs=1e-4)
+    assert recs[0]["meta"]["name"] == "I01_01_1.bmp" and recs[0]["meta"]["rule"] == "linear [0,9]->[1,5]"
+    assert recs[0]["meta"]["reference"] == "reference_images/I01.BMP"
+    assert recs[3]["meta"]["reference"] == "reference_images/i25.bmp"
+    assert_valid(recs, tmp_path)
+
+
+def test_tid2013_labels_only_keeps_names_as_written(tmp_path):
+    (tmp_path / "mos_with_names.txt").write_text("4.0 I01_11_1.BMP\n")
+    assert C.convert("tid", tmp_path)[0]["image"] == "distorted_images/I01_11_1.BMP"
+
+
+def test_tid2013_bad_line(tmp_path):
+    (tmp_path / "mos_with_names.txt").write_text("5.1 i01_01_1.bmp\nfive i01_01_2.bmp\n")
+    with pytest.raises(C.ConversionError, match=r"mos_with_names.txt:2.*not a number"):
+        C.convert("tid2013", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------- LSVQ
+
+
+LSVQ_TRAIN_TEST = (
+    "name,p1,p2,p3,height,width,mos_p1,mos_p2,mos_p3,mos,is_test\n"
+    "ia-batch1/0a1b2c,1,2,3,540,960,70.1,65.2,60.3,72.5,False\n"
+    "yfcc-batch3/10072,1,2,3,720,1280,40.0,41.0,42.0,41.3,True\n"
+    "yfcc-batch3/10090,1,2,3,720,1280,40.0,41.0,42.0,0.0,False\n"
+)
+LSVQ_1080P = "name,p1,p2,p3,height,width,mos_p1,mos_p2,mos_p3,mos\nyfcc-batch7/99,1,2,3,1080,1920,50,50,50,64.0\n"
+
+
+def test_lsvq_splits(tmp_path):
+    (tmp_path / "labels_train_test.csv").write_text(LSVQ_TRAIN_TEST)
+    (tmp_path / "labels_test_1080p.csv").write_text(LSVQ_1080P)
+    touch(tmp_path, "ia-batch1/0a1b2c.mp4", "yfcc-batch3/10072.mp4", "yfcc-batch3/10090.mp4",
+          "yfcc-batch7/99.mp4")
+    every = C.convert("lsvq", tmp_path)
+    assert len(every) == 4 and all(r["type"] == "scoring_video" and "image" not in r for r in every)
+    r = by_path(every, "video")
+    assert r["ia-batch1/0a1b2c.mp4"]["solution"] == pytest.approx(1 + 4 * 0.725)
+    assert r["ia-batch1/0a1b2c.mp4"]["meta"]["split"] == "train"
+    assert r["yfcc-batch3/10090.mp4"]["solution"] == 1.0
+    assert r["yfcc-batch7/99.mp4"]["meta"]["split"] == "test_1080p"
+    assert [x["video"] for x in C.convert("lsvq", tmp_path, split="test")] == ["yfcc-batch3/10072.mp4"]
+    assert len(C.convert("lsvq", tmp_path, split="train")) == 2
+    assert [x["video"] for x in C.convert("lsvq", tmp_path, split="test_1080p")] == ["yfcc-batch7/99.mp4"]
+    assert_valid(every, tmp_path)
+
+
+def test_lsvq_missing_1080p_file_named(tmp_path):
+    (tmp_path / "labels_train_test.csv").write_text(LSVQ_TRAIN_TEST)
+    assert len(C.convert("lsvq", tmp_path, split="train")) == 2  # not needed for this split
+    with pytest.raises(C.ConversionError, match="labels_test_1080p.csv"):
+        C.convert("lsvq", tmp_path)
+    with pytest.raises(C.ConversionError, match="LSVQ split 'val' unknown"):
+        C.convert("lsvq", tmp_path, split="val")
+
+
+# -------------------------------------------------------------------------------------------------------- KoNViD-1k
+
+
+def test_konvid(tmp_path):
+    (tmp_path / "KoNViD_1k_mos.csv").write_text('"flickr_id","mos"\n3339962845,4.64\n2999049224,1.0\n')
+    touch(tmp_path, "KoNViD_1k_videos/3339962845.mp4", "KoNViD_1k_videos/2999049224.mp4")
+    recs = C.convert("konvid-1k", tmp_path)
+    assert [(r["video"], r["solution"]) for r in recs] == [("KoNViD_1k_videos/3339962845.mp4", 4.64),
+                                                           ("KoNViD_1k_videos/2999049224.mp4", 1.0)]
+    assert recs[0]["dataset"] == "konvid" and recs[0]["meta"]["rule"] == "linear [1,5]->[1,5]"
+    assert_valid(recs, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- shared behaviour
+
+
+EXPECTED_LABEL_FILE = {
+    "koniq": "koniq10k_scores_and_distributions.csv", "spaq": "MOS and Image attribute scores.xlsx",
+    "livec": "AllMOS_release.mat", "kadid": "dmos.csv", "agiqa3k": "data.csv", "pipal": "Train_Label",
+    "csiq": "csiq.DMOS.xlsx", "tid2013": "mos_with_names.txt", "lsvq": "labels_train_test.csv",
+    "konvid": "KoNViD_1k_mos.csv",
+}
+
+
+@pytest.mark.parametrize("name", sorted(C.CONVERTERS))
+def test_missing_label_file_names_it(tmp_path, name):
+    with pytest.raises(C.ConversionError) as info:
+        C.convert(name, tmp_path)
+    msg = str(info.value)
+    assert EXPECTED_LABEL_FILE[name] in msg and str(tmp_path) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("name", sorted(set(C.CONVERTERS) - set(C.SPLITS)))
+def test_split_on_a_set_without_one(tmp_path, name):
+    with pytest.raises(C.ConversionError, match="no official split"):
+        C.convert(name, tmp_path, split="test")
+
+
+def test_every_dataset_is_documented():
+    doc = (Path(__file__).resolve().parents[1] / "docs/datasets.md").read_text()
+    for name in C.CONVERTERS:
+        assert f"`{name}`" in doc
+
+
+def test_unknown_dataset_and_missing_root(tmp_path):
+    with pytest.raises(C.ConversionError, match="unknown dataset 'imagenet'"):
+        C.convert("imagenet", tmp_path)
+    with pytest.raises(C.ConversionError, match="not a directory"):
+        C.convert("koniq", tmp_path / "nope")
+
+
+def test_bad_mos_value_names_file_and_line(tmp_path):
+    (tmp_path / "KoNViD_1k_mos.csv").write_text("flickr_id,mos\n1,4.0\n2,n/a\n")
+    with pytest.raises(C.ConversionError, match=r"KoNViD_1k_mos.csv:3 mos: 'n/a' is not a number"):
+        C.convert("konvid", tmp_path)
+
+
+def test_missing_column_lists_the_columns(tmp_path):
+    (tmp_path / "KoNViD_1k_mos.csv").write_text("id,score\n1,4.0\n")
+    with pytest.raises(C.ConversionError, match="no column 'flickr_id' .*columns: id, score"):
+        C.convert("konvid", tmp_path)
+
+
+def test_cli_writes_json_and_jsonl(tmp_path, capsys):
+    from vqrl.cli import main
+
+    (tmp_path / "KoNViD_1k_mos.csv").write_text("flickr_id,mos\n1,4.0\n2,2.5\n")
+    touch(tmp_path, "KoNViD_1k_videos/1.mp4")
+    out = tmp_path / "out/konvid.json"
+    assert main(["convert", "konvid", "--root", str(tmp_path), "--out", str(out)]) == 0
+    recs = json.loads(out.read_text())
+    assert [r["solution"] for r in recs] == [4.0, 2.5]
+    captured = capsys.readouterr()
+    assert "wrote 2 records" in captured.out
+    assert "1 of 2 media files not found" in captured.err and "KoNViD_1k_videos/2.mp4" in captured.err
+    out_l = tmp_path / "konvid.jsonl"
+    assert main(["convert", "KoNViD-1k", "--root", str(tmp_path), "--out", str(out_l)]) == 0
+    assert [json.loads(line)["video"] for line in out_l.read_text().splitlines()] == [
+        "KoNViD_1k_videos/1.mp4", "KoNViD_1k_videos/2.mp4"]
+    # the converted file loads through the data layer
+    from vqrl.data.records import read_records
+
+    loaded = read_records(out)
+    assert not loaded.problems and len(loaded.records) == 2
+
+
+def test_cli_error_is_one_line_and_exit_2(tmp_path, capsys):
+    from vqrl.cli import main
+
+    out = tmp_path / "x.json"
+    assert main(["convert", "kadid", "--root", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vqrl convert: error: KADID-10k: label file not found") and "\n" not in err
+    assert "dmos.csv" in err and not out.exists()
