@@ -219,6 +219,15 @@ def test_heartbeat_survives_unwritable_location(tmp_path):
     assert hb.beat(2, "train") is False  # warns once, never raises
 
 
+def test_heartbeat_sweeps_old_temp_files(tmp_path):
+    old, fresh = tmp_path / ".heartbeat.old.tmp", tmp_path / ".heartbeat.new.tmp"
+    old.write_text("{")
+    fresh.write_text("{")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    Heartbeat(tmp_path / "heartbeat.json")
+    assert not old.exists() and fresh.exists()  # a temp file that young may be another writer's
+
+
 def test_heartbeat_path_honours_watchdog_env(tmp_path, monkeypatch):
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
     assert heartbeat_path(tmp_path) == str(tmp_path / "heartbeat.json")

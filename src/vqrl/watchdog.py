@@ -1,7 +1,6 @@
-"""Watchdog: run a training command, restart it when it crashes or its heartbeat goes stale, resume it, give up sanely.
+"""Watchdog: run a training command, restart it (resuming) when it crashes or its heartbeat goes stale, give up sanely.
 
-It supervises processes only: it must not import torch or the trainer, and it never guesses at checkpoints
-(the trainer's `--resume auto` picks the newest complete one).
+It supervises processes only: no torch, no trainer imports, no checkpoint picking (`--resume auto` does that).
 """
 
 from __future__ import annotations

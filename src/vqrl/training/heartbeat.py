@@ -54,6 +54,20 @@ class Heartbeat:
         self._last_time = float("-inf")
         self._warned = False
         self._phase_started: float | None = None
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """A process killed between mkstemp and os.replace leaves a temp file; sweep old ones (not a live writer's)."""
+        directory = os.path.dirname(self.path) or "."
+        try:
+            names = [n for n in os.listdir(directory) if n.startswith(".heartbeat.") and n.endswith(".tmp")]
+        except OSError:
+            return
+        for name in names:
+            with contextlib.suppress(OSError):
+                full = os.path.join(directory, name)
+                if time.time() - os.path.getmtime(full) > 60:
+                    os.unlink(full)
 
     def beat(self, step: int, phase: str = "train", force: bool = False) -> bool:
         """Record that `phase` of `step` is alive; returns whether the file was written."""
