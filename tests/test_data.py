@@ -1,0 +1,632 @@
+"""Data layer: records (JSON list / JSONL, per-record checks, weighted seeded mixing), media (Qwen-sized images,
+PyAV video), prompts, training rows, and `vqrl validate-data` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqrl.data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_records, make_train_dataset
+from vqrl.data.media import VisionSpec, load_image, load_video, video_frame_indices
+from vqrl.data.prompts import (NO_THINK_INSTRUCTION, REFERENCE_NOTE, THINK_INSTRUCTION, PromptConfig, QUESTIONS,
+                               prompt_text)
+from vqrl.data.records import DataError, check_record, mix, read_records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+VIDEOS = sorted(os.path.join(EXAMPLES, "videos", f) for f in os.listdir(os.path.join(EXAMPLES, "videos")))
+
+
+def write_json(path, obj) -> str:
+    path.write_text(json.dumps(obj, indent=2))
+    return str(path)
+
+
+def save_image(path, size=(64, 48), color=(200, 30, 30)) -> str:
+    Image.new("RGB", size, color).save(path)
+    return str(path)
+
+
+def write_video(path, frames=40, fps=10, width=64, height=48) -> str:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            arr = np.zeros((height, width, 3), dtype=np.uint8)
+            arr[:, : (i % width)] = 255  # frame i: a white strip i pixels wide
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def scoring(image, mos=3.5, **extra) -> dict:
+    return {"image": image, "solution": mos, "type": "scoring_image", **extra}
+
+
+# --------------------------------------------------------------------------------------------------- read_records
+
+
+def test_read_json_list_tags_records_with_file_and_index(tmp_path):
+    path = write_json(tmp_path / "d.json", [scoring("a.jpg"), scoring("b.jpg", 2.0), scoring("c.jpg", 4.0)])
+    result = read_records(path)
+    assert result.problems == []
+    assert [r["image"] for r in result.records] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [r["_index"] for r in result.records] == [0, 1, 2]
+    assert all(r["_file"] == path for r in result.records)
+    assert len({r["sample_id"] for r in result.records}) == 3
+
+
+def test_read_jsonl_reports_the_bad_line_and_keeps_the_others(tmp_path):
+    lines = [json.dumps(scoring("a.jpg")), '{"image": "b.jpg", "solution": 3.0,, }', json.dumps(scoring("c.jpg"))]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    result = read_records(tmp_path / "d.jsonl")
+    assert [r["image"] for r in result.records] == ["a.jpg", "c.jpg"]
+    assert [r["_index"] for r in result.records] == [0, 2]
+    assert len(result.problems) == 1
+    problem = result.problems[0]
+    assert problem.index == 1 and "line 2" in problem.reason
+    assert str(problem).startswith(f"{tmp_path / 'd.jsonl'}:1: invalid JSON")
+
+
+def test_truncated_json_list_keeps_earlier_records_and_locates_the_broken_one(tmp_path):
+    good = [scoring("a.jpg"), scoring("b.jpg")]
+    last_line = '{"image": "c.jpg", "solution": 4.1'  # the file was cut here
+    text = "[\n" + ",\n".join(json.dumps(r) for r in good) + ",\n" + last_line
+    (tmp_path / "d.json").write_text(text)
+    result = read_records(tmp_path / "d.json")
+    assert [r["image"] for r in result.records] == ["a.jpg", "b.jpg"]
+    assert len(result.problems) == 1
+    problem = result.problems[0]
+    assert problem.index == 2
+    assert f"line 4 column {len(last_line) + 1}" in problem.reason, problem.reason
+
+
+def test_json_list_cut_after_a_comma_reports_the_next_index(tmp_path):
+    (tmp_path / "d.json").write_text("[\n" + json.dumps(scoring("a.jpg")) + ",\n")
+    result = read_records(tmp_path / "d.json")
+    assert len(result.records) == 1
+    assert [p.index for p in result.problems] == [1]
+    assert "truncated" in result.problems[0].reason
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n"])
+def test_empty_file_is_one_problem_for_the_whole_file(tmp_path, text):
+    (tmp_path / "d.json").write_text(text)
+    result = read_records(tmp_path / "d.json")
+    assert result.records == []
+    assert len(result.problems) == 1 and result.problems[0].index is None
+    assert "empty" in result.problems[0].reason
+    assert str(result.problems[0]) == f"{tmp_path / 'd.json'}: file is empty"
+
+
+def test_missing_file_is_reported_not_raised(tmp_path):
+    result = read_records(tmp_path / "nope.json")
+    assert result.records == [] and len(result.problems) == 1 and "cannot read" in result.problems[0].reason
+
+
+@pytest.mark.xfail(reason="BUG: read_records stops at the first ']' and ignores what follows, so a second "
+                          "concatenated JSON list (cat a.json b.json) is dropped without any problem reported",
+                   strict=True)
+def test_content_after_the_closing_bracket_is_not_silently_dropped(tmp_path):
+    text = json.dumps([scoring("a.jpg")]) + "\n" + json.dumps([scoring("b.jpg")]) + "\n"
+    (tmp_path / "d.json").write_text(text)
+    result = read_records(tmp_path / "d.json")
+    assert len(result.records) == 2 or result.problems
+
+
+# --------------------------------------------------------------------------------------------------- check_record
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    save_image(d / "ok.jpg")
+    return str(d)
+
+
+def test_check_record_accepts_a_good_record_and_numeric_strings(image_dir):
+    assert check_record(scoring("ok.jpg", 4.4), image_dir) == []
+    assert check_record(scoring("ok.jpg", "4.4"), image_dir) == []
+    assert check_record(scoring("ok.jpg", 1), image_dir) == []  # range ends are valid
+    assert check_record(scoring("ok.jpg", 5.0), image_dir) == []
+    assert check_record(scoring(os.path.join(image_dir, "ok.jpg")), None) == []  # absolute path, no root
+
+
+def test_check_record_missing_image_file(image_dir):
+    (reason,) = check_record(scoring("gone.jpg"), image_dir)
+    assert "not found" in reason and "gone.jpg" in reason
+
+
+@pytest.mark.parametrize("bad", ["abc", "", None, True, [4.0], float("nan"), "inf"])
+def test_check_record_non_numeric_solution(image_dir, bad):
+    (reason,) = check_record(scoring("ok.jpg", bad), image_dir)
+    assert "not a number" in reason
+
+
+@pytest.mark.parametrize("mos", [0.99, 5.01, -3, 100])
+def test_check_record_out_of_range_mos(image_dir, mos):
+    (reason,) = check_record(scoring("ok.jpg", mos), image_dir)
+    assert "outside the MOS range" in reason
+
+
+def test_check_record_unknown_type_and_missing_fields(image_dir):
+    (reason,) = check_record({"image": "ok.jpg", "solution": 3, "type": "scoring_audio"}, image_dir)
+    assert "unknown type" in reason and "scoring_audio" in reason
+    assert check_record({"image": "ok.jpg", "solution": 3}, image_dir) == ["missing field 'type'"]
+    assert check_record({"image": "ok.jpg", "type": "scoring_image"}, image_dir) == ["missing field 'solution'"]
+    assert check_record({"solution": 3, "type": "scoring_image"}, image_dir) == [
+        "missing field 'image' for type scoring_image"]
+    # a video task needs a video even when an image is present
+    assert any("missing field 'video'" in r for r in check_record(
+        {"image": "ok.jpg", "solution": 3, "type": "scoring_video"}, image_dir, image_dir))
+    assert "expected an object" in check_record(["not", "a", "dict"])[0]
+
+
+@pytest.mark.xfail(reason="BUG: check_record does `rtype not in TASK_TYPES` on an unhashable `type` "
+                          "(list/dict) and raises TypeError instead of reporting the record", strict=True)
+def test_check_record_reports_a_non_string_type_instead_of_crashing(image_dir):
+    reasons = check_record({"image": "ok.jpg", "solution": 3, "type": ["scoring_image"]}, image_dir)
+    assert reasons and "type" in reasons[0]
+
+
+def test_check_record_choice_letters(image_dir):
+    rec = {"image": "ok.jpg", "type": "choice_image", "options": ["blur", "noise", "jpeg"], "solution": "B"}
+    assert check_record(rec, image_dir) == []
+    for bad in ("D", "AB", "1", 2, ""):
+        (reason,) = check_record({**rec, "solution": bad}, image_dir)
+        assert "option letter A..C" in reason, bad
+    (reason,) = check_record({**rec, "options": ["only one"]}, image_dir)
+    assert "options" in reason
+    (reason,) = check_record({k: v for k, v in rec.items() if k != "options"}, image_dir)
+    assert "options" in reason
+
+
+def test_check_record_boxes(image_dir):
+    rec = {"image": "ok.jpg", "type": "grounding_image", "solution": [0, 0, 10, 10]}
+    assert check_record(rec, image_dir) == []
+    for bad in ([10, 0, 5, 10], [5, 0, 5, 10], [0, 9, 10, 9], [0, 0, 10], "0,0,10,10", [0, 0, "a", 10]):
+        (reason,) = check_record({**rec, "solution": bad}, image_dir)
+        assert "not a box" in reason, bad
+
+
+def test_check_record_distortion_and_reference(image_dir):
+    rec = {"image": "ok.jpg", "type": "distortion_image", "solution": "gaussian_blur"}
+    assert check_record(rec, image_dir) == []
+    assert "non-empty string" in check_record({**rec, "solution": "  "}, image_dir)[0]
+    assert check_record({**rec, "reference": "ok.jpg"}, image_dir) == []
+    (reason,) = check_record({**rec, "reference": "pristine.png"}, image_dir)
+    assert "reference image not found" in reason
+
+
+# ------------------------------------------------------------------------------------------------------------ mix
+
+
+def _source(name, n):
+    return [{"sample_id": f"{name}:{i}", "name": name, "i": i} for i in range(n)]
+
+
+def test_mix_weights_give_the_right_counts():
+    a, b, c = _source("a", 10), _source("b", 10), _source("c", 7)
+    out = mix([a, b, c], [2, 0.5, 0], seed=0)
+    assert len(out) == 25
+    assert sum(r["name"] == "a" for r in out) == 20
+    assert sorted(r["i"] for r in out if r["name"] == "a") == sorted(list(range(10)) * 2)
+    half = [r["i"] for r in out if r["name"] == "b"]
+    assert len(half) == 5 and len(set(half)) == 5  # a half, without repeats
+    assert not any(r["name"] == "c" for r in out)
+    assert len({r["sample_id"] for r in out}) == len(out)  # repeats stay distinguishable
+    assert len(mix([a, c], None, seed=0)) == 17
+    assert len(mix([a], [1.5], seed=0)) == 15
+
+
+def test_mix_is_seeded():
+    sources = [_source("a", 10), _source("b", 20)]
+    first = mix(sources, [1, 0.5], seed=3)
+    assert [r["sample_id"] for r in first] == [r["sample_id"] for r in mix(sources, [1, 0.5], seed=3)]
+    subsets = {tuple(r["i"] for r in mix(sources, [0, 0.5], seed=s)) for s in range(6)}
+    assert len(subsets) > 1
+
+
+def test_mix_rejects_bad_weights():
+    with pytest.raises(ValueError, match="weights"):
+        mix([_source("a", 3), _source("b", 3)], [1.0], seed=0)
+    with pytest.raises(ValueError, match="negative"):
+        mix([_source("a", 3)], [-1.0], seed=0)
+
+
+# ---------------------------------------------------------------------------------------------- validate-data CLI
+
+
+def run_validate(*args):
+    return subprocess.run([sys.executable, "-m", "vqrl.cli", "validate-data", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_validate_data_reports_every_problem_with_its_index(tmp_path):
+    save_image(tmp_path / "ok.jpg")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
+    (tmp_path / "corrupt.mp4").write_bytes(os.urandom(2048))
+    records = [
+        scoring("ok.jpg", 3.2),                                  # 0: fine
+        scoring("missing.jpg", 3.2),                             # 1: missing image
+        scoring("ok.jpg", "good"),                               # 2: non-numeric solution
+        {"image": "ok.jpg", "solution": 3.0, "type": "rate_it"},  # 3: unknown type
+        scoring("corrupt.jpg", 2.0),                             # 4: unreadable image
+        {"video": "corrupt.mp4", "solution": 2.0, "type": "scoring_video"},  # 5: unreadable video
+    ]
+    text = "[\n" + ",\n".join(json.dumps(r) for r in records) + ',\n{"image": "ok.jpg", "solution": 4.'  # 6: cut
+    data = tmp_path / "bad.json"
+    data.write_text(text)
+    proc = run_validate(data, "--image_root", tmp_path, "--video_root", tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    found = {int(line.split(": ", 1)[0].rsplit(":", 1)[1]): line for line in lines}
+    assert sorted(found) == [1, 2, 3, 4, 5, 6], proc.stdout
+    assert len(lines) == 6
+    assert all(line.startswith(f"{data}:") for line in lines)
+    assert "missing.jpg" in found[1] and "not found" in found[1]
+    assert "not a number" in found[2]
+    assert "unknown type 'rate_it'" in found[3]
+    assert "unreadable image" in found[4] and "corrupt.jpg" in found[4]
+    assert "unreadable video" in found[5]
+    assert "invalid JSON at line 8" in found[6]
+    assert "6 problem(s)" in proc.stderr
+
+
+def test_validate_data_jsonl_and_several_files(tmp_path, capsys):
+    from vqrl.cli import main
+
+    save_image(tmp_path / "ok.jpg")
+    good = write_json(tmp_path / "good.json", [scoring("ok.jpg")])
+    (tmp_path / "bad.jsonl").write_text(json.dumps(scoring("ok.jpg")) + "\n" + json.dumps(scoring("ok.jpg", 9)) + "\n")
+    assert main(["validate-data", good, str(tmp_path / "bad.jsonl"), "--image_root", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines() == [f"{tmp_path / 'bad.jsonl'}:1: solution 9.0 is outside the MOS range [1, 5]"]
+    assert "1 problem(s) in 3 record(s) from 2 file(s)" in err
+
+
+def test_validate_data_passes_on_the_examples():
+    proc = run_validate(os.path.join("examples", "RL_examples.json"), os.path.join("examples", "RL_examples_eval.json"),
+                        "--image_root", "examples", "--video_root", "examples")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == ""
+    assert "0 problem(s)" in proc.stderr
+
+
+@pytest.mark.xfail(reason="BUG: a record that is not a JSON object (e.g. `42`) is reported without its index: "
+                          "validate_files/load_records only read `_index` from dict records", strict=True)
+def test_validate_reports_the_index_of_a_non_object_record(tmp_path):
+    from vqrl.data.validate import validate_files
+
+    save_image(tmp_path / "ok.jpg")
+    path = write_json(tmp_path / "d.json", [scoring("ok.jpg"), 42])
+    problems = validate_files([path], str(tmp_path))
+    assert [str(p).split(": ", 1)[0] for p in problems] == [f"{path}:1"]
+
+
+# ------------------------------------------------------------------------------------------------------------ media
+
+
+@pytest.mark.parametrize("size", [(640, 480), (10, 10), (28, 28), (4000, 3000), (4000, 30), (40, 5000), (1000, 7)])
+def test_load_image_follows_qwen_pixel_rules(tmp_path, size):
+    spec = VisionSpec()
+    path = save_image(tmp_path / "x.png", size)
+    img = load_image(path, spec)
+    assert img.mode == "RGB"
+    w, h = img.size
+    assert w % spec.factor == 0 and h % spec.factor == 0 and w > 0 and h > 0
+    assert spec.min_pixels <= w * h <= spec.max_pixels
+    # the aspect ratio survives (within one grid cell of rounding)
+    assert abs(w / h - size[0] / size[1]) <= (size[0] / size[1]) * spec.factor / min(w, h) + 1e-9
+
+
+def test_load_image_with_a_qwen3_budget(tmp_path):
+    spec = VisionSpec(factor=32, min_pixels=4 * 32 * 32, max_pixels=64 * 32 * 32)
+    for size in [(500, 375), (2000, 100), (12, 900)]:
+        w, h = load_image(save_image(tmp_path / "x.png", size), spec).size
+        assert w % 32 == 0 and h % 32 == 0 and spec.min_pixels <= w * h <= spec.max_pixels, size
+
+
+def test_load_image_converts_grayscale_and_rgba(tmp_path):
+    Image.new("L", (56, 56), 7).save(tmp_path / "g.png")
+    Image.new("RGBA", (56, 56), (1, 2, 3, 4)).save(tmp_path / "a.png")
+    for name in ("g.png", "a.png"):
+        img = load_image(str(tmp_path / name), VisionSpec())
+        assert img.mode == "RGB" and img.size == (56, 56)
+
+
+@pytest.mark.xfail(reason="BUG: load_image (qwen_vl_utils.smart_resize) floors the short side to 0 when an "
+                          "elongated image is shrunk under a small max_pixels (7000x50, max 64*28*28 -> width 0), "
+                          "and PIL raises 'height and width must be > 0'; validate-data does not flag it",
+                   raises=ValueError, strict=True)
+def test_load_image_never_makes_a_zero_side(tmp_path):
+    spec = VisionSpec(max_pixels=64 * 28 * 28)  # the tiny processors' budget
+    w, h = load_image(save_image(tmp_path / "x.png", (50, 7000)), spec).size
+    assert w >= spec.factor and h >= spec.factor and w % spec.factor == 0 and h % spec.factor == 0
+
+
+@pytest.mark.parametrize("path", VIDEOS, ids=os.path.basename)
+def test_load_video_examples(path):
+    spec = VisionSpec()
+    frames, meta = load_video(path, spec)
+    assert frames.dtype == torch.uint8 and frames.ndim == 4 and frames.shape[1] == 3
+    t, _, h, w = frames.shape
+    assert t % 2 == 0 and spec.video_min_frames <= t <= spec.video_max_frames
+    assert h % spec.factor == 0 and w % spec.factor == 0
+    assert t * h * w <= spec.video_total_pixels
+    # the examples are 2 s at 8 fps: at video_fps 2 that is 4 frames, evenly spread
+    assert meta["total_num_frames"] == 16 and meta["fps"] == pytest.approx(8.0)
+    assert meta["frames_indices"] == [0, 5, 10, 15] and t == 4
+    assert meta["duration"] == pytest.approx(2.0)
+    assert frames.float().std() > 1  # real pixels, not a blank tensor
+
+
+def test_load_video_samples_at_video_fps(tmp_path):
+    path = write_video(tmp_path / "v.mp4", frames=40, fps=10, width=64, height=48)
+    frames, meta = load_video(path, VisionSpec())
+    assert meta["total_num_frames"] == 40 and meta["fps"] == pytest.approx(10.0)
+    assert frames.shape == (8, 3, 56, 56)  # 4 s at 2 fps; 64x48 -> the 56x56 minimum grid
+    idx = meta["frames_indices"]
+    assert idx[0] == 0 and idx[-1] == 39 and len(idx) == 8
+    assert all(4 <= b - a <= 6 for a, b in zip(idx, idx[1:]))  # ~ native fps / video_fps apart
+    # the picked frames are the ones the indices name (resized 64 -> 56 wide)
+    strips = [(frames[k, :, 28, :].float().mean(0) > 127).sum().item() for k in range(len(idx))]
+    assert all(abs(s - i * 56 / 64) <= 2 for s, i in zip(strips, idx)), (strips, idx)
+
+
+def test_load_video_frame_count_limits(tmp_path):
+    path = write_video(tmp_path / "v.mp4", frames=40, fps=10)
+    few, _ = load_video(path, VisionSpec(video_fps=0.25))  # 1 frame by fps -> raised to the minimum 4
+    assert few.shape[0] == 4
+    many, meta = load_video(path, VisionSpec(video_fps=10, video_max_frames=11))  # 40 by fps -> capped, even
+    assert many.shape[0] == 10 and len(meta["frames_indices"]) == 10
+    for total, fps in [(1, 25.0), (3, 25.0), (7, 1.0), (300, 30.0)]:
+        n = len(video_frame_indices(total, fps, VisionSpec()))
+        assert n % 2 == 0 and n >= 2 and n <= VisionSpec().video_max_frames
+
+
+def test_load_video_respects_the_total_pixel_budget():
+    spec = VisionSpec(video_total_pixels=4 * 2 * 3136)
+    frames, _ = load_video(VIDEOS[0], spec)
+    t, _, h, w = frames.shape
+    assert t == 4 and h % 28 == 0 and w % 28 == 0
+    assert t * h * w <= spec.video_total_pixels
+    assert h * w < 112 * 168  # smaller than it is without the budget
+
+
+def test_load_video_rejects_a_corrupt_file(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(os.urandom(4096))
+    with pytest.raises(Exception):
+        load_video(str(bad), VisionSpec())
+    with pytest.raises(Exception):
+        load_video(str(tmp_path / "absent.mp4"), VisionSpec())
+
+
+# ---------------------------------------------------------------------------------------------------------- prompts
+
+
+def test_prompt_think_and_no_think():
+    rec = scoring("x.jpg")
+    think = prompt_text(rec, PromptConfig(think=True))
+    plain = prompt_text(rec, PromptConfig(think=False))
+    assert THINK_INSTRUCTION in think and NO_THINK_INSTRUCTION not in think and "<think>" in think
+    assert NO_THINK_INSTRUCTION in plain and THINK_INSTRUCTION not in plain
+    assert prompt_text(rec, PromptConfig(think=True), think=False) == plain  # per-call override
+    assert QUESTIONS["scoring_image"] in think and "Score: 3.62" in think
+
+
+def test_prompt_uses_the_record_question_unless_told_not_to():
+    rec = scoring("x.jpg", question="  How good is this photo?  ")
+    assert prompt_text(rec, PromptConfig()).splitlines()[0] == "How good is this photo?"
+    cfg = PromptConfig(use_record_question=False, questions={"scoring_image": "Custom?"})
+    assert prompt_text(rec, cfg).splitlines()[0] == "Custom?"
+    assert prompt_text({"type": "scoring_video", "video": "v.mp4"}, PromptConfig()).startswith(QUESTIONS["scoring_video"])
+
+
+def test_prompt_lists_options_with_letters():
+    rec = {"type": "choice_image", "image": "x", "options": ["blur", "noise", "jpeg"], "solution": "C"}
+    text = prompt_text(rec, PromptConfig())
+    assert "Options: A. blur B. noise C. jpeg" in text
+    assert "letter" in text
+    already = {**rec, "question": "Which one? Options: A. blur B. noise C. jpeg"}
+    assert prompt_text(already, PromptConfig()).count("A. blur") == 1
+
+
+def test_prompt_full_reference_note():
+    assert prompt_text({**scoring("x"), "reference": "r.png"}, PromptConfig()).startswith(REFERENCE_NOTE)
+    assert REFERENCE_NOTE not in prompt_text(scoring("x"), PromptConfig())
+
+
+# ---------------------------------------------------------------------------------------------------------- dataset
+
+
+@pytest.fixture
+def mixed_file(tmp_path):
+    """3 good records (2 images, 1 video) and 3 bad ones, interleaved."""
+    shutil.copy(os.path.join(EXAMPLES, "images", "camera.jpg"), tmp_path / "a.jpg")
+    shutil.copy(os.path.join(EXAMPLES, "images", "coffee.jpg"), tmp_path / "b.jpg")
+    shutil.copy(VIDEOS[0], tmp_path / "v.mp4")
+    records = [
+        scoring("a.jpg", 4.2),
+        scoring("nope.jpg", 3.0),
+        scoring("b.jpg", "2.5"),
+        scoring("a.jpg", "bad"),
+        {"video": "v.mp4", "solution": 3.3, "type": "scoring_video"},
+        {"image": "a.jpg", "solution": 3.0, "type": "weird"},
+    ]
+    return write_json(tmp_path / "mixed.json", records)
+
+
+def test_load_checked_records_error_lists_every_bad_record(mixed_file, tmp_path):
+    cfg = DataConfig(files=[mixed_file], image_root=str(tmp_path), video_root=str(tmp_path))
+    with pytest.raises(DataError) as info:
+        load_checked_records(cfg)
+    message = str(info.value)
+    assert "3 bad record(s)" in message
+    for index in (1, 3, 5):
+        assert f"{mixed_file}:{index}: " in message
+    for index in (0, 2, 4):
+        assert f"{mixed_file}:{index}: " not in message
+
+
+def test_load_checked_records_skip_keeps_the_good_ones(mixed_file, tmp_path):
+    cfg = DataConfig(files=[mixed_file], image_root=str(tmp_path), video_root=str(tmp_path), on_bad_sample="skip")
+    records = load_checked_records(cfg)
+    assert [r["_index"] for r in records] == [0, 2, 4]
+    assert all(os.path.isfile(r.get("image") or r.get("video")) for r in records)  # paths resolved to the roots
+    with pytest.raises(ValueError):
+        load_checked_records(DataConfig(files=[mixed_file], on_bad_sample="ignore"))
+
+
+def test_load_checked_records_with_only_bad_records_fails_clearly(tmp_path):
+    path = write_json(tmp_path / "d.json", [scoring("nope.jpg")])
+    with pytest.raises(DataError, match="no usable records"):
+        load_checked_records(DataConfig(files=[path], image_root=str(tmp_path), on_bad_sample="skip"))
+
+
+def _builder(records, spec=None, **kw):
+    return RowBuilder(records, MediaLoader(spec or VisionSpec(max_pixels=64 * 28 * 28), None, None), PromptConfig(**kw))
+
+
+def test_row_holds_image_then_text_and_reward_columns(mixed_file, tmp_path):
+    records = load_checked_records(DataConfig(files=[mixed_file], image_root=str(tmp_path), video_root=str(tmp_path),
+                                              on_bad_sample="skip"))
+    builder = _builder(records)
+    row = builder.row(1)
+    (user,) = row["prompt"]
+    assert user["role"] == "user"
+    image_part, text_part = user["content"]
+    assert image_part["type"] == "image" and isinstance(image_part["image"], Image.Image)
+    w, h = image_part["image"].size
+    assert w % 28 == 0 and h % 28 == 0 and w * h <= 64 * 28 * 28
+    assert text_part == {"type": "text", "text": prompt_text(records[1], PromptConfig())}
+    assert row["solution"] == 2.5 and row["type"] == "scoring_image"  # numeric string parsed
+    assert row["sample_id"] == records[1]["sample_id"]
+    assert row["image_path"] == records[1]["image"] and row["video_path"] is None
+    assert builder.failures == {}
+
+
+def test_row_holds_video_tensor_and_metadata(mixed_file, tmp_path):
+    records = load_checked_records(DataConfig(files=[mixed_file], image_root=str(tmp_path), video_root=str(tmp_path),
+                                              on_bad_sample="skip"))
+    row = _builder(records, think=False).row(2)
+    video_part, text_part = row["prompt"][-1]["content"]
+    assert video_part["type"] == "video"
+    frames, meta = video_part["video"], video_part["video_metadata"]
+    assert isinstance(frames, torch.Tensor) and frames.dtype == torch.uint8 and frames.shape[:2] == (4, 3)
+    assert meta["frames_indices"] == [0, 5, 10, 15] and meta["fps"] == pytest.approx(8.0)
+    assert NO_THINK_INSTRUCTION in text_part["text"]
+    assert row["solution"] == pytest.approx(3.3) and row["video_path"] == records[2]["video"]
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_media_that_breaks_after_loading_costs_one_sample_not_the_run(mixed_file, tmp_path, damage):
+    records = load_checked_records(DataConfig(files=[mixed_file], image_root=str(tmp_path), video_root=str(tmp_path),
+                                              on_bad_sample="skip"))
+    target = tmp_path / "b.jpg"  # record 1
+    if damage == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(b"garbage" * 100)
+    builder = _builder(records)
+    row = builder.row(1)
+    assert row["type"] == "scoring_video"  # replaced by the next record
+    assert list(builder.failures) == [1]
+    assert builder.row(1)["sample_id"] == records[2]["sample_id"]
+    assert builder.row(0)["sample_id"] == records[0]["sample_id"]
+    assert list(builder.failures) == [1]  # not retried, not counted twice
+
+
+def test_no_decodable_record_raises_data_error(tmp_path):
+    save_image(tmp_path / "a.jpg")
+    records = load_checked_records(DataConfig(files=[write_json(tmp_path / "d.json", [scoring("a.jpg")])],
+                                              image_root=str(tmp_path)))
+    (tmp_path / "a.jpg").unlink()
+    with pytest.raises(DataError, match="no record could be decoded"):
+        _builder(records).row(0)
+
+
+def test_train_dataset_builds_rows_on_access(mixed_file, tmp_path):
+    records = load_checked_records(DataConfig(files=[mixed_file], image_root=str(tmp_path), video_root=str(tmp_path),
+                                              on_bad_sample="skip"))
+    ds = make_train_dataset(records, _builder(records))
+    assert len(ds) == len(records)
+    for i in (0, 2):
+        row = ds[i]
+        assert row["sample_id"] == records[i]["sample_id"]
+        assert row["prompt"][-1]["content"][-1]["type"] == "text"
+    assert isinstance(ds[0]["prompt"][-1]["content"][0]["image"], Image.Image)
+    assert ds[2]["prompt"][-1]["content"][0]["type"] == "video"
+
+
+def test_full_reference_row_shows_the_reference_first():
+    data = os.path.join(EXAMPLES, "perception", "all.json")
+    root = os.path.join(EXAMPLES, "perception")
+    records = load_checked_records(DataConfig(files=[data], image_root=root))
+    i = next(k for k, r in enumerate(records) if r.get("reference"))
+    rec = records[i]
+    spec = VisionSpec(max_pixels=64 * 28 * 28)
+    row = _builder(records, spec).row(i)
+    parts = row["prompt"][-1]["content"]
+    assert [p["type"] for p in parts] == ["image", "image", "text"]
+    ref, img = (np.asarray(p["image"]) for p in parts[:2])
+    assert np.array_equal(ref, np.asarray(load_image(rec["reference"], spec)))
+    assert np.array_equal(img, np.asarray(load_image(rec["image"], spec)))
+    assert not np.array_equal(ref, img)
+    assert parts[2]["text"].startswith(REFERENCE_NOTE)
+    assert row["reference"] == rec["reference"] and row["solution"] == rec["solution"]
+    assert row["distortion"] == rec.get("distortion")
+
+
+# ------------------------------------------------------------------------------ media sized for the model's processor
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from vqrl.models.tiny import train_tokenizer
+
+    return train_tokenizer()
+
+
+QWEN3_DOUBLE_RESIZE = pytest.mark.xfail(
+    reason="BUG: VisionSpec.for_processor takes the video budget from image_processor.size and treats longest_edge "
+           "as per-frame, but Qwen3VLVideoProcessor spends video_processor.size.longest_edge over all frames: the "
+           "tiny qwen3_vl's 4x128x160 frames are resized again to 96x128 (24 tokens, validate counts 40)",
+    strict=True)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", pytest.param("qwen3_vl", marks=QWEN3_DOUBLE_RESIZE)])
+def test_media_sized_by_the_processor_spec_is_not_resized_again(tokenizer, arch):
+    """load_image/load_video with VisionSpec.for_processor give exactly the grid the processor uses, so pixels are
+    resampled once and validate-data's token counts are the model's."""
+    from vqrl.data.media import video_tokens
+    from vqrl.models.tiny import build_processor
+
+    proc = build_processor(arch, tokenizer)
+    spec = VisionSpec.for_processor(proc)
+    patch = proc.image_processor.patch_size
+    img = load_image(os.path.join(EXAMPLES, "images", "camera.jpg"), spec)
+    (grid,) = proc.image_processor(images=[img], return_tensors="pt")["image_grid_thw"].tolist()
+    assert [grid[1] * patch, grid[2] * patch] == [img.height, img.width]
+    assert spec.image_tokens(img.height, img.width) == grid[1] * grid[2] // 4
+
+    frames, meta = load_video(VIDEOS[0], spec)
+    kwargs = {"video_metadata": [meta]} if arch == "qwen3_vl" else {}
+    (grid,) = proc.video_processor(videos=[frames], return_tensors="pt", **kwargs)["video_grid_thw"].tolist()
+    assert grid[0] * 2 == frames.shape[0]
+    assert [grid[1] * patch, grid[2] * patch] == list(frames.shape[-2:])
+    assert video_tokens(frames.shape[0], meta["height"], meta["width"], spec) == grid[0] * grid[1] * grid[2] // 4

@@ -1,0 +1,173 @@
+"""Tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL models: saved, reloaded with the stock Auto classes (no remote code),
+run forward and generate on an image and a video, deterministic by seed, with a digit-per-token tokenizer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqrl.data.media import VisionSpec, load_image, load_video
+from vqrl.models.tiny import ARCHS, CHAT_TEMPLATE, SPECIAL_TOKENS, build_config, make_tiny_model, train_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+VIDEO = os.path.join(EXAMPLES, "videos", "rocket_pan_l0.mp4")
+IMAGE = os.path.join(EXAMPLES, "images", "camera.jpg")
+
+MODEL_CLASSES = {
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Each arch built once with seed 0 (read-only for the tests)."""
+    cache = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            cache[arch] = make_tiny_model(arch, tmp_path_factory.mktemp(arch) / "model", seed=0)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def loaded(built):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cache = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            path = built(arch)
+            cache[arch] = (AutoModelForImageTextToText.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path))
+        return cache[arch]
+
+    return get
+
+
+def image_video_batch(arch, processor):
+    """Two prompts: one with an image, one with a video, built with the processor's own chat template."""
+    spec = VisionSpec.for_processor(processor)
+    image = load_image(IMAGE, spec)
+    frames, meta = load_video(VIDEO, spec)
+    convs = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Rate this image."}]}],
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Rate this video."}]}],
+    ]
+    texts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+    kwargs = {}
+    if arch == "qwen3_vl":
+        kwargs["video_metadata"] = [{k: meta[k] for k in ("fps", "total_num_frames", "frames_indices")}]
+    inputs = processor(text=texts, images=[image], videos=[frames], padding=True, return_tensors="pt", **kwargs)
+    return inputs, frames
+
+
+def safetensors_bytes(path) -> bytes:
+    return (Path(path) / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reload_forward_and_generate_with_image_and_video(arch, built, loaded):
+    model, processor = loaded(arch)
+    assert type(model).__name__ == MODEL_CLASSES[arch]
+    assert model.config.model_type == arch and getattr(model.config, "vqrl_tiny", False) is True
+    assert processor.chat_template == CHAT_TEMPLATE
+    vocab = model.config.text_config.vocab_size
+    assert vocab == len(processor.tokenizer)
+
+    inputs, frames = image_video_batch(arch, processor)
+    image_id = model.config.image_token_id
+    video_id = model.config.video_token_id
+    ids = inputs["input_ids"]
+    assert (ids[0] == image_id).sum() > 0 and (ids[0] == video_id).sum() == 0
+    assert (ids[1] == video_id).sum() > 0 and (ids[1] == image_id).sum() == 0
+    # our frames reach the model as they are: no frame dropped or resampled by the processor
+    assert inputs["video_grid_thw"][0, 0].item() * 2 == frames.shape[0]
+
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.logits.shape == (2, ids.shape[1], vocab)
+    assert torch.isfinite(out.logits).all()
+    # the two rows see different media, so their last-position logits differ
+    assert not torch.allclose(out.logits[0, -1], out.logits[1, -1])
+
+    with torch.no_grad():
+        gen = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert gen.shape == (2, ids.shape[1] + 3)
+    assert torch.equal(gen[:, : ids.shape[1]], ids)
+    assert ((gen[:, ids.shape[1]:] >= 0) & (gen[:, ids.shape[1]:] < vocab)).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_same_seed_same_bytes_other_seed_other_weights(arch, built, tmp_path):
+    first = built(arch)
+    again = make_tiny_model(arch, tmp_path / "again", seed=0)
+    for name in sorted(os.listdir(first)):
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+    other = make_tiny_model(arch, tmp_path / "other", seed=1)
+    assert safetensors_bytes(other) != safetensors_bytes(first)
+    assert (other / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
+
+
+def test_tokenizer_splits_digits_and_has_qwen_special_tokens(built, loaded):
+    _, processor = loaded("qwen2_5_vl")
+    tok = processor.tokenizer
+    pieces = tok.convert_ids_to_tokens(tok("Score: 3.62")["input_ids"])
+    assert pieces[-4:] == ["3", ".", "6", "2"]
+    assert tok.decode(tok("Score: 3.62")["input_ids"]) == "Score: 3.62"
+    for number in ("4.40", "1234567890", "x9y8"):
+        digits = [p for p in tok.convert_ids_to_tokens(tok(number)["input_ids"]) if any(c.isdigit() for c in p)]
+        assert digits == [c for c in number if c.isdigit()], number
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    assert None not in ids.values() and len(set(ids.values())) == len(SPECIAL_TOKENS)
+    assert set(SPECIAL_TOKENS) <= set(tok.all_special_tokens)
+    for token in SPECIAL_TOKENS:
+        assert tok(token, add_special_tokens=False)["input_ids"] == [ids[token]], token  # never split
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+                                   tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_head_dim_64(arch, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    path = make_tiny_model(arch, tmp_path / "m", head_dim=64)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    text = model.config.text_config
+    assert text.hidden_size == 128 and text.num_attention_heads == 2
+    assert (getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads) == 64
+    q_proj = model.model.language_model.layers[0].self_attn.q_proj
+    assert q_proj.out_features == 2 * 64
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 20, 30, 40]])).logits
+    assert logits.shape == (1, 4, text.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_unknown_arch_is_refused():
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_config("llava", train_tokenizer())
+
+
+def test_tiny_model_cli(built, tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "vqrl.cli", "tiny-model", "--arch", "qwen2_vl", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote tiny qwen2_vl" in proc.stdout
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):
+        assert (out / name).is_file(), name
+    # another process, same default seed: the same bytes as the in-process build
+    assert safetensors_bytes(out) == safetensors_bytes(built("qwen2_vl"))
+    assert (out / "tokenizer.json").read_bytes() == (built("qwen2_vl") / "tokenizer.json").read_bytes()
