@@ -31,30 +31,49 @@ class VisionSpec:
 
     @classmethod
     def for_processor(cls, processor, **overrides) -> "VisionSpec":
-        """Read factor and the image budget from a Qwen processor; explicit overrides win."""
+        """Read factor and budgets from a Qwen processor, so its own resize leaves our pixels as they are.
+
+        Qwen2/2.5-VL video processors bound pixels per frame; Qwen3-VL's bound all frames together.
+        """
         ip = processor.image_processor
         factor = int(getattr(ip, "patch_size", 14)) * int(getattr(ip, "merge_size", 2))
         size = getattr(ip, "size", None) or {}
         kwargs = dict(factor=factor)
         if size.get("shortest_edge"):
             kwargs["min_pixels"] = int(size["shortest_edge"])
-            kwargs["video_min_pixels"] = int(size["shortest_edge"])
         if size.get("longest_edge"):
             kwargs["max_pixels"] = int(size["longest_edge"])
-            kwargs["video_max_pixels"] = int(size["longest_edge"])
+        vp = getattr(processor, "video_processor", None)
+        vsize = getattr(vp, "size", None) or size
+        all_frames = type(vp).__name__.startswith("Qwen3")
+        if all_frames:
+            kwargs["video_min_pixels"] = factor * factor
+        elif vsize.get("shortest_edge"):
+            kwargs["video_min_pixels"] = int(vsize["shortest_edge"])
+        if vsize.get("longest_edge") and not all_frames:
+            kwargs["video_max_pixels"] = int(vsize["longest_edge"])
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        if all_frames and vsize.get("longest_edge"):
+            kwargs["video_total_pixels"] = min(kwargs.get("video_total_pixels", cls.video_total_pixels),
+                                               int(vsize["longest_edge"]))
         return cls(**kwargs)
 
     def image_tokens(self, height: int, width: int) -> int:
-        h, w = smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
+        h, w = _resize_dims(height, width, self.factor, self.min_pixels, self.max_pixels)
         return (h // self.factor) * (w // self.factor)
+
+
+def _resize_dims(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen's smart_resize, with each side at least one `factor` (it can floor a very thin side to 0)."""
+    h, w = smart_resize(height, width, factor, min_pixels, max_pixels)
+    return max(h, factor), max(w, factor)
 
 
 def load_image(path: str, spec: VisionSpec) -> Image.Image:
     """RGB image resized to Qwen's grid (multiples of `factor`, area within [min_pixels, max_pixels])."""
     with Image.open(path) as img:
         img = img.convert("RGB")
-    h, w = smart_resize(img.height, img.width, spec.factor, spec.min_pixels, spec.max_pixels)
+    h, w = _resize_dims(img.height, img.width, spec.factor, spec.min_pixels, spec.max_pixels)
     return img if (h, w) == (img.height, img.width) else img.resize((w, h), Image.BICUBIC)
 
 
@@ -81,7 +100,7 @@ def load_video(path: str, spec: VisionSpec) -> tuple[torch.Tensor, dict]:
     picked = np.stack([frames[i] for i in idx])  # (T, H, W, 3)
     height, width = picked.shape[1:3]
     per_frame = max(min(spec.video_max_pixels, spec.video_total_pixels // len(idx)), spec.video_min_pixels)
-    h, w = smart_resize(height, width, spec.factor, spec.video_min_pixels, per_frame)
+    h, w = _resize_dims(height, width, spec.factor, spec.video_min_pixels, per_frame)
     tensor = torch.from_numpy(picked).permute(0, 3, 1, 2).contiguous()
     if (h, w) != (height, width):
         tensor = torch.nn.functional.interpolate(tensor.float(), size=(h, w), mode="bicubic", antialias=True)
@@ -99,7 +118,7 @@ def load_video(path: str, spec: VisionSpec) -> tuple[torch.Tensor, dict]:
 
 def video_tokens(num_frames: int, height: int, width: int, spec: VisionSpec) -> int:
     per_frame = max(min(spec.video_max_pixels, spec.video_total_pixels // max(num_frames, 1)), spec.video_min_pixels)
-    h, w = smart_resize(height, width, spec.factor, spec.video_min_pixels, per_frame)
+    h, w = _resize_dims(height, width, spec.factor, spec.video_min_pixels, per_frame)
     return math.ceil(num_frames / 2) * (h // spec.factor) * (w // spec.factor)
 
 

@@ -69,23 +69,41 @@ def read_records(path: str | os.PathLike) -> LoadResult:
     if stripped[0] == "[":  # a JSON list, parsed item by item so a truncated tail still reports its index
         pos, index = text.index("[") + 1, 0
         while True:
-            while pos < len(text) and text[pos] in " \t\r\n,":
+            while pos < len(text) and text[pos] in " \t\r\n":
                 pos += 1
-            if pos < len(text) and text[pos] == "]":
+            if pos < len(text) and text[pos] == "]" and index == 0:
+                pos += 1
                 break
             if pos >= len(text):
                 line, col = _line_col(text, pos)
                 result.problems.append(Problem(path, index, f"invalid JSON at line {line} column {col}: "
                                                             "file ends before the closing ']' (truncated?)"))
-                break
+                return result
             try:
                 obj, pos = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as exc:
                 line, col = _line_col(text, exc.pos)
                 result.problems.append(Problem(path, index, f"invalid JSON at line {line} column {col}: {exc.msg}"))
-                break
-            result.records.append(_tag(obj, path, index))
+                return result
+            _add(result, obj, path, index)
             index += 1
+            while pos < len(text) and text[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(text) and text[pos] == ",":
+                pos += 1
+                continue
+            if pos < len(text) and text[pos] == "]":
+                pos += 1
+                break
+            line, col = _line_col(text, pos)
+            what = "file ends before the closing ']' (truncated?)" if pos >= len(text) else "expected ',' or ']'"
+            result.problems.append(Problem(path, index, f"invalid JSON at line {line} column {col}: {what}"))
+            return result
+        rest = text[pos:].strip()
+        if rest:
+            line, col = _line_col(text, text.index(rest[0], pos))
+            result.problems.append(Problem(path, None, f"invalid JSON at line {line} column {col}: content after "
+                                                       "the closing ']' (two lists concatenated?)"))
         return result
     for index, line in enumerate(text.splitlines()):  # JSONL: one record per non-empty line
         if not line.strip():
@@ -95,16 +113,19 @@ def read_records(path: str | os.PathLike) -> LoadResult:
         except json.JSONDecodeError as exc:
             result.problems.append(Problem(path, index, f"invalid JSON at line {index + 1} column {exc.colno}: {exc.msg}"))
             continue
-        result.records.append(_tag(obj, path, index))
+        _add(result, obj, path, index)
     return result
 
 
-def _tag(obj, path: str, index: int):
-    if isinstance(obj, dict):
-        obj = dict(obj)
-        obj["_file"], obj["_index"] = path, index
-        obj.setdefault("sample_id", f"{Path(path).stem}:{index}")
-    return obj
+def _add(result: LoadResult, obj, path: str, index: int) -> None:
+    """Keep an object record, tagged with where it came from; anything else is a problem at its index."""
+    if not isinstance(obj, dict):
+        result.problems.append(Problem(path, index, f"record is a {type(obj).__name__}, expected an object"))
+        return
+    obj = dict(obj)
+    obj["_file"], obj["_index"] = path, index
+    obj.setdefault("sample_id", f"{Path(path).stem}:{index}")
+    result.records.append(obj)
 
 
 def resolve_media(record: dict, root: str | None, key: str) -> str | None:
@@ -137,7 +158,8 @@ def anchor_paths(record: dict, image_root: str | None, video_root: str | None) -
 
 
 def record_media_kind(record: dict) -> str | None:
-    spec = TASK_TYPES.get(record.get("type"))
+    rtype = record.get("type")
+    spec = TASK_TYPES.get(rtype) if isinstance(rtype, str) else None
     return spec[0] if spec else ("video" if "video" in record else "image" if "image" in record else None)
 
 
@@ -149,7 +171,7 @@ def check_record(record, image_root: str | None = None, video_root: str | None =
     rtype = record.get("type")
     if rtype is None:
         return ["missing field 'type'"]
-    if rtype not in TASK_TYPES:
+    if not isinstance(rtype, str) or rtype not in TASK_TYPES:
         return [f"unknown type {rtype!r} (known: {', '.join(TASK_TYPES)})"]
     media_key, kind = TASK_TYPES[rtype]
     root = image_root if media_key == "image" else video_root

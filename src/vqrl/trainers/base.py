@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import nullcontext
 
 import torch
 from transformers.trainer_utils import rotate_checkpoints
@@ -57,12 +58,15 @@ class VQRLTrainer(GRPOTrainer):
         return ids, None, fields
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        if self.heartbeat is not None:
-            self.heartbeat.beat(self.state.global_step, "generate")
-        completion_ids, logprobs = super()._generate_single_turn(
-            prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-        )
+        with self._phase("generate"):
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
         return self._cut_at_vision_tokens(completion_ids, logprobs)
+
+    def _phase(self, name: str):
+        """Keep the watchdog's heartbeat fresh through a long phase (generation, saving)."""
+        return self.heartbeat.phase(name, self.state.global_step) if self.heartbeat is not None else nullcontext()
 
     def _cut_at_vision_tokens(self, completion_ids, logprobs):
         """End a completion before any vision special token, so it is neither fed back nor trained on."""
@@ -138,14 +142,13 @@ class VQRLTrainer(GRPOTrainer):
         run_dir = super()._get_output_dir(trial)
         step = self.state.global_step
         staging = os.path.join(run_dir, f"{checkpoints.STAGING_PREFIX}{step}")
-        if self.heartbeat is not None:
-            self.heartbeat.beat(step, "save")
         if self.args.should_save:
             checkpoints.clear_dir(staging)
         self.accelerator.wait_for_everyone()
         self._staging_root = staging
         try:
-            super()._save_checkpoint(model, trial)
+            with self._phase("save"):
+                super()._save_checkpoint(model, trial)
         finally:
             self._staging_root = None
         self.accelerator.wait_for_everyone()
