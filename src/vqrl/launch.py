@@ -32,18 +32,33 @@ def wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None = None,
     raise TimeoutError(f"vLLM server did not answer {url} within {timeout:.0f} s")
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM the server's process group, SIGKILL what is left after `grace` seconds."""
-    if proc.poll() is not None:
-        return
+def _group_alive(pgid: int) -> bool:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(pgid, 0)
+        return True
     except ProcessLookupError:
-        pass
+        return False
+    except PermissionError:
+        return True
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the server's whole process group (engine workers included), SIGKILL what is left after `grace`."""
+    pgid = proc.pid
+    if proc.poll() is None or _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+        time.sleep(0.2)
+    if proc.poll() is None or _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def serve_and_train(server_cmd: list[str], train_cmd: list[str], health_url: str, timeout: float,
@@ -79,13 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train_gpus", default=None, help="CUDA_VISIBLE_DEVICES for training")
     parser.add_argument("commands", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    cmds = args.commands
+    cmds = args.commands[1:] if args.commands[:1] == ["--"] else args.commands
     if "--" not in cmds:
         parser.error("give the server command, then --, then the training command")
     cut = cmds.index("--")
     server_cmd, train_cmd = cmds[:cut], cmds[cut + 1:]
-    if server_cmd and server_cmd[0] == "--":
-        server_cmd = server_cmd[1:]
     if not server_cmd or not train_cmd:
         parser.error("both a server command and a training command are needed")
     return serve_and_train(
