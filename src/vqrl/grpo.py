@@ -76,17 +76,18 @@ def load_model_and_processor(model_args: ModelConfig, args: VQRLConfig):
         max_px = args.max_pixels if proc is processor.image_processor else (args.video_max_pixels or args.max_pixels)
         if max_px:
             proc.size["longest_edge"] = max_px
+    return model, processor
+
+
+def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, processor=None):
+    """Everything but `.train()`: for the entry point, tests and the benchmark (which passes its own model)."""
+    set_seed(args.seed)
+    if model is None or processor is None:
+        model, processor = load_model_and_processor(model_args, args)
     if args.freeze_vision_tower:
         visual = getattr(getattr(model, "model", model), "visual", None)
         if visual is not None:
             visual.requires_grad_(False)
-    return model, processor
-
-
-def build_trainer(args: VQRLConfig, model_args: ModelConfig):
-    """Everything but `.train()`: for the entry point, tests and the benchmark alike."""
-    set_seed(args.seed)
-    model, processor = load_model_and_processor(model_args, args)
     spec = VisionSpec.for_processor(
         processor,
         video_fps=args.video_fps,

@@ -26,6 +26,7 @@ class VQRLTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
+        self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
         self._staging_root: str | None = None
         self.heartbeat = heartbeat
         tok = self._tokenizer
@@ -42,12 +43,18 @@ class VQRLTrainer(GRPOTrainer):
 
     # ---- prompts -> token ids + per-sample vision tensors -------------------------------------------------------
     def _tokenize_prompts(self, prompts: list):
-        """Encode each conversation with its images and videos; keep the vision tensors per sample."""
-        ids, per_sample = [], []
-        for prompt in prompts:
-            prompt_ids, vision = V.encode_prompt(self.processing_class, prompt, **self.chat_template_kwargs)
-            ids.append(prompt_ids)
-            per_sample.append(vision)
+        """Encode each conversation with its images and videos once per record (its G completions share it);
+        keep the vision tensors per sample."""
+        keys = self._pending_sample_ids
+        if keys is None or len(keys) != len(prompts) or None in keys:
+            keys = None
+        ids, per_sample, cache = [], [], {}
+        for i, prompt in enumerate(prompts):
+            key = keys[i] if keys else i
+            if key not in cache:
+                cache[key] = V.encode_prompt(self.processing_class, prompt, **self.chat_template_kwargs)
+            ids.append(cache[key][0])
+            per_sample.append(cache[key][1])
         self._pending_vision, self._pending_prompt_ids = per_sample, ids
         fields = V.collate(per_sample)
         if fields:  # per-token modality ids, left-padded by TRL alongside input_ids
@@ -84,11 +91,12 @@ class VQRLTrainer(GRPOTrainer):
         return completion_ids, logprobs
 
     def _generate_and_score_completions(self, inputs):
+        self._pending_sample_ids = [x.get("sample_id") for x in inputs]
         try:
             output = super()._generate_and_score_completions(inputs)
             output["vision"] = self._pending_vision
         finally:
-            self._pending_vision = None
+            self._pending_vision = self._pending_sample_ids = None
         return output
 
     # ---- log-prob passes: TRL computes them, we supply the vision inputs per micro-batch ---------------------------
