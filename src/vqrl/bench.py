@@ -1,0 +1,274 @@
+"""`vqrl bench`: plain trl.GRPOTrainer against vqrl's trainers on a random-weight model of a real architecture.
+
+Every trainer gets the same model shape, data, batch and forced completion length, in one invocation; each is timed
+the same way (CUDA-synchronised wall clock around the same TRL methods). It measures; it must not tune anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import torch
+
+PHASES = ("generate", "logprobs_nograd", "pd")
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepTimer:
+    """Wall time per optimizer step, split into generation, no-grad log-prob passes, PD passes and the rest."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.current: dict | None = None
+
+    def begin(self):
+        _sync()
+        self.current = {p: 0.0 for p in PHASES} | {"start": time.perf_counter()}
+
+    def end(self):
+        _sync()
+        c = self.current
+        c["step"] = time.perf_counter() - c.pop("start")
+        c["backward_optimizer_other"] = c["step"] - sum(c[p] for p in PHASES)
+        self.steps.append(c)
+        self.current = None
+
+    @contextmanager
+    def phase(self, name):
+        if self.current is None:
+            yield
+            return
+        _sync()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync()
+            self.current[name] += time.perf_counter() - t
+
+
+def instrument(trainer, timer: StepTimer) -> None:
+    """Wrap the same TRL methods on any GRPOTrainer (plain or ours) so the split is comparable."""
+    from transformers import TrainerCallback
+
+    gen = trainer._generate_single_turn
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def timed_gen(*a, **k):
+        with timer.phase("generate"):
+            return gen(*a, **k)
+
+    def timed_logps(*a, **k):
+        if torch.is_grad_enabled():
+            return logps(*a, **k)
+        with timer.phase("logprobs_nograd"):
+            return logps(*a, **k)
+
+    trainer._generate_single_turn = timed_gen
+    trainer._get_per_token_logps_and_entropies = timed_logps
+    if hasattr(trainer, "_forward_probs"):
+        pd = trainer._forward_probs
+
+        def timed_pd(*a, **k):
+            with timer.phase("pd"):
+                return pd(*a, **k)
+
+        trainer._forward_probs = timed_pd
+
+    class Cb(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            timer.begin()
+
+        def on_step_end(self, *a, **k):
+            timer.end()
+
+    trainer.add_callback(Cb())
+
+
+def synthetic_images(n: int, size: int, seed: int = 0):
+    """Distinct photographs (the shipped examples, cropped and resized) so no two prompts share pixels."""
+    from PIL import Image
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "images")
+    files = sorted(f for f in os.listdir(root) if f.endswith(".jpg"))
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        img = Image.open(os.path.join(root, files[i % len(files)])).convert("RGB")
+        w, h = img.size
+        box = rng.randint(0, w // 8), rng.randint(0, h // 8)
+        out.append(img.crop((box[0], box[1], box[0] + 7 * w // 8, box[1] + 7 * h // 8)).resize((size, size)))
+    return out
+
+
+def random_reward(completions, **kwargs):
+    """Non-constant rewards, so advantages are non-zero and the backward pass does real work."""
+    return [random.random() for _ in completions]
+
+
+def common_config(a, out_dir: str) -> dict:
+    return dict(
+        output_dir=out_dir, max_steps=a.steps + a.warmup, per_device_train_batch_size=a.micro_batch,
+        gradient_accumulation_steps=(a.prompts * a.generations) // a.micro_batch, num_generations=a.generations,
+        max_completion_length=a.completion_length, generation_kwargs={"min_new_tokens": a.completion_length},
+        beta=a.beta, gradient_checkpointing=a.gradient_checkpointing, bf16=a.dtype == "bfloat16",
+        learning_rate=1e-6, logging_steps=1, save_strategy="no", report_to="none", seed=0,
+        use_cpu=a.device == "cpu", disable_tqdm=True,
+    )
+
+
+def saved_model(a, workdir: str) -> str:
+    """The random model written once (safetensors): every trainer and TRL's reference model load the same weights."""
+    from .models.shapes import random_model
+
+    path = os.path.join(workdir, "model")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        model, processor = random_model(a.model, dtype=getattr(torch, a.dtype), device=a.device)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+        del model
+        gc.collect()
+    return path
+
+
+def build(kind: str, a, workdir: str):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import GRPOConfig, GRPOTrainer
+
+    path = saved_model(a, workdir)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, a.dtype), device_map=a.device,
+                                                        attn_implementation="sdpa")
+    processor = AutoProcessor.from_pretrained(path, padding_side="left")
+    if a.freeze_vision_tower:
+        model.model.visual.requires_grad_(False)
+    images = synthetic_images(a.prompts, a.image_size)
+    question = "How would you rate the overall visual quality of this image? Think first, then answer."
+    if kind == "trl":
+        from datasets import Dataset
+
+        ds = Dataset.from_dict({
+            "prompt": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]]
+            * a.prompts,
+            "image": images,
+        })
+        cfg = GRPOConfig(**common_config(a, os.path.join(workdir, kind)))
+        return GRPOTrainer(model=model, reward_funcs=[random_reward], args=cfg, train_dataset=ds,
+                           processing_class=processor)
+    from trl import ModelConfig
+
+    from .config import VQRLConfig
+    from .grpo import build_trainer
+
+    img_dir = os.path.join(workdir, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    records = []
+    for i, img in enumerate(images):
+        img.save(os.path.join(img_dir, f"{i}.png"))
+        records.append({"image": f"{i}.png", "solution": round(random.uniform(1, 5), 2), "type": "scoring_image",
+                        "question": question})
+    data = os.path.join(workdir, "bench.json")
+    with open(data, "w") as f:
+        json.dump(records, f)
+    cfg = VQRLConfig(**common_config(a, os.path.join(workdir, kind)), trainer=kind, data_files=[data],
+                     image_root=[img_dir], reward_funcs=["vqrl.bench:random_reward"],
+                     max_pixels=a.image_size * a.image_size, heartbeat=False,
+                     freeze_vision_tower=a.freeze_vision_tower)
+    return build_trainer(cfg, ModelConfig(), model=model, processor=processor)
+
+
+def summarize(kind: str, timer: StepTimer, a, n_params: int, tokens: int, peak: float) -> dict:
+    timed = timer.steps[a.warmup:] or timer.steps
+    med = {k: statistics.median(s[k] for s in timed) for k in timed[0]}
+    train_flops = 6 * n_params * tokens
+    return {
+        "trainer": kind, "steps_timed": len(timed), "step_s": med["step"],
+        "split_s": {k: med[k] for k in (*PHASES, "backward_optimizer_other")},
+        "tokens_per_step": tokens, "tokens_per_s": tokens / med["step"], "peak_memory_gb": peak,
+        "mfu": train_flops / (med["step"] * a.peak_tflops * 1e12), "all_steps_s": [s["step"] for s in timer.steps],
+    }
+
+
+def run_one(kind: str, a, workdir: str) -> dict:
+    timer = StepTimer()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer = build(kind, a, workdir)
+    instrument(trainer, timer)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    trainer.train()
+    seen = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]  # TRL: prompt + completion
+    tokens = int((seen[-1] - seen[a.warmup - 1]) / (len(seen) - a.warmup)) if len(seen) > a.warmup >= 1 else int(
+        seen[-1] / len(seen))
+    peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan")
+    result = summarize(kind, timer, a, n_params, tokens, peak)
+    result["params"] = n_params
+    del trainer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def print_table(results: list[dict]) -> None:
+    head = f"{'trainer':<10}{'step s':>9}{'gen s':>8}{'logp s':>8}{'pd s':>7}{'bwd+opt s':>11}{'tok/s':>9}{'peak GB':>9}{'MFU':>7}"
+    print(head)
+    for r in results:
+        s = r["split_s"]
+        print(f"{r['trainer']:<10}{r['step_s']:>9.2f}{s['generate']:>8.2f}{s['logprobs_nograd']:>8.2f}{s['pd']:>7.2f}"
+              f"{s['backward_optimizer_other']:>11.2f}{r['tokens_per_s']:>9.0f}{r['peak_memory_gb']:>9.1f}"
+              f"{r['mfu'] * 100:>6.1f}%")
+    base = next((r for r in results if r["trainer"] == "trl"), None)
+    if base:
+        for r in results:
+            if r is not base:
+                print(f"{r['trainer']}: {r['tokens_per_s'] / base['tokens_per_s']:.2f}x plain TRL tokens/s")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="qwen2_5_vl_3b", help="a shape in configs/models/ or a JSON path")
+    parser.add_argument("--trainers", nargs="+", default=["trl", "standard", "refine"],
+                        choices=["trl", "standard", "refine"])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per trainer")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed first steps")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--micro_batch", type=int, default=16)
+    parser.add_argument("--image_size", type=int, default=448)
+    parser.add_argument("--completion_length", type=int, default=256)
+    parser.add_argument("--beta", type=float, default=0.04)
+    parser.add_argument("--gradient_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    parser.add_argument("--freeze_vision_tower", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        help="plain TRL trains the vision tower; keep False for a like-for-like comparison")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak_tflops", type=float, default=788.0, help="MFU denominator (H200 bf16, measured)")
+    parser.add_argument("--out", default="outputs/bench.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for kind in args.trainers:
+            print(f"[bench] {kind} on {args.model}: {args.prompts} prompts x {args.generations} generations, "
+                  f"{args.completion_length} completion tokens", file=sys.stderr, flush=True)
+            results.append(run_one(kind, args, workdir))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    print_table(results)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"settings": vars(args), "results": results,
+                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}, f, indent=2)
+    return 0
