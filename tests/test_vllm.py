@@ -119,3 +119,25 @@ def _pgid(pid):
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def test_eval_vllm_backend_agrees_with_hf(model64, tmp_path):
+    """Same prompts, media and expected-score rule: the two backends give (nearly) the same scores."""
+    import argparse
+
+    from trainer_utils import EXAMPLES
+    from vqrl.eval import run as eval_run
+
+    def args(backend, out):
+        parser = argparse.ArgumentParser()
+        eval_run.add_arguments(parser)
+        return parser.parse_args(["--model", model64, "--data", os.path.join(EXAMPLES, "RL_examples_eval.json"),
+                                  "--image_root", EXAMPLES, "--video_root", EXAMPLES, "--mode", "expected",
+                                  "--no_think", "--backend", backend, "--out", str(tmp_path / out)])
+
+    eval_run.evaluate(args("vllm", "v"))
+    eval_run.evaluate(args("hf", "h"))
+    v, h = (eval_run.read_predictions(str(tmp_path / d / "predictions.csv")) for d in ("v", "h"))
+    assert set(v) == set(h) and len(v) == 4
+    for sid in v:
+        assert abs(float(v[sid]["prediction"]) - float(h[sid]["prediction"])) < 0.1

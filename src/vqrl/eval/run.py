@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..data.media import VisionSpec
 from ..data.dataset import MediaLoader
 from ..data.prompts import PromptConfig, build_messages
-from ..data.records import TASK_TYPES, check_record, parse_mos, read_records, resolve_media
+from ..data.records import TASK_TYPES, anchor_paths, check_record, parse_mos, read_records, roots_per_file
 from ..rewards.parsing import parse_score
 from ..trainers import vision as V
 from . import inference
@@ -32,11 +32,13 @@ FIELDS = ["sample_id", "dataset", "path", "mos", "prediction", "completion"]
 def load_eval_records(files, image_root, video_root) -> tuple[list[dict], list[str]]:
     """Scoring records of every file, tagged with their dataset (the `dataset` field or the file's stem)."""
     records, problems = [], []
-    for path in files:
+    roots = zip(roots_per_file(image_root, len(files), "image_root"), roots_per_file(video_root, len(files), "video_root"))
+    for path, (iroot, vroot) in zip(files, roots):
         result = read_records(path)
         problems += [str(p) for p in result.problems]
         for rec in result.records:
-            reasons = check_record(rec, image_root, video_root)
+            rec = anchor_paths(rec, iroot, vroot)
+            reasons = check_record(rec)
             if reasons:
                 problems += [f"{path}:{rec.get('_index')}: {r}" for r in reasons]
                 continue
@@ -174,7 +176,7 @@ def _evaluate_hf(args, todo, pred_path):
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     processor = AutoProcessor.from_pretrained(args.model, padding_side="left")
     spec = VisionSpec.for_processor(processor, video_fps=args.video_fps, video_max_frames=args.video_max_frames)
-    loader = MediaLoader(spec, args.image_root, args.video_root, cache_size=8)
+    loader = MediaLoader(spec, None, None, cache_size=8)  # records carry anchored paths
     prompt_cfg = PromptConfig(think=args.think)
     if args.seed is not None:
         torch.manual_seed(args.seed)
@@ -188,8 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder (e.g. outputs/run/final) or hub id")
     parser.add_argument("--data", nargs="+", required=True, help="data files; one dataset per file unless records "
                                                                  "carry a `dataset` field")
-    parser.add_argument("--image_root", default=None)
-    parser.add_argument("--video_root", default=None)
+    parser.add_argument("--image_root", nargs="+", default=None, help="one root, or one per data file")
+    parser.add_argument("--video_root", nargs="+", default=None, help="one root, or one per data file")
     parser.add_argument("--mode", choices=["sample", "greedy", "expected"], default="greedy")
     parser.add_argument("--num_samples", type=int, default=8, help="K for --mode sample")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -198,6 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_think", dest="think", action="store_false")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_model_len", type=int, default=None, help="vLLM context (default: the model's)")
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--video_fps", type=float, default=2.0)
     parser.add_argument("--video_max_frames", type=int, default=16)
