@@ -255,12 +255,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak_tflops", type=float, default=788.0, help="MFU denominator (H200 bf16, measured)")
+    parser.add_argument("--workdir", default=None, help="keep the saved random model here and reuse it next time")
+    parser.add_argument("--label", default=None, help="a name for this configuration in the JSON")
     parser.add_argument("--out", default="outputs/bench.json")
+
+
+@contextmanager
+def _keep(path: str):
+    os.makedirs(path, exist_ok=True)
+    yield path
 
 
 def run(args: argparse.Namespace) -> int:
     results = []
-    with tempfile.TemporaryDirectory() as workdir:
+    with (tempfile.TemporaryDirectory() if not args.workdir else _keep(args.workdir)) as workdir:
         for kind in args.trainers:
             print(f"[bench] {kind} on {args.model}: {args.prompts} prompts x {args.generations} generations, "
                   f"{args.completion_length} completion tokens", file=sys.stderr, flush=True)
