@@ -343,7 +343,7 @@ def user_reward(completions, **kwargs):
 
 
 def test_registry_names_and_trl_metric_names():
-    assert set(REWARDS) == {"format", "format_strict", "answer", "score_l1", "score_gauss", "fidelity_rank",
+    assert set(REWARDS) == {"format", "format_strict", "format_nothink", "answer", "score_l1", "score_gauss", "fidelity_rank",
                             "distortion", "choice", "iou"}
     for name, func in REWARDS.items():
         assert func.__name__ == name
@@ -528,3 +528,18 @@ def test_mixed_stage1_batch_each_reward_grades_its_own_task():
         logged = []
         assert REWARDS[name](completions, log_metric=lambda k, v: logged.append(v), **columns) == values, name
         assert logged == [0.0], name  # parse failures are counted over the reward's own rows only
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<answer>Score: 3.62</answer>", 1.0),
+    ("  <answer>4</answer>\n", 1.0),
+    ("<think>x</think><answer>Score: 3.62</answer>", 0.0),   # thinking is not no-think
+    ("I think <answer>3</answer>", 0.0),                      # text around the answer
+    ("<answer>3</answer><answer>4</answer>", 0.0),
+    ("<answer>great</answer>", 0.0),                          # scoring answers must parse
+    ("", 0.0),
+])
+def test_format_nothink(text, expected):
+    from vqrl.rewards import REWARDS
+
+    assert REWARDS["format_nothink"]([text], solution=[3.5], type=["scoring_image"]) == [expected]

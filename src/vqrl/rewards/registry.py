@@ -79,6 +79,7 @@ def _finite(value) -> bool:
 _SPECS = {
     "format": (scoring.format_reward, True, ()),
     "format_strict": (scoring.format_strict_reward, True, ()),
+    "format_nothink": (scoring.format_nothink_reward, True, ()),
     "answer": (scoring.answer_reward, True, ("answer_threshold",)),
     "score_l1": (scoring.score_l1_reward, True, ()),
     "score_gauss": (scoring.score_gauss_reward, True, ("gauss_sigma",)),

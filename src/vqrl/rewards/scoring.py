@@ -68,6 +68,18 @@ def format_reward(text: str, row: dict) -> tuple[float, bool]:
     return (1.0 if _answer_ok(answer, row) else 0.0), failed
 
 
+def format_nothink_reward(text: str, row: dict) -> tuple[float, bool]:
+    """No-think mode's format: exactly one `<answer>…</answer>`, nothing around it, no `<think>`, answer parses."""
+    answer = extract_answer(text)
+    failed = not _answer_ok(answer, row)
+    opens, closes = list(ANSWER_OPEN.finditer(text)), list(ANSWER_CLOSE.finditer(text))
+    if len(opens) != 1 or len(closes) != 1 or THINK_OPEN.search(text) or THINK_CLOSE.search(text):
+        return 0.0, failed
+    if text[:opens[0].start()].strip() or text[closes[0].end():].strip():
+        return 0.0, failed
+    return (1.0 if not failed else 0.0), failed
+
+
 def format_strict_reward(text: str, row: dict) -> tuple[float, bool]:
     """The seed's exact rule: `<think>…</think>` then `<answer>Score: d.dd</answer>`, nothing else around.
 
