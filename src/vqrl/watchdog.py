@@ -236,7 +236,7 @@ class Watchdog:
         pgid = self.proc.pid
         self._track_descendants()
         if not self._survivors(pgid):
-            return True
+            return self._reap()
         self.event("kill", f"sending {_signame(sig)} to the run's process group {pgid} ({reason})",
                    signal=_signame(sig), pgid=pgid, reason=reason)
         self._signal_run(pgid, sig)
@@ -249,7 +249,7 @@ class Watchdog:
             self._sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         survivors = self._survivors(pgid)
         if not survivors:
-            return True
+            return self._reap()
         self.event("kill", f"{len(survivors)} process(es) still alive after {_signame(sig)}; sending SIGKILL",
                    signal="SIGKILL", pgid=pgid, survivors=survivors, reason=reason)
         patience = max(60.0, 2 * self.opts.grace)
@@ -262,6 +262,16 @@ class Watchdog:
             self.event("kill", f"processes {survivors} survived SIGKILL for {patience:.0f} s",
                        signal="SIGKILL", pgid=pgid, survivors=survivors, reason="unkillable")
             return False
+        return self._reap()
+
+    def _reap(self) -> bool:
+        """No survivors also means a leader that died after _survivors polled it and is still an unreaped zombie:
+        reap it, so proc.returncode holds its exit code (else a hung run's `exit` event says code None)."""
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - only without psutil, where zombies count as alive
+                pass
         return True
 
     # ---------------------------------------------------------------- one attempt
