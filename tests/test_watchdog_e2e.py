@@ -9,8 +9,8 @@ Each attempt runs as `bash -c 'sleep 600 & exec python -m vqrl.grpo ...'`: the t
 (the process-group leader the watchdog logs) and a `sleep` sidecar lives in its group. Killing only the trainer
 orphans the sidecar, so "no process of the old group remains" is only true if the watchdog cleans up.
 
-Two strict xfails mark bugs these runs expose in the trainer's resume (not in the watchdog): a run resumed in its
-second epoch replays the first epoch's sample order, and resume does not restore the model weights.
+Two tests guard bugs these runs exposed in the trainer's resume (since fixed in trainers/base.py): a run resumed in
+its second epoch replayed the first epoch's sample order, and resume did not restore the model weights.
 """
 
 from __future__ import annotations
@@ -482,21 +482,13 @@ def test_sigkill_at_random_moments_finishes_like_an_uninterrupted_run(killed_run
     assert all(s["resume"] and s["command"][-2:] == ["--resume", "auto"] for s in starts[1:])
     assert exits[len(starts)]["exit_code"] == 0 and not [e for e in evs if e["event"] in ("hang", "give_up")]
 
-    # the last resume is in the second epoch (the premise of the xfail test below); the first epoch, redone after
+    # the last resume is in the second epoch (the premise of the epoch-order test below); the first epoch, redone after
     # several kills and resumes, saw exactly the uninterrupted run's samples in the same order
     assert max(int(p.rsplit("-", 1)[1]) for p in resumed.values() if p) >= STEPS_PER_EPOCH, resumed
     assert_completed_like(reference, run, killed_run["record"], order_steps=range(STEPS_PER_EPOCH))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG (src/vqrl/trainers/, not fixed here): a run resumed in its second (or later) epoch replays the FIRST "
-    "epoch's sample order. TRL's RepeatSampler draws each epoch's permutation from one torch.Generator seeded "
-    "once in __init__ and has no set_epoch; transformers 5.17's Trainer only skips the batches of the resumed "
-    "epoch (skip_first_batches) and no longer iterates the skipped epochs, so after a resume in epoch e the "
-    "sampler yields permutation #0 for epoch e, #1 for e+1, ... (e.g. here steps 7-9 after resuming from "
-    "checkpoint-7 see the samples of steps 1-3). Fix: a sampler whose permutation is a function of (seed, epoch), "
-    "e.g. via set_epoch, returned by VQRLTrainer._get_train_sampler"))
 def test_sigkilled_run_keeps_the_sample_order_in_every_epoch(killed_run, reference):
     seen = samples_per_step(killed_run["record"])
     assert seen == reference["order"]
@@ -554,13 +546,6 @@ def test_always_failing_command_gives_up_after_max_restarts(failing_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG (src/vqrl/trainers/base.py, not fixed here): resume restores step, optimizer, scheduler and RNG but not "
-    "the model weights. transformers 5.17 Trainer._load_from_checkpoint does model.load_state_dict(state_dict, "
-    "strict=False) on checkpoint-N/model.safetensors, whose keys save_pretrained wrote in the on-disk naming "
-    "(model.layers.*, visual.*) while the live Qwen2.5-VL uses model.language_model.* / model.visual.*: 56 of 57 "
-    "tensors are 'missing' (only a warning), so a resumed run silently continues from the base weights. Fix: "
-    "override VQRLTrainer._load_from_checkpoint to load through the model's key mapping (as from_pretrained does)"))
 def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(reference, frozen_run):
     # the frozen run resumes in the first epoch, so the sampler bug above does not touch it: with weights restored
     # on resume, its training is the uninterrupted run's, bit for bit (checked in-process with a patched loader)

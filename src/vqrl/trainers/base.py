@@ -13,10 +13,26 @@ from contextlib import nullcontext
 import torch
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from ..models.tiny import VISION_SPECIAL_TOKENS
 from ..training import checkpoints
 from . import vision as V
+
+
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler with each epoch's shuffle a function of (seed, epoch), not of how many epochs this
+    process has iterated: a run resumed in epoch e sees epoch e's order, as the uninterrupted run did."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + 1_000_003 * self.epoch)
+        return super().__iter__()
 
 
 class VQRLTrainer(GRPOTrainer):
@@ -139,6 +155,28 @@ class VQRLTrainer(GRPOTrainer):
         n = self.num_generations if mode == "train" else self.num_generations_eval
         inputs = [{**x, "num_generations": n} for x in inputs]
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    # ---- data order and resume ---------------------------------------------------------------------------------
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        return EpochRepeatSampler(
+            data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Load resumed weights through from_pretrained, which maps saved key names onto the live module names
+        (transformers' plain load_state_dict misses most Qwen-VL keys and only warns)."""
+        model = model if model is not None else self.model
+        plain = not (self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "peft_config"))
+        has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, f))
+                          for f in ("model.safetensors", "model.safetensors.index.json"))
+        if not (plain and has_weights):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype, use_safetensors=True)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
 
     # ---- crash-safe checkpoints ----------------------------------------------------------------------------------
     def _get_output_dir(self, trial):
