@@ -8,25 +8,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from trainer_utils import make_trainer  # noqa: E402
+from trainer_utils import count_forward_calls, make_trainer  # noqa: E402
 
 
 def main(model_dir: str, out_dir: str, data: str, trainer_name: str) -> None:
     trainer = make_trainer(model_dir, out_dir, [data], trainer=trainer_name, reward_funcs=["format", "fidelity_rank"],
                            max_steps=2, per_device_train_batch_size=2, num_generations=2, max_completion_length=8,
                            save_strategy="steps", save_steps=1, beta=0.04)
-    calls = {"n": 0, "on": True}
-    trainer.model.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + calls["on"]))
-    generate = trainer._generate_single_turn
-
-    def uncounted(*args, **kwargs):
-        calls["on"] = False
-        try:
-            return generate(*args, **kwargs)
-        finally:
-            calls["on"] = True
-
-    trainer._generate_single_turn = uncounted
+    calls = count_forward_calls(trainer)
     kinds = []
     build = trainer._tokenize_prompts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer_utils import make_trainer, write_records
+from trainer_utils import count_forward_calls, make_trainer, write_records
 from vqrl.data.prompts import SCORE_PREFIX
 from vqrl.trainers.refine import PD_WEIGHTS, thought_of
 
@@ -99,22 +99,8 @@ def test_any_batch_size_trains(tiny_model_dir, tmp_path, prompts):
 
 def _count_forward_calls(trainer) -> int:
     """Model forward calls in one training step, generation excluded (it runs on gathered weights)."""
-    calls = {"n": 0, "on": True}
-    handle = trainer.model.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + calls["on"]))
-    original = trainer._generate_single_turn
-
-    def generate_uncounted(*args, **kwargs):
-        calls["on"] = False
-        try:
-            return original(*args, **kwargs)
-        finally:
-            calls["on"] = True
-
-    trainer._generate_single_turn = generate_uncounted
-    try:
-        trainer.train()
-    finally:
-        handle.remove()
+    calls = count_forward_calls(trainer)
+    trainer.train()
     return calls["n"]
 
 

@@ -37,3 +37,21 @@ def flags(model_dir, out_dir, data_files, **overrides) -> list[str]:
 def make_trainer(model_dir, out_dir, data_files, **overrides):
     args, model_args = parse(flags(model_dir, out_dir, data_files, **overrides))
     return build_trainer(args, model_args)
+
+
+def count_forward_calls(trainer) -> dict:
+    """Count the policy model's forward calls outside generation (which runs on gathered weights): the calls that
+    must match across ranks under ZeRO-3. Returns a dict whose "n" grows as the trainer runs."""
+    calls = {"n": 0, "on": True}
+    trainer.model.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + calls["on"]))
+    generate = trainer._generate_single_turn
+
+    def uncounted(*args, **kwargs):
+        calls["on"] = False
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            calls["on"] = True
+
+    trainer._generate_single_turn = uncounted
+    return calls
