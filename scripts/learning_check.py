@@ -325,9 +325,17 @@ class HeldoutEval:
                         batch = self.records[start:start + ns.batch_size]
                         preds += [s for s, _ in _score_batch(model, self.processor, batch, self.loader,
                                                              self.prompt_cfg, ns)]
-                m = compute_metrics([float(r["solution"]) for r in self.records], preds)
+                mos = [float(r["solution"]) for r in self.records]
+                m = compute_metrics(mos, preds)
                 out[mode] = {k: m[k] for k in ("srcc", "plcc", "krcc", "rmse", "parse_fail_rate")}
                 out[mode]["pred_std"] = float(_std([p for p in preds if p is not None]))
+                # ranking inside each held-out photo (the pooled SRCC also needs scores comparable across photos)
+                per_photo = []
+                for key in sorted({source_key(r["sample_id"]) for r in self.records}):
+                    idx = [i for i, r in enumerate(self.records) if source_key(r["sample_id"]) == key]
+                    per_photo.append(compute_metrics([mos[i] for i in idx], [preds[i] for i in idx])["srcc"])
+                valid = [v for v in per_photo if v is not None]
+                out[mode]["srcc_within"] = sum(valid) / len(valid) if valid else None
         finally:
             model.train(was_training)
         return out
@@ -402,7 +410,8 @@ def run_grpo(args, trainer_name: str, steps: int, start: Path, data: dict, evalu
             points.append(p)
             on_train = f" train srcc {_fmt(p['train_expected_srcc'])}" if "train_expected_srcc" in p else ""
             print(f"[{trainer_name}] step {p['step']:>4}  srcc {_fmt(p['expected_srcc'])} (expected) "
-                  f"{_fmt(p['greedy_srcc'])} (greedy){on_train}  plcc {_fmt(p['plcc'])}  last reward {_fmt(last.get('reward'))}  "
+                  f"{_fmt(p['greedy_srcc'])} (greedy) within-photo {_fmt(p['expected_srcc_within'])} "
+                  f"{_fmt(p['greedy_srcc_within'])}{on_train}  plcc {_fmt(p['plcc'])}  last reward {_fmt(last.get('reward'))}  "
                   f"format {_fmt(last.get('format'))}  {p['elapsed']:.0f}s", flush=True)
 
         def on_train_begin(self, a, state, control, model=None, **kw):
