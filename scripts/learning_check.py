@@ -39,14 +39,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # Preset values; a flag given on the command line wins. "quick" is the CPU test preset (also the default).
 PRESETS = {
     "quick": dict(
-        device="cpu", bf16=False, threads=1, train_vision=False, per_image=16, max_side=112, region_prob=0.0, families=None,
+        device="cpu", bf16=False, threads=1, train_vision=False, sft_targets="random", per_image=16, max_side=112, region_prob=0.0, families=None,
         hidden_size=128, layers=2, head_dim=32, max_pixels=112 * 112,
         sft_steps=120, sft_lr=1e-3, sft_batch=16,
         steps=60, lr=5e-4, num_generations=8, prompts_per_step=8, temperature=1.0, beta=0.0,
         max_completion_length=32, eval_every=10, refine_steps=10, warmup_steps=10, trainers="standard,refine",
     ),
     "gpu": dict(
-        device="cuda", bf16=True, threads=None, train_vision=False, per_image=48, max_side=224, region_prob=0.0, families=None,
+        device="cuda", bf16=True, threads=None, train_vision=False, sft_targets="random", per_image=48, max_side=224, region_prob=0.0, families=None,
         hidden_size=512, layers=4, head_dim=64, max_pixels=224 * 224,
         sft_steps=300, sft_lr=5e-4, sft_batch=32,
         steps=300, lr=3e-4, num_generations=8, prompts_per_step=16, temperature=1.0, beta=0.0,
@@ -95,8 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sft_steps", type=int)
     p.add_argument("--sft_lr", type=float)
     p.add_argument("--sft_batch", type=int)
-    p.add_argument("--sft_targets", choices=["random", "mos"], default="random",
-                   help="warm-up targets: random scores (the check) | the true MOS (a supervised reference only)")
+    p.add_argument("--sft_targets", choices=["random", "random_per_image", "mos"],
+                   help="warm-up targets: a fresh uniform draw per example | one fixed uniform draw per image file "
+                        "(teaches the model to read the image, not quality) | the true MOS (a supervised reference)")
     p.add_argument("--warm_start", help="skip the warm-up and start GRPO from this model folder (e.g. <out>/sft of an "
                                         "earlier run with the same data and model flags)")
     # GRPO
@@ -215,9 +216,8 @@ class RandomScoreSFT:
     """Prompt-completion rows for TRL's vision collator: a record's GRPO prompt, a format-correct answer whose score is
     drawn uniformly from [1, 5] independently of the image (fresh for every index, reproducible from the seed)."""
 
-    def __init__(self, builder, length: int, seed: int, true_scores: bool = False):
-        self.builder, self.length, self.seed = builder, length, seed
-        self.true_scores = true_scores  # diagnostics only: supervised targets (the MOS) instead of random ones
+    def __init__(self, builder, length: int, seed: int, targets: str = "random"):
+        self.builder, self.length, self.seed, self.targets = builder, length, seed, targets
 
     def __len__(self):
         return self.length
@@ -236,8 +236,11 @@ class RandomScoreSFT:
                 else:
                     parts.append(part)
             prompt.append({"role": message["role"], "content": parts})
-        score = rng.uniform(1.0, 5.0)
-        if self.true_scores:
+        if self.targets == "random":  # a fresh draw every time: the image says nothing about the target
+            score = rng.uniform(1.0, 5.0)
+        elif self.targets == "random_per_image":  # one fixed draw per image file: look at the image, learn nothing
+            score = random.Random(f"{self.seed}:{row['image_path']}").uniform(1.0, 5.0)  # about its quality
+        else:  # "mos": supervised, a reference point only
             score = float(row["solution"])
         completion = [{"role": "assistant", "content": [{"type": "text", "text": format_target(score)}]}]
         return {"prompt": prompt, "completion": completion, "images": images}
@@ -264,8 +267,7 @@ def warmup(args, model_path: Path, data: dict, out: Path) -> tuple[Path, dict]:
     if not args.train_vision:
         model.model.visual.requires_grad_(False)
     builder = row_builder(data["train"], processor)
-    dataset = RandomScoreSFT(builder, args.sft_steps * args.sft_batch, args.seed,
-                             true_scores=args.sft_targets == "mos").as_dataset()
+    dataset = RandomScoreSFT(builder, args.sft_steps * args.sft_batch, args.seed, args.sft_targets).as_dataset()
     config = SFTConfig(
         output_dir=str(out / "sft_run"), max_steps=args.sft_steps, per_device_train_batch_size=args.sft_batch,
         learning_rate=args.sft_lr, lr_scheduler_type="cosine", warmup_steps=min(10, args.sft_steps // 10),
