@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("vqrl.grpo", "train with GRPO (same flags as `python -m vqrl.grpo`; --config recipe.yaml)"),
     "validate-data": ("vqrl.data.validate", "check data files record by record; exit 1 on any problem"),
     "tiny-model": ("vqrl.models.tiny", "write a small random Qwen-VL model + locally trained tokenizer"),
+    "random-model": ("vqrl.models.shapes", "write a random-weight model of a real architecture (configs/models)"),
     "eval": ("vqrl.eval.run", "score a model on quality datasets: SRCC/PLCC/KRCC/RMSE, plots"),
     "convert": ("vqrl.eval.converters", "convert a public IQA/VQA dataset's label files to vqrl records"),
     "make-perception-data": ("vqrl.datagen.perception", "distort pristine images into Stage-1 perception data"),

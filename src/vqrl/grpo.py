@@ -23,7 +23,7 @@ from .rewards import build_reward_funcs
 from .trainers import get_trainer
 from .training import checkpoints
 from .training.heartbeat import Heartbeat, heartbeat_path
-from .training.metrics import MetricsLogger
+from .training.metrics import MetricsLogger, ResourceLogger
 
 logger = logging.getLogger("vqrl")
 DEFAULT_TINY = os.path.join("outputs", "tiny-qwen2_5_vl")
@@ -119,7 +119,8 @@ def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, process
         options["gauss_sigma"] = args.gauss_sigma
     reward_funcs = build_reward_funcs(args.reward_funcs, **options)
     heartbeat = Heartbeat(heartbeat_path(args.output_dir)) if args.heartbeat and args.should_save else None
-    callbacks = [MetricsLogger(args.output_dir)] + ([HeartbeatCallback(heartbeat)] if heartbeat else [])
+    callbacks = [MetricsLogger(args.output_dir), ResourceLogger(args.output_dir)]
+    callbacks += [HeartbeatCallback(heartbeat)] if heartbeat else []
     trainer_cls = get_trainer(args.trainer)
     trainer = trainer_cls(
         model=model,

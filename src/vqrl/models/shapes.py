@@ -6,6 +6,7 @@ models are for measuring speed and memory only; their outputs mean nothing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -71,3 +72,33 @@ def random_model(name_or_path: str, dtype=torch.bfloat16, device: str = "cuda", 
     factor = 32 if arch == "qwen3_vl" else 28
     processor = build_processor(arch, tokenizer, min_pixels=4 * factor * factor, max_pixels=1280 * factor * factor)
     return model, processor
+
+
+def save_random_model(name_or_path: str, out: str, dtype=torch.bfloat16, device: str | None = None,
+                      seed: int = 0) -> str:
+    """Write a random-weight model of a real architecture (safetensors) and its processor to `out`.
+
+    For multi-GPU and memory runs that must go through `from_pretrained` (ZeRO-3 loads shards), as a real
+    checkpoint would; built on the GPU when there is one (an 8 B init on the CPU takes minutes).
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = random_model(name_or_path, dtype=dtype, device=device, seed=seed)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="5GB")
+    processor.save_pretrained(out)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    known = ", ".join(sorted(x.stem for x in SHAPES_DIR.glob("*.json")))
+    parser.add_argument("--shape", required=True, help=f"configs/models/<shape>.json or a JSON path; known: {known}")
+    parser.add_argument("--out", required=True, help="directory to write the model and processor into")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--device", default=None, help="where to initialise (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = save_random_model(args.shape, args.out, dtype=getattr(torch, args.dtype), device=args.device,
+                             seed=args.seed)
+    print(f"wrote a random {args.shape} to {path}")
+    return 0

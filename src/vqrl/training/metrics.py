@@ -12,6 +12,7 @@ import os
 from transformers import TrainerCallback
 
 METRICS_FILE = "metrics.jsonl"
+RESOURCES_FILE = "resources_rank{rank}.jsonl"
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -58,6 +59,45 @@ class MetricsLogger(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             plot_curves(self.path, os.path.join(os.path.dirname(self.path), "curves.png"))
+
+
+class ResourceLogger(TrainerCallback):
+    """Per rank, per step: wall time of the step and this GPU's peak memory (allocated and reserved, GB).
+
+    Every rank writes its own `resources_rank<R>.jsonl` (no collective, so a slow or dying rank cannot block it):
+    memory per GPU differs under ZeRO-3 and with mixed image/video batches, and that is what a user sizing a run
+    needs to see. Peaks are reset after each step, so each row is that step's own peak.
+    """
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+        self._t0 = None
+
+    def _cuda(self):
+        import torch
+
+        return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        import time
+
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        if self._t0 is None:
+            return
+        row = {"step": state.global_step, "step_seconds": round(time.perf_counter() - self._t0, 3),
+               "time": round(time.time(), 3)}
+        cuda = self._cuda()
+        if cuda is not None:
+            row.update(gpu=cuda.current_device(), peak_allocated_gb=round(cuda.max_memory_allocated() / 2**30, 2),
+                       peak_reserved_gb=round(cuda.max_memory_reserved() / 2**30, 2))
+            cuda.reset_peak_memory_stats()
+        path = os.path.join(self.output_dir, RESOURCES_FILE.format(rank=args.process_index))
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def plot_curves(metrics_path: str, out_png: str) -> str | None:
