@@ -51,30 +51,48 @@ def digit_token_ids(tokenizer) -> dict[int, int]:
     return out
 
 
+def _backbone_and_head(model):
+    """The model without its LM head, and the head (through a PEFT wrapper if there is one)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+
 @torch.no_grad()
 def teacher_forced_probs(model, prefixes: list[list[int]], targets: list[list[int]], visions: list[dict],
                          pad_id: int, return_logits: bool = False):
     """P(target token k | prefix + target[:k]) for every k, in one forward over the batch.
 
+    Runs the backbone, then projects only the target positions through the LM head (gathered under ZeRO-3, as TRL's
+    fused log-prob head does): full-vocabulary logits over the whole sequence are never built, and the LM head module
+    is never called, so DeepSpeed's ZeRO-3 prefetch trace is the same as in TRL's own passes (calling the head module
+    here made ZeRO-3 prefetch its weight during TRL's fused pass: "Cannot partition a param in flight").
     Returns a list of 1-D tensors (one per sample); with return_logits also the logits at each target position.
     """
+    from trl.trainer.utils import maybe_gather_lm_head_ctx
+
     seqs = [p + t for p, t in zip(prefixes, targets, strict=True)]
     inputs = model_inputs(model, seqs, visions, pad_id)
-    logits = model(**inputs).logits.float()
+    backbone, head = _backbone_and_head(model)
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state
     width = inputs["input_ids"].size(1)
-    probs, rows = [], []
-    for i, t in enumerate(targets):
+    # target token k sits at position width - len(t) + k; its logits come from the position before
+    rows = [(i, width - len(t) - 1 + k) for i, t in enumerate(targets) for k in range(len(t))]
+    if rows:
+        index = torch.tensor(rows, device=hidden.device)
+        with maybe_gather_lm_head_ctx(head.weight, head.bias):
+            logits = torch.nn.functional.linear(hidden[index[:, 0], index[:, 1]], head.weight, head.bias).float()
+    probs, out_rows, at = [], [], 0
+    for t in targets:
         if not t:
             probs.append(torch.empty(0))
-            rows.append(torch.empty(0, logits.size(-1)))
+            out_rows.append(torch.empty(0, head.out_features))
             continue
-        # target token k sits at position width - len(t) + k; its logits come from the position before
-        start = width - len(t) - 1
-        row_logits = logits[i, start:start + len(t)]
+        row_logits = logits[at:at + len(t)]
+        at += len(t)
         p = row_logits.softmax(-1).gather(1, torch.tensor(t, device=row_logits.device)[:, None])[:, 0]
         probs.append(p.cpu())
-        rows.append(row_logits.cpu())
-    return (probs, rows) if return_logits else probs
+        out_rows.append(row_logits.cpu())
+    return (probs, out_rows) if return_logits else probs
 
 
 def expected_from_logits(logits_row: torch.Tensor, digit_ids: dict[int, int], low: int = 1, high: int = 5) -> float:
