@@ -11,6 +11,7 @@ import os
 from contextlib import nullcontext
 
 import torch
+import trl.trainer.grpo_trainer as trl_grpo
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
@@ -18,6 +19,7 @@ from trl.trainer.utils import RepeatSampler
 from ..models.tiny import VISION_SPECIAL_TOKENS
 from ..training import checkpoints
 from . import vision as V
+from . import vision_once
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -36,10 +38,15 @@ class EpochRepeatSampler(RepeatSampler):
 
 
 class VQRLTrainer(GRPOTrainer):
-    """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes."""
+    """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes.
+
+    `vision_once` (default on; env VQRL_VISION_ONCE=0 turns it off for comparison): the log-prob passes encode each
+    distinct image/video once per forward, and train micro-batches hold whole prompt groups where that cannot change
+    the result (see `_groups_keep_result`)."""
 
     def __init__(self, *args, heartbeat=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.vision_once = os.environ.get("VQRL_VISION_ONCE", "1") != "0"
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
@@ -133,20 +140,51 @@ class VQRLTrainer(GRPOTrainer):
         if len(vision) != input_ids.size(0):
             raise RuntimeError(f"vision inputs for {len(vision)} samples but {input_ids.size(0)} sequences")
         step = batch_size or input_ids.size(0)
+        vl_base = vision_once.base_model(model) if self.vision_once else None
         logps, entropies, aux = [], [], []
         for start in range(0, input_ids.size(0), step):
             end = min(start + step, input_ids.size(0))
             ids = input_ids[start:end]
-            extra = V.collate(vision[start:end], device=ids.device)
+            if vl_base is not None:  # pixels of the distinct samples only, features expanded per sequence
+                extra, maps = vision_once.model_kwargs(vision[start:end], ids.device)
+            else:
+                extra, maps = V.collate(vision[start:end], device=ids.device), {}
             if extra:
                 extra["mm_token_type_ids"] = V.mm_token_type_ids(ids, self._image_token_id, self._video_token_id)
-            lp, ent, ax = base(self, functools.partial(model, **extra), ids, attention_mask[start:end],
-                               logits_to_keep, end - start, compute_entropy, compute_aux_loss)
+            with vision_once.encode_once(vl_base, maps) if maps else nullcontext():
+                lp, ent, ax = base(self, functools.partial(model, **extra), ids, attention_mask[start:end],
+                                   logits_to_keep, end - start, compute_entropy, compute_aux_loss)
             logps.append(lp)
             entropies.append(ent)
             aux.append(ax)
         return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
                 torch.stack(aux).mean() if compute_aux_loss else None)
+
+    # ---- micro-batches of whole prompt groups -------------------------------------------------------------------
+    def _groups_keep_result(self) -> bool:
+        """Whether grouping can change nothing but float summation order: all micro-batches of a generation batch
+        fall into one optimizer step (steps_per_generation == accumulation steps) and the loss of that step is a
+        sum of per-sequence terms with partition-independent normalisers (grpo, sapo, dr_grpo, dapo, cispo, vespo,
+        luspo). bnpo (tokens per micro-batch), the top-entropy mask and the entropy bonus (quantile / mean per
+        micro-batch) and MoE aux losses depend on the partition: those keep TRL's per-sequence shuffle."""
+        accum = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+        return (self.args.steps_per_generation == accum and self.loss_type != "bnpo"
+                and self.top_entropy_quantile >= 1.0 and not getattr(self, "_entropy_bonus_enabled", False)
+                and not self.aux_loss_enabled)
+
+    def _prepare_inputs(self, generation_batch):
+        """TRL shuffles the generation batch per sequence before splitting it into micro-batches, so a micro-batch
+        holds bits of many groups; where that is result-neutral, shuffle whole groups instead (same RNG draw), so
+        that vision-once encodes each image once for its G sequences in the loss pass too."""
+        if not (self.vision_once and self.model.training and self._groups_keep_result()
+                and hasattr(trl_grpo, "shuffle_sequence_dict")):
+            return super()._prepare_inputs(generation_batch)
+        trl_shuffle = trl_grpo.shuffle_sequence_dict
+        trl_grpo.shuffle_sequence_dict = vision_once.shuffle_by_group
+        try:
+            return super()._prepare_inputs(generation_batch)
+        finally:
+            trl_grpo.shuffle_sequence_dict = trl_shuffle
 
     # ---- rewards -----------------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
