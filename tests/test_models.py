@@ -171,3 +171,20 @@ def test_tiny_model_cli(built, tmp_path):
     # another process, same default seed: the same bytes as the in-process build
     assert safetensors_bytes(out) == safetensors_bytes(built("qwen2_vl"))
     assert (out / "tokenizer.json").read_bytes() == (built("qwen2_vl") / "tokenizer.json").read_bytes()
+
+
+def test_tiny_vision_tower_size(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    path = make_tiny_model("qwen2_5_vl", tmp_path / "m", vision_hidden_size=64, vision_depth=3)
+    visual = AutoModelForImageTextToText.from_pretrained(path).model.visual
+    assert len(visual.blocks) == 3 and visual.blocks[0].norm1.weight.shape[0] == 64
+    assert visual.fullatt_block_indexes == [1]
+
+
+def test_random_model_names_the_known_shapes():
+    from vqrl.models.shapes import shape_path
+
+    assert shape_path("qwen2_5_vl_7b").name == "qwen2_5_vl_7b.json"
+    with pytest.raises(FileNotFoundError, match="known: .*qwen2_5_vl_7b"):
+        shape_path("qwen2_5_vl_70b")

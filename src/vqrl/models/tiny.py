@@ -115,7 +115,8 @@ def _sizes(arch: str, head_dim: int, hidden: int | None):
     return heads * head_dim, heads, [first, second, half - first - second]
 
 
-def build_config(arch: str, tokenizer, head_dim: int = 16, hidden_size: int | None = None, layers: int = 2):
+def build_config(arch: str, tokenizer, head_dim: int = 16, hidden_size: int | None = None, layers: int = 2,
+                 vision_hidden_size: int = 32, vision_depth: int = 2):
     """A tiny config of `arch` whose special-token ids match `tokenizer`."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
 
@@ -146,20 +147,21 @@ def build_config(arch: str, tokenizer, head_dim: int = 16, hidden_size: int | No
         tie_word_embeddings=False,
     )
     if arch == "qwen2_vl":
-        vision = dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14)
+        vision = dict(depth=vision_depth, embed_dim=vision_hidden_size, hidden_size=hidden, num_heads=2, mlp_ratio=2,
+                      patch_size=14)
         cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
     elif arch == "qwen2_5_vl":
         vision = dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=14,
-            fullatt_block_indexes=[1], window_size=56,
+            depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size, num_heads=2,
+            out_hidden_size=hidden, patch_size=14, fullatt_block_indexes=list(range(1, vision_depth, 2)), window_size=56,
         )
         cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     else:
         text["head_dim"] = head_dim
         text["rope_scaling"] = {"rope_type": "default", "mrope_section": section, "mrope_interleaved": True}
         vision = dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=16,
-            num_position_embeddings=64, deepstack_visual_indexes=[0],
+            depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size, num_heads=2,
+            out_hidden_size=hidden, patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0],
         )
         cfg = Qwen3VLConfig(text_config=text, vision_config=vision, **common)
     cfg.vqrl_tiny = True
@@ -193,14 +195,16 @@ def build_processor(arch: str, tokenizer, min_pixels: int = 28 * 28 * 4, max_pix
 
 
 def make_tiny_model(arch: str, out: str | Path, head_dim: int = 16, hidden_size: int | None = None,
-                    layers: int = 2, seed: int = 0, vocab_size: int = 1024) -> Path:
+                    layers: int = 2, seed: int = 0, vocab_size: int = 1024, vision_hidden_size: int = 32,
+                    vision_depth: int = 2) -> Path:
     """Write a tiny random model + processor to `out` (safetensors); same seed, same bytes."""
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(vocab_size=vocab_size, seed=0)
-    config = build_config(arch, tokenizer, head_dim=head_dim, hidden_size=hidden_size, layers=layers)
+    config = build_config(arch, tokenizer, head_dim=head_dim, hidden_size=hidden_size, layers=layers,
+                          vision_hidden_size=vision_hidden_size, vision_depth=vision_depth)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
@@ -219,13 +223,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head_dim", type=int, default=16, help="attention head size (vLLM's CPU backend needs >= 64)")
     parser.add_argument("--hidden_size", type=int, default=None, help="text hidden size (default: heads x head_dim)")
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vision_hidden_size", type=int, default=32)
+    parser.add_argument("--vision_depth", type=int, default=2)
     parser.add_argument("--vocab_size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
     out = make_tiny_model(args.arch, args.out, head_dim=args.head_dim, hidden_size=args.hidden_size,
-                          layers=args.layers, seed=args.seed, vocab_size=args.vocab_size)
+                          layers=args.layers, seed=args.seed, vocab_size=args.vocab_size,
+                          vision_hidden_size=args.vision_hidden_size, vision_depth=args.vision_depth)
     n = sum(p.numel() for p in __import__("safetensors.torch").torch.load_file(str(out / "model.safetensors")).values())
     print(f"wrote tiny {args.arch} ({n:,} parameters) to {out}")
     return 0
