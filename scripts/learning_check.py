@@ -39,15 +39,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # Preset values; a flag given on the command line wins. "quick" is the CPU test preset (also the default).
 PRESETS = {
     "quick": dict(
-        device="cpu", bf16=False, threads=1, train_vision=False, sft_targets="random", per_image=16, max_side=112, region_prob=0.0, families=None,
-        hidden_size=128, layers=2, head_dim=32, max_pixels=112 * 112,
+        device="cpu", bf16=False, threads=1, train_vision=False, sft_targets="random", per_image=16, crops=1, max_side=112, region_prob=0.0, families=None,
+        hidden_size=128, layers=2, head_dim=32, vision_hidden_size=32, vision_depth=2, max_pixels=112 * 112,
         sft_steps=120, sft_lr=1e-3, sft_batch=16,
         steps=60, lr=5e-4, num_generations=8, prompts_per_step=8, temperature=1.0, beta=0.0,
         max_completion_length=32, eval_every=10, refine_steps=10, warmup_steps=10, trainers="standard,refine",
     ),
     "gpu": dict(
-        device="cuda", bf16=True, threads=None, train_vision=False, sft_targets="random", per_image=48, max_side=224, region_prob=0.0, families=None,
-        hidden_size=512, layers=4, head_dim=64, max_pixels=224 * 224,
+        device="cuda", bf16=True, threads=None, train_vision=False, sft_targets="random", per_image=48, crops=1, max_side=224, region_prob=0.0, families=None,
+        hidden_size=512, layers=4, head_dim=64, vision_hidden_size=32, vision_depth=2, max_pixels=224 * 224,
         sft_steps=300, sft_lr=5e-4, sft_batch=32,
         steps=300, lr=3e-4, num_generations=8, prompts_per_step=16, temperature=1.0, beta=0.0,
         max_completion_length=32, eval_every=20, refine_steps=300, warmup_steps=20, trainers="standard,refine",
@@ -78,7 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (quick preset: 1, much faster on a busy 2-core box)")
     # data
     p.add_argument("--per_image", type=int, help="distorted variants per photo")
-    p.add_argument("--max_side", type=int, help="photos are downscaled to this long side before distortion")
+    p.add_argument("--max_side", type=int, help="photos (or crops) are downscaled to this long side before distortion")
+    p.add_argument("--crops", type=int, help="cut each photo into a crops x crops grid of max_side px squares, each "
+                                             "its own content (1: whole photos)")
     p.add_argument("--region_prob", type=float, help="fraction of local (boxed) distortions (0: all global)")
     p.add_argument("--families", nargs="+", help="restrict the distortion families")
     p.add_argument("--record_question", action="store_true",
@@ -89,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int)
     p.add_argument("--head_dim", type=int)
     p.add_argument("--max_pixels", type=int, help="image pixel budget of the processor")
+    p.add_argument("--vision_hidden_size", type=int, help="vision tower width")
+    p.add_argument("--vision_depth", type=int, help="vision tower blocks")
     p.add_argument("--train_vision", action=argparse.BooleanOptionalAction, default=None,
                    help="train the (random) vision tower too; default off: see docs/learning.md")
     # warm-up
@@ -101,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warm_start", help="skip the warm-up and start GRPO from this model folder (e.g. <out>/sft of an "
                                         "earlier run with the same data and model flags)")
     # GRPO
-    p.add_argument("--trainers", help="comma-separated: standard,refine (refine starts from the same warm-up)")
+    p.add_argument("--trainers", help="comma-separated: standard,refine (refine starts from the same warm-up); "
+                                      "'' = the warm-up only, evaluated on held-out and train records")
     p.add_argument("--steps", type=int, help="GRPO steps of the standard trainer")
     p.add_argument("--refine_steps", type=int, help="GRPO steps of the refine trainer (0: skip it)")
     p.add_argument("--lr", type=float)
@@ -134,20 +139,51 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. data
 # ---------------------------------------------------------------------------------------------------------------------
+CROP_SEP = "__crop"
+
+
 def source_key(sample_id: str) -> str:
-    """The source photo of a perception scoring record: `<key>_ref_score` or `<key>_<NNN>_score`."""
-    return re.sub(r"_(ref|\d{3})_score$", "", sample_id)
+    """The source photo of a perception scoring record: `<key>_ref_score` or `<key>_<NNN>_score`, where a crop's
+    key is `<photo>__crop<k>` (crops of one photo share its source, so they stay on one side of the split)."""
+    return re.sub(r"_(ref|\d{3})_score$", "", sample_id).split(CROP_SEP)[0]
+
+
+def make_crops(images_dir: str, out: Path, grid: int, side: int) -> Path:
+    """Each photo, scaled so its short side is grid * side px, cut into grid x grid non-overlapping crops of side px:
+    many contents per photo, so that what is learned is the distortion, not the five training photos."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(images_dir).iterdir()):
+        if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            continue
+        img = Image.open(path).convert("RGB")
+        scale = grid * side / min(img.size)
+        img = img.resize((max(grid * side, round(img.width * scale)), max(grid * side, round(img.height * scale))),
+                         Image.BICUBIC)
+        k = 0
+        for row in range(grid):
+            for col in range(grid):
+                box = (col * side, row * side, (col + 1) * side, (row + 1) * side)
+                img.crop(box).save(out / f"{path.stem}{CROP_SEP}{k:02d}.png")
+                k += 1
+    return out
 
 
 def make_data(args, out: Path) -> dict:
     from vqrl.datagen.perception import make_perception_data
 
     data = out / "data"
-    summary = make_perception_data(args.images, data, per_image=args.per_image, seed=args.seed, workers=1,
+    images = args.images
+    if args.crops > 1:
+        images = str(make_crops(args.images, out / "crops", args.crops, args.max_side))
+    summary = make_perception_data(images, data, per_image=args.per_image, seed=args.seed, workers=1,
                                    region_prob=args.region_prob, max_side=args.max_side, families=args.families,
                                    progress=False)
     records = json.loads((data / "scoring.json").read_text())
     keys = sorted({source_key(r["sample_id"]) for r in records})
+    n_crops = {k: len({re.sub(r"_(ref|\d{3})_score$", "", r["sample_id"]) for r in records
+                       if source_key(r["sample_id"]) == k}) for k in keys}
     missing = [k for k in args.heldout if k not in keys]
     if missing:
         raise SystemExit(f"--heldout {missing} not among the photos {keys}")
@@ -158,7 +194,7 @@ def make_data(args, out: Path) -> dict:
     for name, recs in (("train", train), ("heldout", heldout)):
         (data / f"{name}.json").write_text(json.dumps(recs, indent=1))
     return {"dir": str(data), "train": str(data / "train.json"), "heldout": str(data / "heldout.json"),
-            "n_train": len(train), "n_heldout": len(heldout), "weak_variants": summary["weak"],
+            "n_train": len(train), "n_heldout": len(heldout), "weak_variants": summary["weak"], "crops": n_crops,
             "train_photos": [k for k in keys if k not in args.heldout], "heldout_photos": list(args.heldout)}
 
 
@@ -171,7 +207,8 @@ def make_model(args, out: Path) -> Path:
     from vqrl.models.tiny import make_tiny_model
 
     path = make_tiny_model("qwen2_5_vl", out / "model_init", head_dim=args.head_dim, hidden_size=args.hidden_size,
-                           layers=args.layers, seed=args.seed)
+                           layers=args.layers, seed=args.seed, vision_hidden_size=args.vision_hidden_size,
+                           vision_depth=args.vision_depth)
     # One pixel budget for every stage: the warm-up, GRPO (also given --max_pixels) and eval read the saved processor.
     processor = AutoProcessor.from_pretrained(path)
     processor.image_processor.size["longest_edge"] = args.max_pixels
@@ -588,6 +625,13 @@ def main(argv=None) -> dict:
              f"G={args.num_generations}, {args.prompts_per_step} prompts/step")
     results = {"title": title, "config": {k: v for k, v in vars(args).items()}, "data": data,
                "model": {"parameters": n_params, "path": str(model_path)}, "warmup": sft_info, "runs": {}}
+    if not args.trainers:  # a probe of the warm-up alone (e.g. --sft_targets mos: what supervision can reach)
+        model, processor = load(sft_path, args)
+        for name, d in (("heldout", data), ("train", {**data, "heldout": data["train"]})):
+            sft_info[f"eval_{name}"] = HeldoutEval(args, d, processor)(model)["expected"]
+            print(f"warm-up model on {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in
+                                                          sft_info[f"eval_{name}"].items()), flush=True)
+        del model
     for name in args.trainers:
         steps = args.steps if name == "standard" else args.refine_steps
         set_seed(args.seed)
