@@ -11,8 +11,9 @@ What it runs (all through the user-facing entry points, nothing private):
    restarts with `--resume auto`, and the run finishes from the checkpoint.
 4. `bash finetune_RL.sh` with `TRAINER=refine` for a few steps (PD passes under ZeRO-3, checkpoint at the end).
 
-Writes <out>/multi_gpu_check.json (or multi_gpu_check_<run>.json with --runs): per run, the exit code, wall time, the watchdog's events, the steps in
-metrics.jsonl, and per rank the step times and peak memory (from resources_rank<R>.jsonl). Exits 1 if a check fails.
+Writes <out>/multi_gpu_check.json (multi_gpu_check_<run>.json with --runs): per run, the exit code, wall time, the
+watchdog's events, the steps in metrics.jsonl, and per rank the step times and peak memory (resources_rank<R>.jsonl).
+Exits 1 if a check fails.
 
     python scripts/multi_gpu_check.py --out /tmp/mgpu            # on a machine with >= 2 GPUs
 """

@@ -153,7 +153,8 @@ def build_config(arch: str, tokenizer, head_dim: int = 16, hidden_size: int | No
     elif arch == "qwen2_5_vl":
         vision = dict(
             depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size, num_heads=2,
-            out_hidden_size=hidden, patch_size=14, fullatt_block_indexes=list(range(1, vision_depth, 2)), window_size=56,
+            out_hidden_size=hidden, patch_size=14, fullatt_block_indexes=list(range(1, vision_depth, 2)),
+            window_size=56,
         )
         cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     else:
