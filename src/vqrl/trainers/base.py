@@ -12,6 +12,7 @@ from contextlib import nullcontext
 
 import torch
 import trl.trainer.grpo_trainer as trl_grpo
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
@@ -40,13 +41,14 @@ class EpochRepeatSampler(RepeatSampler):
 class VQRLTrainer(GRPOTrainer):
     """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes.
 
-    `vision_once` (default on; env VQRL_VISION_ONCE=0 turns it off for comparison): the log-prob passes encode each
-    distinct image/video once per forward, and train micro-batches hold whole prompt groups where that cannot change
-    the result (see `_groups_keep_result`)."""
+    `vision_once` (default on, except under ZeRO-3 where it has not yet run on GPUs; env VQRL_VISION_ONCE=0 / 1
+    forces it off / on): the log-prob passes encode each distinct image/video once per forward, and train
+    micro-batches hold whole prompt groups where that cannot change the result (see `_groups_keep_result`)."""
 
     def __init__(self, *args, heartbeat=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.vision_once = os.environ.get("VQRL_VISION_ONCE", "1") != "0"
+        forced = os.environ.get("VQRL_VISION_ONCE")
+        self.vision_once = forced != "0" if forced is not None else not is_deepspeed_zero3_enabled()
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
