@@ -24,6 +24,21 @@ RECORDS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def keep_linear_weights(monkeypatch):
+    """vLLM's CPU backend repacks linear weights for oneDNN / AMX kernels on hosts that have them (AVX-512, AMX) and
+    replaces each layer's Parameter with an empty one, so the in-place weight sync TRL does after an optimizer step
+    has nothing to write into ('Parameter' object has no attribute 'weight_loader'). On GPUs the weights stay in
+    place; keep them in place here too, with plain torch linear, so the test does not depend on the host's CPU."""
+    import torch
+    from vllm.model_executor.layers import utils as vllm_layer_utils
+
+    def plain_linear(layer, remove_weight):
+        layer.cpu_linear = torch.nn.functional.linear
+
+    monkeypatch.setattr(vllm_layer_utils, "dispatch_cpu_unquantized_gemm", plain_linear)
+
+
 @pytest.fixture(scope="module")
 def model64(tiny_models):
     return tiny_models("qwen2_5_vl", head_dim=64)  # vLLM's CPU attention needs head_dim >= 64
