@@ -142,10 +142,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 CROP_SEP = "__crop"
 
 
+def content_key(sample_id: str) -> str:
+    """The image a perception scoring record distorts: `<key>_ref_score` or `<key>_<NNN>_score` -> `<key>`."""
+    return re.sub(r"_(ref|\d{3})_score$", "", sample_id)
+
+
 def source_key(sample_id: str) -> str:
-    """The source photo of a perception scoring record: `<key>_ref_score` or `<key>_<NNN>_score`, where a crop's
-    key is `<photo>__crop<k>` (crops of one photo share its source, so they stay on one side of the split)."""
-    return re.sub(r"_(ref|\d{3})_score$", "", sample_id).split(CROP_SEP)[0]
+    """The source photo of a record, where a crop's key is `<photo>__crop<k>` (crops of one photo share its source,
+    so they stay on one side of the split)."""
+    return content_key(sample_id).split(CROP_SEP)[0]
 
 
 def make_crops(images_dir: str, out: Path, grid: int, side: int) -> Path:
@@ -182,8 +187,8 @@ def make_data(args, out: Path) -> dict:
                                    progress=False)
     records = json.loads((data / "scoring.json").read_text())
     keys = sorted({source_key(r["sample_id"]) for r in records})
-    n_crops = {k: len({re.sub(r"_(ref|\d{3})_score$", "", r["sample_id"]) for r in records
-                       if source_key(r["sample_id"]) == k}) for k in keys}
+    n_crops = {k: len({content_key(r["sample_id"]) for r in records if source_key(r["sample_id"]) == k})
+               for k in keys}
     missing = [k for k in args.heldout if k not in keys]
     if missing:
         raise SystemExit(f"--heldout {missing} not among the photos {keys}")

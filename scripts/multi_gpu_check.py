@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from vqrl.training.checkpoints import MARKER  # noqa: E402
+from vqrl.training.checkpoints import complete_checkpoints, is_complete  # noqa: E402
 from vqrl.training.metrics import read_metrics  # noqa: E402
 
 IMAGE = "images/astronaut.jpg"
@@ -115,8 +115,8 @@ def rank_workers() -> dict[int, int]:
 
 def killer(run_dir: Path, save_steps: int, delay: float, report: dict, stop: threading.Event) -> None:
     """SIGKILL the highest rank `delay` s after checkpoint-<save_steps> is complete (once)."""
-    marker = run_dir / f"checkpoint-{save_steps}" / MARKER
-    while not stop.is_set() and not marker.exists():
+    checkpoint = str(run_dir / f"checkpoint-{save_steps}")
+    while not stop.is_set() and not is_complete(checkpoint):
         time.sleep(0.5)
     if stop.is_set():
         return
@@ -141,8 +141,10 @@ def resources(run_dir: Path) -> dict:
         steady = [r["step_seconds"] for i, r in enumerate(rows) if i and rows[i - 1]["step"] == r["step"] - 1]
         out[rank] = {"steps": [r["step"] for r in rows], "step_seconds": [r["step_seconds"] for r in rows],
                      "median_step_s": round(statistics.median(steady), 2) if steady else None,
-                     "peak_allocated_gb": max((r.get("peak_allocated_gb", 0) for r in rows), default=None),
-                     "peak_reserved_gb": max((r.get("peak_reserved_gb", 0) for r in rows), default=None)}
+                     "peak_allocated_gb": max((r["peak_allocated_gb"] for r in rows if "peak_allocated_gb" in r),
+                                              default=None),  # None without a GPU: no made-up 0 GB
+                     "peak_reserved_gb": max((r["peak_reserved_gb"] for r in rows if "peak_reserved_gb" in r),
+                                             default=None)}
     return out
 
 
@@ -157,7 +159,7 @@ def summarise_run(run_dir: Path, code: int, seconds: float, log: Path) -> dict:
     steps = [r["step"] for r in read_metrics(str(run_dir / "metrics.jsonl")) if "reward" in r]
     text = log.read_text(errors="replace")
     return {"exit_code": code, "seconds": seconds, "logged_steps": steps,
-            "checkpoints": sorted(p.name for p in run_dir.glob("checkpoint-*") if (p / MARKER).exists()),
+            "checkpoints": [os.path.basename(path) for _, path in complete_checkpoints(str(run_dir))],
             "final_model": (run_dir / "final" / "config.json").exists(),
             "resumed_from": [line.split("resuming from", 1)[1].strip() for line in text.splitlines()
                              if "resuming from" in line],

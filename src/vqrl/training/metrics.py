@@ -1,6 +1,7 @@
 """Training logs: a JSONL of every logged step (each step exactly once, even across restarts) and the curve PNGs.
 
-TensorBoard logging is the Trainer's own (`report_to`); this module only adds the file a watchdog-resumed run needs.
+TensorBoard logging is the Trainer's own (`report_to`); this module adds the file a watchdog-resumed run needs and
+the per-rank step time / GPU memory rows.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
+import torch
 from transformers import TrainerCallback
 
 METRICS_FILE = "metrics.jsonl"
@@ -74,18 +77,12 @@ class ResourceLogger(TrainerCallback):
         self._t0 = None
 
     def _cuda(self):
-        import torch
-
         return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        import time
-
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        import time
-
         if self._t0 is None:
             return
         row = {"step": state.global_step, "step_seconds": round(time.perf_counter() - self._t0, 3),
