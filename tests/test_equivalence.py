@@ -194,3 +194,65 @@ def test_micro_batches_of_whole_groups_give_the_same_step(tiny_model_dir, tmp_pa
     assert distinct_mixed != [1, 1], "TRL's shuffle happened to group this batch: the test would be vacuous"
     assert torch.equal(rng_grouped, rng_mixed)
     _assert_same(grouped, mixed)
+
+
+def test_generation_prefill_encodes_each_image_once(tiny_model_dir, tmp_path):
+    """Generation's prefill sees each record's image once (not once per completion) and samples the same
+    completions, token for token, as the per-sequence path under the same seed."""
+    trainer = _trainer(tiny_model_dir, tmp_path, IMAGES, beta=0.0, max_completion_length=8)
+    rows = [trainer.train_dataset[i] for i in range(2)]
+
+    def sample(on: bool):
+        trainer.vision_once = on
+        trainer._pending_sample_ids = [r["sample_id"] for r in rows for _ in range(G)]
+        ids, images, fields = trainer._tokenize_prompts([r["prompt"] for r in rows for _ in range(G)])
+        seen, handle = _tower_rows(trainer)
+        torch.manual_seed(3)
+        try:
+            completions, _ = trainer._generate_single_turn(ids, images, fields, G)
+        finally:
+            handle.remove()
+            trainer._pending_vision = trainer._pending_sample_ids = None
+        return completions, seen["rows"], sum(int(v.prod()) for v in fields["image_grid_thw"])
+
+    once, rows_once, rows_all = sample(True)
+    per_sequence, rows_off, _ = sample(False)
+    assert rows_off == rows_all and rows_once == rows_all // G
+    assert once == per_sequence
+    assert len({tuple(c) for c in once}) > 1, "all completions equal: the comparison would be vacuous"
+
+
+def test_compiled_generation_choice(tiny_model_dir, tmp_path):
+    """auto keeps HF generate's dynamic cache on the CPU; true asks for the static cache and compile path."""
+    auto = _trainer(tiny_model_dir, tmp_path, IMAGES)
+    assert auto.generation_config.cache_implementation is None and auto.generation_config.disable_compile
+    forced = _trainer(tiny_model_dir, tmp_path, IMAGES, compiled_generation="true")
+    assert forced.generation_config.cache_implementation == "static"
+    assert forced.generation_config.disable_compile is False
+    assert forced.generation_kwargs["cache_implementation"] == "static"
+    with pytest.raises(ValueError, match="compiled_generation"):
+        _trainer(tiny_model_dir, tmp_path, IMAGES, compiled_generation="sometimes")
+
+
+def test_teacher_forced_probs_encode_once(tiny_model_dir, tmp_path):
+    """Refine's PD pass: sharing each record's encoding across its G sequences gives the same probabilities."""
+    from vqrl.eval.inference import teacher_forced_probs
+
+    trainer = _trainer(tiny_model_dir, tmp_path, IMAGES)
+    inputs = _fixed_batch(trainer, 2)
+    prefixes = [[t for t, m in zip(p, mask) if m] for p, mask in zip(inputs["prompt_ids"].tolist(),
+                                                                       inputs["prompt_mask"].tolist())]
+    targets = [[17, 23, 19]] * len(prefixes)
+
+    def probs(once: bool):
+        seen, handle = _tower_rows(trainer)
+        try:
+            out = teacher_forced_probs(trainer.model, prefixes, targets, inputs["vision"], 0, encode_once=once)
+        finally:
+            handle.remove()
+        return torch.stack(out), seen["rows"]
+
+    (once, rows_once), (plain, rows_plain) = probs(True), probs(False)
+    torch.testing.assert_close(once, plain, rtol=1e-5, atol=1e-6)
+    assert rows_once * G == rows_plain
+    assert not torch.allclose(plain[0], plain[G]), "both images gave the same probabilities: the test is vacuous"
