@@ -59,7 +59,8 @@ class RefineTrainer(VQRLTrainer):
         out = []
         for start in range(0, len(prefixes), step):
             out += teacher_forced_probs(self.model, prefixes[start:start + step], targets[start:start + step],
-                                        visions[start:start + step], self._tokenizer.pad_token_id)
+                                        visions[start:start + step], self._tokenizer.pad_token_id,
+                                        encode_once=self.vision_once)
             self.pd_forward_calls += 1
         return out
 
