@@ -113,3 +113,19 @@ def test_bad_sample_policy(tiny_model_dir, tmp_path):
                            on_bad_sample="skip")
     assert len(trainer.train_dataset) == 2
 
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_frozen_tower_with_trainable_merger(tiny_models, tmp_path, arch):
+    """--train_merger keeps the projector(s) trainable under a frozen tower; without it the whole tower is frozen."""
+    data = write_records(tmp_path / "d.json", [{"image": "images/chelsea.jpg", "solution": 4.5,
+                                                 "type": "scoring_image"}])
+
+    def visual(**overrides) -> dict[str, bool]:
+        trainer = make_trainer(tiny_models(arch), tmp_path / "out", [data], freeze_vision_tower="true", **overrides)
+        return {n: p.requires_grad for n, p in trainer.model.named_parameters() if ".visual." in f".{n}"}
+
+    assert not any(visual().values())
+    with_merger = visual(train_merger="true")
+    assert {n for n, on in with_merger.items() if on} == {n for n in with_merger if "merger" in n} != set()
+    assert not all(with_merger.values())

@@ -40,6 +40,8 @@ class VQRLConfig(GRPOConfig):
     video_max_pixels: int | None = field(default=None, metadata={"help": "per-frame pixel cap"})
     video_total_pixels: int | None = field(default=None, metadata={"help": "pixel budget over all frames of a video"})
     freeze_vision_tower: bool = field(default=True, metadata={"help": "freeze the vision encoder (seed default)"})
+    train_merger: bool = field(default=False, metadata={
+        "help": "with freeze_vision_tower: keep the merger (the vision-to-language projector) trainable"})
     compiled_generation: str = field(default="auto", metadata={
         "help": "auto | true | false: decode with a static KV cache and a compiled, CUDA-graph forward (HF generate's "
                 "compile path). auto: on for CUDA without vLLM or ZeRO-3"})

@@ -79,15 +79,28 @@ def load_model_and_processor(model_args: ModelConfig, args: VQRLConfig):
     return model, processor
 
 
+def freeze_vision(model, keep_merger: bool = False) -> None:
+    """Freeze the vision tower; with keep_merger its projector(s) into the language model stay trainable (Qwen-VL
+    names them `merger`, Qwen3-VL adds `deepstack_merger_list`)."""
+    visual = getattr(getattr(model, "model", model), "visual", None)
+    if visual is None:
+        return
+    visual.requires_grad_(False)
+    if keep_merger:
+        mergers = [m for name, m in visual.named_children() if name == "merger" or name.startswith("deepstack_merger")]
+        if not mergers:
+            raise ValueError(f"train_merger: {type(visual).__name__} has no merger module")
+        for m in mergers:
+            m.requires_grad_(True)
+
+
 def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, processor=None):
     """Everything but `.train()`: for the entry point, tests and the benchmark (which passes its own model)."""
     set_seed(args.seed)
     if model is None or processor is None:
         model, processor = load_model_and_processor(model_args, args)
     if args.freeze_vision_tower:
-        visual = getattr(getattr(model, "model", model), "visual", None)
-        if visual is not None:
-            visual.requires_grad_(False)
+        freeze_vision(model, keep_merger=args.train_merger)
     spec = VisionSpec.for_processor(
         processor,
         video_fps=args.video_fps,
