@@ -44,7 +44,7 @@ class VQRLConfig(GRPOConfig):
         "help": "with freeze_vision_tower: keep the merger (the vision-to-language projector) trainable"})
     compiled_generation: str = field(default="auto", metadata={
         "help": "auto | true | false: decode with a static KV cache and a compiled, CUDA-graph forward (HF generate's "
-                "compile path). auto: on for CUDA without vLLM or ZeRO-3"})
+                "compile path). auto: on for CUDA without vLLM, ZeRO-3, FSDP or PEFT (the settings it was measured in)"})
 
     # rewards
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "answer"],

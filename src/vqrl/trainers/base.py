@@ -77,8 +77,8 @@ class VQRLTrainer(GRPOTrainer):
         if choice not in ("auto", "true", "false"):
             raise ValueError(f"compiled_generation must be auto, true or false, not {choice!r}")
         if choice == "auto":
-            return (not self.use_vllm and self.accelerator.device.type == "cuda"
-                    and not is_deepspeed_zero3_enabled() and not self.is_fsdp_enabled)
+            return (not self.use_vllm and self.accelerator.device.type == "cuda" and not is_deepspeed_zero3_enabled()
+                    and not self.is_fsdp_enabled and not hasattr(self.model, "peft_config"))  # measured without these
         return choice == "true" and not self.use_vllm
 
     # ---- prompts -> token ids + per-sample vision tensors -------------------------------------------------------
