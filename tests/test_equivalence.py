@@ -196,11 +196,12 @@ def test_micro_batches_of_whole_groups_give_the_same_step(tiny_model_dir, tmp_pa
     _assert_same(grouped, mixed)
 
 
-def test_generation_prefill_encodes_each_image_once(tiny_model_dir, tmp_path):
-    """Generation's prefill sees each record's image once (not once per completion) and samples the same
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_generation_prefill_encodes_each_image_once(tiny_models, tmp_path, arch):
+    """Generation's prefill sees each record's image or video once (not once per completion) and samples the same
     completions, token for token, as the per-sequence path under the same seed."""
-    trainer = _trainer(tiny_model_dir, tmp_path, IMAGES, beta=0.0, max_completion_length=8)
-    rows = [trainer.train_dataset[i] for i in range(2)]
+    trainer = _trainer(tiny_models(arch), tmp_path, IMAGES + VIDEO, beta=0.0, max_completion_length=8)
+    rows = [trainer.train_dataset[i] for i in range(3)]
 
     def sample(on: bool):
         trainer.vision_once = on
@@ -213,7 +214,8 @@ def test_generation_prefill_encodes_each_image_once(tiny_model_dir, tmp_path):
         finally:
             handle.remove()
             trainer._pending_vision = trainer._pending_sample_ids = None
-        return completions, seen["rows"], sum(int(v.prod()) for v in fields["image_grid_thw"])
+        grids = [g for key in ("image_grid_thw", "video_grid_thw") for g in fields.get(key, [])]
+        return completions, seen["rows"], sum(int(g.prod()) for g in grids)
 
     once, rows_once, rows_all = sample(True)
     per_sequence, rows_off, _ = sample(False)
