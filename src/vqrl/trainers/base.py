@@ -68,9 +68,9 @@ class VQRLTrainer(GRPOTrainer):
             if self._compiled_generation():
                 # TRL turns HF generate's compile path off; decoding a 3B model is launch-bound, and a static cache
                 # with a CUDA-graph forward halves its time (docs/perf.md). Sampling itself is unchanged.
-                for target in (self.generation_kwargs, self.generation_config.__dict__):
-                    target["cache_implementation"] = "static"
-                    target["disable_compile"] = False
+                for key, value in (("cache_implementation", "static"), ("disable_compile", False)):
+                    self.generation_kwargs[key] = value  # TRL also applies these to the model's own config
+                    setattr(self.generation_config, key, value)
 
     def _compiled_generation(self) -> bool:
         choice = str(getattr(self.args, "compiled_generation", "false")).lower()
