@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Launch the vLLM trainer (the seed's finetune_RL_vllm.sh). Same variables as finetune_RL.sh, plus:
+# Launch a trainer with vLLM rollouts (the seed's finetune_RL_vllm.sh). Same variables as finetune_RL.sh; TRAINER
+# defaults to vllm (= standard with vLLM); TRAINER=refine runs Refine with vLLM rollouts. Plus:
 #   VLLM_MODE=colocate (default): vLLM inside every training process, on all GPUs.
 #   VLLM_MODE=server: `trl vllm-serve` on the first VLLM_GPUS GPUs, training on the rest; the server is started,
 #     health-checked and stopped by this script. For several nodes run the server on one node and point
@@ -14,12 +15,13 @@ VLLM_PORT=${VLLM_PORT:-8000}
 VLLM_GPU_MEMORY=${VLLM_GPU_MEMORY:-0.3}      # colocate: share of each GPU that vLLM may take
 VLLM_TIMEOUT=${VLLM_TIMEOUT:-900}            # seconds to wait for the server to answer
 PYTHON=${PYTHON:-python}
-export TRAINER=vllm
+export TRAINER=${TRAINER:-vllm}
+use_vllm=(); [[ $TRAINER == vllm ]] || use_vllm=(--use_vllm true)
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}   # GiB of KV cache when vLLM runs on the CPU
 
 ngpu=$($PYTHON -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 if [[ $VLLM_MODE == colocate ]]; then
-  exec bash finetune_RL.sh --vllm_mode colocate --vllm_gpu_memory_utilization "$VLLM_GPU_MEMORY" "$@"
+  exec bash finetune_RL.sh "${use_vllm[@]}" --vllm_mode colocate --vllm_gpu_memory_utilization "$VLLM_GPU_MEMORY" "$@"
 fi
 [[ $VLLM_MODE == server ]] || { echo "VLLM_MODE must be colocate or server, got '$VLLM_MODE'" >&2; exit 2; }
 
@@ -37,4 +39,4 @@ fi
 exec $PYTHON -m vqrl.launch --health_url "http://$VLLM_HOST:$VLLM_PORT/health/" --timeout "$VLLM_TIMEOUT" \
   ${server_gpus:+--server_gpus "$server_gpus"} ${train_gpus:+--train_gpus "$train_gpus"} -- \
   ${VLLM_SERVE_CMD:-$PYTHON -m trl.scripts.vllm_serve --model "$MODEL_FOR_SERVER" --tensor_parallel_size "$VLLM_GPUS" --host "$VLLM_HOST" --port "$VLLM_PORT"} -- \
-  env MODEL="$MODEL_FOR_SERVER" bash finetune_RL.sh --vllm_mode server --vllm_server_host "$VLLM_HOST" --vllm_server_port "$VLLM_PORT" "$@"
+  env MODEL="$MODEL_FOR_SERVER" bash finetune_RL.sh "${use_vllm[@]}" --vllm_mode server --vllm_server_host "$VLLM_HOST" --vllm_server_port "$VLLM_PORT" "$@"

@@ -321,6 +321,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak_tflops", type=float, default=788.0, help="MFU denominator (H200 bf16, measured)")
     parser.add_argument("--workdir", default=None, help="keep the saved random model here and reuse it next time")
     parser.add_argument("--label", default=None, help="a name for this configuration in the JSON")
+    parser.add_argument("--isolate", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                        help="each trainer in its own process (several trainers; a failing one is recorded)")
     parser.add_argument("--out", default="outputs/bench.json")
 
 
@@ -330,15 +332,50 @@ def _keep(path: str):
     yield path
 
 
+def _argv(args: argparse.Namespace, **changes) -> list[str]:
+    """The command line that reproduces `args` (with changes), for running one trainer in its own process."""
+    argv = []
+    for key, value in {**vars(args), **changes}.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
+
+
+def run_isolated(kind: str, args: argparse.Namespace, workdir: str) -> dict:
+    """One trainer in a fresh process: a vLLM engine or compiled graphs of an earlier row can neither leak memory
+    into nor slow down the next, and peak memory is this trainer's own. A crash is recorded, not fatal."""
+    import subprocess
+
+    out = os.path.join(workdir, f"row_{kind}.json")
+    cmd = [sys.executable, "-m", "vqrl.cli", "bench", *_argv(args, trainers=[kind], out=out, workdir=workdir,
+                                                              isolate=False, label=None)]
+    proc = subprocess.run(cmd, check=False)
+    if proc.returncode != 0 or not os.path.exists(out):
+        return {"trainer": kind, "error": f"exit code {proc.returncode}"}
+    with open(out) as f:
+        return json.load(f)["results"][0]
+
+
 def run(args: argparse.Namespace) -> int:
     results = []
     with (tempfile.TemporaryDirectory() if not args.workdir else _keep(args.workdir)) as workdir:
+        if len(args.trainers) > 1 and args.isolate:
+            saved_model(args, workdir)  # written once, read by every row
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         for kind in args.trainers:
             print(f"[bench] {kind} on {args.model}: {args.prompts} prompts x {args.generations} generations, "
                   f"{args.completion_length} completion tokens", file=sys.stderr, flush=True)
-            results.append(run_one(kind, args, workdir))
+            isolated = len(args.trainers) > 1 and args.isolate
+            results.append(run_isolated(kind, args, workdir) if isolated else run_one(kind, args, workdir))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    print_table(results)
+    results = [r for r in results if "error" not in r] + [r for r in results if "error" in r]
+    for r in results:
+        if "error" in r:
+            print(f"[bench] {r['trainer']} FAILED: {r['error']}", file=sys.stderr)
+    print_table([r for r in results if "error" not in r])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"settings": vars(args), "results": results,
