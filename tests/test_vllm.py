@@ -125,7 +125,18 @@ def test_use_vllm_with_every_trainer_small_micro_batches_mixed_media(model64, tm
     assert ["image"] in kinds and ["video"] in kinds
     logged = {k for row in trainer.state.log_history for k in row}
     assert {"vllm/logp_gap_mean", "vllm/logp_gap_p99", "sampling/importance_sampling_ratio/mean"} <= logged
-    assert {"vllm/logp_gap_mean_image", "vllm/logp_gap_mean_video"} & logged
+    # vLLM samples from exactly the prompt and weights the loss sees, for image AND video prompts, at every step
+    # (weights synced after each update). Before placeholders were collapsed, vLLM expanded an already expanded image
+    # a second time and the gap was ~0.2 nats per token here (p99; 1.07 mean on the H200 with a 3B model). What
+    # remains (~0.01) is the sampling mask on the vision tokens, which vLLM's processed log-probs include and the
+    # training forward does not: ~1 % of a random tiny model's probability mass, ~0 for a trained model.
+    gaps = [row[k] for row in trainer.state.log_history for k in ("vllm/logp_gap_p99_image", "vllm/logp_gap_p99_video")
+            if k in row]
+    assert any("vllm/logp_gap_p99_video" in row for row in trainer.state.log_history)
+    assert gaps and max(gaps) < 0.03, gaps
+    ratios = [row["sampling/importance_sampling_ratio/mean"] for row in trainer.state.log_history
+              if "sampling/importance_sampling_ratio/mean" in row]
+    assert all(abs(r - 1) < 0.02 for r in ratios), ratios  # TRL's importance-sampling correction keeps the tokens
     if trainer_name == "refine":
         assert any("rewards/pd/mean" in row for row in trainer.state.log_history)
 
@@ -187,8 +198,8 @@ def test_eval_vllm_backend_agrees_with_hf(model64, tmp_path):
     eval_run.evaluate(args("hf", "h"))
     v, h = (eval_run.read_predictions(str(tmp_path / d / "predictions.csv")) for d in ("v", "h"))
     assert set(v) == set(h) and len(v) == 4
-    for sid in v:
-        assert abs(float(v[sid]["prediction"]) - float(h[sid]["prediction"])) < 0.1
+    for sid in v:  # same prompt, media and weights: the same digit probabilities up to float32 rounding
+        assert abs(float(v[sid]["prediction"]) - float(h[sid]["prediction"])) < 1e-3
 
 
 def test_bench_vllm_rows_split_generation_weight_sync_and_log_the_logprob_gap(tmp_path):
@@ -200,10 +211,15 @@ def test_bench_vllm_rows_split_generation_weight_sync_and_log_the_logprob_gap(tm
     from test_bench import bench_args
     from vqrl import bench
 
-    assert bench.run(bench_args(tmp_path, ["vllm", "refine_vllm"], vllm_gpu_memory_utilization=0.3)) == 0
-    rows = {r["trainer"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
+    rows = {}
+    for name in ("vllm", "refine_vllm"):  # one row per call: in-process, so the fixture's CPU patch applies
+        args = bench_args(tmp_path, [name], vllm_gpu_memory_utilization=0.3)
+        args.out = str(tmp_path / f"{name}.json")
+        assert bench.run(args) == 0
+        rows[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"][0]
     for name in ("vllm", "refine_vllm"):
         r = rows[name]
         assert r["split_s"]["weight_sync"] > 0 and r["split_s"]["generate"] > 0
         assert "vllm/logp_gap_mean_image" in r["metrics"] and "sampling/importance_sampling_ratio/mean" in r["metrics"]
+        assert r["metrics"]["vllm/logp_gap_p99_image"]["max"] < 0.03
     assert rows["refine_vllm"]["split_s"]["pd"] > 0

@@ -75,3 +75,20 @@ def test_logp_gap_is_measured_per_modality_over_completion_tokens_only():
     assert m["vllm/logp_gap_p99_image"] == pytest.approx(0.5)  # the masked 9.0s never count
     assert m["vllm/logp_gap_mean"] == pytest.approx((0.3 + 2.0 + 4.0) / 9)
     assert logp_gap_metrics({"completion_mask": mask}, vision, OneProcess()) == {}
+
+
+def test_each_run_of_placeholders_is_cut_to_one_token_for_vllm():
+    """vLLM expands each image/video placeholder itself; an already expanded run is not recognised (vLLM expanded
+    its first token again), so each run must reach it as one token."""
+    from vqrl.trainers.vllm_rollouts import check_expansion, collapse_placeholders, media_request
+
+    IMG, VID = 7, 8
+    ids = [1, 2, 5, IMG, IMG, IMG, 6, 3, 5, VID, VID, 6, 5, IMG, IMG, 6, 4]
+    assert collapse_placeholders(ids, {IMG, VID}) == [1, 2, 5, IMG, 6, 3, 5, VID, 6, 5, IMG, 6, 4]
+    frames = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    row = media_request(ids, ["a", "b"], [frames], [None], {IMG, VID})
+    assert row["prompt_token_ids"].count(IMG) == 2 and row["prompt_token_ids"].count(VID) == 1
+    assert media_request(ids, [], [], [], {IMG, VID}) == {"prompt_token_ids": ids}  # no media: sent as is
+    check_expansion(ids, list(ids), 0)
+    with pytest.raises(RuntimeError, match="expanded prompt 3 to 20 tokens where the processor gave 17"):
+        check_expansion(ids, ids[:3] + [IMG] * 3 + ids[3:], 3)

@@ -15,7 +15,7 @@ from ..data.media import VisionSpec
 from ..data.prompts import SCORE_PREFIX, PromptConfig, build_messages
 from ..rewards.parsing import parse_score
 from ..trainers.vision import encode_prompt, media_of
-from ..trainers.vllm_rollouts import vllm_multi_modal_data
+from ..trainers.vllm_rollouts import check_expansion, media_request
 
 
 def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str]]:
@@ -32,23 +32,26 @@ def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str]]
     tok = processor.tokenizer
     prefix = tok.encode(SCORE_PREFIX, add_special_tokens=False)
     digits = {tok.convert_tokens_to_ids(str(d)): d for d in range(1, 6)}
+    config = llm.llm_engine.model_config.hf_config
+    placeholders = {t for t in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+                    if t is not None}
     out = []
     for start in tqdm(range(0, len(records), args.batch_size), desc="evaluating (vLLM)", unit="batch"):
         batch = records[start:start + args.batch_size]
-        rows = []
+        rows, sent = [], []
         for rec in batch:
             messages = build_messages(rec, loader.parts(rec), cfg)
             ids, _ = encode_prompt(processor, messages)
-            row = {"prompt_token_ids": ids + (prefix if args.mode == "expected" and not cfg.think else [])}
-            data = vllm_multi_modal_data(*media_of(messages))
-            if data:
-                row["multi_modal_data"] = data
-            rows.append(row)
+            ids = ids + (prefix if args.mode == "expected" and not cfg.think else [])
+            sent.append(ids)
+            rows.append(media_request(ids, *media_of(messages), placeholders))
         if args.mode == "expected":
             if cfg.think:
                 raise ValueError("--backend vllm --mode expected supports --no_think only; use the hf backend")
             params = SamplingParams(temperature=1.0, max_tokens=1, logprobs=len(digits), allowed_token_ids=list(digits))
-            for res in llm.generate(rows, params, use_tqdm=False):
+            results = llm.generate(rows, params, use_tqdm=False)
+            for i, res in enumerate(results):
+                check_expansion(sent[i], res.prompt_token_ids, start + i)
                 top = res.outputs[0].logprobs[0]
                 probs = {digits[t]: math.exp(lp.logprob) for t, lp in top.items() if t in digits}
                 total = sum(probs.values())
@@ -57,7 +60,8 @@ def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str]]
         k = args.num_samples if args.mode == "sample" else 1
         params = SamplingParams(n=k, temperature=args.temperature if args.mode == "sample" else 0,
                                 max_tokens=args.max_new_tokens, seed=args.seed)
-        for res in llm.generate(rows, params, use_tqdm=False):
+        for i, res in enumerate(llm.generate(rows, params, use_tqdm=False)):
+            check_expansion(sent[i], res.prompt_token_ids, start + i)
             texts = [o.text for o in res.outputs]
             scores = [s for s in (parse_score(t) for t in texts) if s is not None]
             out.append((sum(scores) / len(scores) if scores else None, texts[0]))

@@ -26,8 +26,40 @@ def vllm_multi_modal_data(images: list, videos: list, metas: list) -> dict | Non
     return data or None
 
 
+def collapse_placeholders(ids: list[int], placeholders: set[int]) -> list[int]:
+    """The prompt with each run of image/video placeholder tokens cut to one token, which vLLM expands itself.
+
+    Our prompts come from the processor already expanded (one token per visual token, as the training forward needs
+    them). vLLM does not recognise such a run as expanded: it expanded the run's first token again (a 54-token image
+    became 107 tokens), so it sampled from another prompt than the one trained on."""
+    out: list[int] = []
+    for token in ids:
+        if token in placeholders and out and out[-1] == token:
+            continue
+        out.append(token)
+    return out
+
+
+def media_request(ids: list[int], images: list, videos: list, metas: list, placeholders: set[int]) -> dict:
+    """One vLLM request: token ids (placeholders collapsed when media come along) and the media."""
+    data = vllm_multi_modal_data(images, videos, metas)
+    if not data:
+        return {"prompt_token_ids": list(ids)}
+    return {"prompt_token_ids": collapse_placeholders(ids, placeholders), "multi_modal_data": data}
+
+
+def check_expansion(sent: list[int], processed: list[int], index: int) -> None:
+    """vLLM's expanded prompt must be the one the training forward sees, token for token."""
+    if list(processed) != list(sent):
+        raise RuntimeError(
+            f"vLLM expanded prompt {index} to {len(processed)} tokens where the processor gave {len(sent)}: vLLM "
+            "would sample from another prompt than the one trained on (check that vLLM and the trainer use the same "
+            "processor settings, e.g. max_pixels)")
+
+
 class MediaLLM:
-    """Stands in for TRL's `vllm.LLM` (colocate mode) and attaches the batch's media to each request."""
+    """Stands in for TRL's `vllm.LLM` (colocate mode): attaches each prompt's media to its request, and checks that
+    vLLM's expansion of the media placeholders gives exactly the trainer's prompt."""
 
     def __init__(self, llm, trainer):
         self._llm, self._trainer = llm, trainer
@@ -39,14 +71,12 @@ class MediaLLM:
                 f"vLLM got {len(prompts)} requests for {len(media)} prompts with media; rollouts with "
                 "vllm_tensor_parallel_size > 1 are not supported yet (use tensor parallel 1 per training process)"
             )
-        rows = []
-        for row, (images, videos, metas) in zip(prompts, media):
-            row = dict(row)
-            data = vllm_multi_modal_data(images, videos, metas)
-            if data:
-                row["multi_modal_data"] = data
-            rows.append(row)
-        return self._llm.generate(rows, *args, **kwargs)
+        placeholders = {t for t in (self._trainer._image_token_id, self._trainer._video_token_id) if t is not None}
+        rows = [{**row, **media_request(row["prompt_token_ids"], *m, placeholders)} for row, m in zip(prompts, media)]
+        outputs = self._llm.generate(rows, *args, **kwargs)
+        for i, (row, output) in enumerate(zip(prompts, outputs)):
+            check_expansion(row["prompt_token_ids"], output.prompt_token_ids, i)
+        return outputs
 
     def __getattr__(self, name):
         return getattr(self._llm, name)
