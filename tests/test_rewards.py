@@ -3,6 +3,7 @@ their code (property tests); fidelity_rank against the formula; registry; robust
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -383,7 +384,7 @@ mos_values = st.one_of(st.floats(1, 5), st.sampled_from([4.4, 4.9, 3.9, 3.89, 4.
                        st.none(), st.sampled_from(["B", "", float("nan"), float("inf"), True, [4.4]]))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(seed_texts, mos_values)
 def test_format_strict_and_answer_strict_are_the_seeds_rules(text, mos):
     assert call("format_strict", text, solution=mos) == seed_format_reference(text)
@@ -402,20 +403,21 @@ QINSIGHT_CLASSES = ["noise", "compression", "blur", "darken", "null"]
 QINSIGHT_SEVERITIES = ["slight", "moderate", "obvious", "serious", "catastrophic", "null"]
 
 
-@settings(max_examples=1500, deadline=None)
-@given(st.sampled_from(QINSIGHT_CLASSES), st.sampled_from(QINSIGHT_SEVERITIES), st.sampled_from(QINSIGHT_CLASSES),
-       st.sampled_from(QINSIGHT_SEVERITIES), st.sampled_from(["", " ", "\n"]), st.booleans())
-def test_distortion_equals_qinsight_on_its_answers(pred_class, pred_severity, truth_class, truth_severity, pad, fenced):
-    """On Q-Insight's own answers (its JSON keys and label words, one answer per completion) `distortion` gives
-    Q-Insight's reward; it is more lenient elsewhere (case, spacing, numbers, our keys), see docs/rewards.md."""
-    body = json.dumps({"distortion_class": pred_class, "severity": pred_severity})
-    answer = f"```json\n{body}\n```" if fenced else body
-    text = f"<think>\nlooks {pred_class}\n</think>\n<answer>{pad}{answer}{pad}</answer>"
-    ours = call("distortion", text, type="distortion_image", distortion=truth_class, severity=truth_severity)
-    assert ours == qinsight_distortion_reference(text, truth_class, truth_severity)
+def test_distortion_equals_qinsight_on_its_answers():
+    """On Q-Insight's own answers (its JSON keys and label words, one answer per completion), every combination of
+    answered and true labels: `distortion` gives Q-Insight's reward. It is more lenient elsewhere (case, spacing,
+    numbers, our keys), see docs/rewards.md."""
+    combos = itertools.product(QINSIGHT_CLASSES, QINSIGHT_SEVERITIES, QINSIGHT_CLASSES, QINSIGHT_SEVERITIES)
+    layouts = itertools.cycle(itertools.product(["", " ", "\n"], [False, True]))
+    for (pred_class, pred_severity, truth_class, truth_severity), (pad, fenced) in zip(combos, layouts):
+        body = json.dumps({"distortion_class": pred_class, "severity": pred_severity})
+        answer = f"```json\n{body}\n```" if fenced else body
+        text = f"<think>\nlooks {pred_class}\n</think>\n<answer>{pad}{answer}{pad}</answer>"
+        ours = call("distortion", text, type="distortion_image", distortion=truth_class, severity=truth_severity)
+        assert ours == qinsight_distortion_reference(text, truth_class, truth_severity), text
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.integers(100, 500), st.floats(1, 5))
 def test_answer_thresholds_equal_seed_and_qinsight_tests(pred_hundredths, mos):
     """answer (<= 0.5, the seed) and answer_strict_less (< 0.35, Q-Insight) against the sources' comparisons, away

@@ -87,7 +87,7 @@ class RefineTrainer(VQRLTrainer):
         if config.reward_weights is not None:
             config.reward_weights = list(config.reward_weights) + [1.0]
         super().__init__(*args, **kwargs)
-        self._gate = build_reward_funcs(list(config.pd_gate), **reward_options(config))
+        self._gate = build_reward_funcs(config.pd_gate, **reward_options(config))
         score_tokens = self._tokenizer.encode(self._score_text(1.23), add_special_tokens=False)
         if len(score_tokens) != len(self.pd_weights):
             raise ValueError(f"PD needs a tokenizer that writes a score d.dd as 4 tokens (Qwen's digits are one token "
