@@ -55,12 +55,20 @@ class VQRLConfig(GRPOConfig):
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "answer"],
                                     metadata={"help": "reward names (vqrl.rewards.REWARDS) or package.module:function"})
     answer_threshold: float = field(default=0.5, metadata={"help": "`answer` reward tolerance (seed 0.5, Q-Insight 0.35)"})
+    answer_strict_less: bool = field(default=False, metadata={
+        "help": "`answer` counts |pred - MOS| < threshold (Q-Insight) instead of <= (the seed)"})
     gauss_sigma: float | None = field(default=None, metadata={"help": "`score_gauss` width (None: the reward's default)"})
 
-    # Refine-IQA (trainer=refine)
-    pd_mode: str = field(default="paper", metadata={"help": "paper: weighted per-token difference | seed: tenths digit only"})
+    # Refine-IQA (trainer=refine); docs/rewards.md
+    pd_mode: str = field(default="seed", metadata={
+        "help": "seed: the seed's rule (tenths digit only, MOS truncated to 2 decimals) | paper: our reading of the "
+                "paper (weighted per-token difference 0.6/0/0.3/0.1, MOS rounded)"})
     pd_weights: list[float] | None = field(default=None, metadata={"help": "weights of the score tokens (d . d d)"})
-    pd_advantage_shaping: bool = field(default=False, metadata={"help": "the seed's advantage shaping"})
+    pd_gate: list[str] = field(default_factory=lambda: ["format", "answer"], metadata={
+        "help": "rule rewards a completion must earn in full to get PD (the seed's: format_strict answer_strict)"})
+    pd_advantage_shaping: bool = field(default=False, metadata={
+        "help": "the seed's advantages: a group with a reward >= 2 keeps its positive advantages only; otherwise "
+                "(r - mean - 2e-5) / (std + 1e-4)"})
 
     # run control
     resume: str | None = field(default=None, metadata={"help": "auto: newest complete checkpoint | PATH | none"})

@@ -87,6 +87,16 @@ def extract_answer(text) -> str | None:
         return None
 
 
+def think_end(text) -> int | None:
+    """Where the think text ends: just after the first close tag THINK_CLOSE matches (`</think>`, `</Think>`,
+    `</ think>`), or None without one. `format` accepts exactly one such tag, so this is the tag it accepted; the
+    Refine trainer cuts the thought here, so the completion's own answer never becomes its "think" context."""
+    if not isinstance(text, str):
+        return None
+    match = THINK_CLOSE.search(text)
+    return match.end() if match else None
+
+
 def parse_number(answer) -> float | None:
     """A finite float from an answer text such as `Score: 3.62`, `3.6`, `4`, `score:4.0` or `4.`; else None.
 

@@ -80,7 +80,8 @@ _SPECS = {
     "format": (scoring.format_reward, True, ()),
     "format_strict": (scoring.format_strict_reward, True, ()),
     "format_nothink": (scoring.format_nothink_reward, True, ()),
-    "answer": (scoring.answer_reward, True, ("answer_threshold",)),
+    "answer": (scoring.answer_reward, True, ("answer_threshold", "answer_strict_less")),
+    "answer_strict": (scoring.answer_strict_reward, True, ()),
     "score_l1": (scoring.score_l1_reward, True, ()),
     "score_gauss": (scoring.score_gauss_reward, True, ("gauss_sigma",)),
     "fidelity_rank": (ranking.fidelity_rank, False, ("fidelity_eps",)),
@@ -90,19 +91,32 @@ _SPECS = {
 }
 
 
-def _check_options(answer_threshold: float, gauss_sigma: float, fidelity_eps: float) -> dict:
+# Reward options by name, with their defaults: the fields of the same names in VQRLConfig (`reward_options`).
+DEFAULT_OPTIONS = {"answer_threshold": 0.5, "answer_strict_less": False, "gauss_sigma": 0.5,
+                   "fidelity_eps": ranking.DEFAULT_EPS}
+
+
+def _check_options(answer_threshold: float, answer_strict_less: bool, gauss_sigma: float, fidelity_eps: float) -> dict:
+    if not isinstance(answer_strict_less, bool):
+        raise ValueError(f"reward option answer_strict_less={answer_strict_less!r} must be true or false")
     checks = {
         "answer_threshold": (answer_threshold, lambda v: v >= 0, ">= 0"),
         "gauss_sigma": (gauss_sigma, lambda v: v > 0, "> 0"),
         "fidelity_eps": (fidelity_eps, lambda v: v > 0, "> 0"),
     }
-    options = {}
+    options = {"answer_strict_less": answer_strict_less}
     for key, (value, ok, rule) in checks.items():
         number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
         if not (math.isfinite(number) and ok(number)):
             raise ValueError(f"reward option {key}={value!r} must be a finite number {rule}")
         options[key] = number
     return options
+
+
+def reward_options(config) -> dict:
+    """The reward options a config sets (attributes named as in DEFAULT_OPTIONS; None or absent = the default), for
+    `build_reward_funcs(names, **reward_options(config))`: one place maps config fields to reward options."""
+    return {key: getattr(config, key) for key in DEFAULT_OPTIONS if getattr(config, key, None) is not None}
 
 
 def _make(name: str, options: dict) -> RewardFunc:
@@ -131,19 +145,21 @@ def _import_reward(entry: str) -> Callable:
 def build_reward_funcs(
     names: list[str],
     *,
-    answer_threshold: float = 0.5,
-    gauss_sigma: float = 0.5,
-    fidelity_eps: float = ranking.DEFAULT_EPS,
+    answer_threshold: float = DEFAULT_OPTIONS["answer_threshold"],
+    answer_strict_less: bool = DEFAULT_OPTIONS["answer_strict_less"],
+    gauss_sigma: float = DEFAULT_OPTIONS["gauss_sigma"],
+    fidelity_eps: float = DEFAULT_OPTIONS["fidelity_eps"],
 ) -> list[Callable]:
     """The reward functions for `--reward_funcs`, in order: registry names with these options bound, or a user's
     `package.module:function` imported as is (its own `__name__` names its metrics).
 
-    answer_threshold: `answer`'s tolerance (0.5 seed, 0.35 Q-Insight); gauss_sigma: `score_gauss`'s σ;
-    fidelity_eps: the ε under `fidelity_rank`'s square root.
+    answer_threshold: `answer`'s tolerance (0.5 seed, 0.35 Q-Insight); answer_strict_less: `answer` counts
+    |pred − MOS| < threshold (Q-Insight) instead of ≤ (the seed); gauss_sigma: `score_gauss`'s σ; fidelity_eps: the ε
+    under `fidelity_rank`'s square root.
     """
     if isinstance(names, str):
         names = [names]
-    options = _check_options(answer_threshold, gauss_sigma, fidelity_eps)
+    options = _check_options(answer_threshold, answer_strict_less, gauss_sigma, fidelity_eps)
     funcs = []
     for entry in names:
         if isinstance(entry, str) and entry in _SPECS:
@@ -157,4 +173,4 @@ def build_reward_funcs(
     return funcs
 
 
-REWARDS: dict[str, Callable] = {name: _make(name, _check_options(0.5, 0.5, ranking.DEFAULT_EPS)) for name in _SPECS}
+REWARDS: dict[str, Callable] = {name: _make(name, _check_options(**DEFAULT_OPTIONS)) for name in _SPECS}
