@@ -493,7 +493,7 @@ def test_load_checked_records_skip_keeps_the_good_ones(mixed_file, tmp_path):
 
 def test_load_checked_records_with_only_bad_records_fails_clearly(tmp_path):
     path = write_json(tmp_path / "d.json", [scoring("nope.jpg")])
-    with pytest.raises(DataError, match="no usable record in"):
+    with pytest.raises(DataError, match=r"every image record is bad \(1 of 1"):
         load_checked_records(DataConfig(files=[path], image_root=str(tmp_path), on_bad_sample="skip"))
 
 

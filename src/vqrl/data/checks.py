@@ -104,14 +104,14 @@ def setup_failure(records: list[dict], bad: set[int], per_file: dict[str, tuple[
     records: every parsed record; bad: their positions with a problem; per_file: file -> (entries, good) where
     entries also counts entries that did not parse; example: one problem, quoted in the message."""
     example = f"; e.g. {example}" if example else ""
-    for path, (_, good) in per_file.items():
-        if good == 0:
-            return f"no usable record in {path}{example}"
     for kind in ("image", "video"):
         of_kind = [i for i, r in enumerate(records) if record_media_kind(r) == kind]
         if of_kind and all(i in bad for i in of_kind):
             hint = "--image_root, --max_pixels" if kind == "image" else "--video_root, the video settings"
             return f"every {kind} record is bad ({len(of_kind)} of {len(of_kind)}: check {hint}){example}"
+    for path, (_, good) in per_file.items():
+        if good == 0:
+            return f"no usable record in {path}{example}"
     total = sum(n for n, _ in per_file.values())
     n_bad = total - sum(g for _, g in per_file.values())
     if total and n_bad > MAX_BAD_FRACTION * total:

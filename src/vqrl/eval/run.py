@@ -1,63 +1,196 @@
 """`vqrl eval`: score a model on quality datasets and report SRCC/PLCC/KRCC/RMSE per dataset, with plots.
 
-Predictions are appended to predictions.csv as they come, so an interrupted evaluation resumes where it stopped;
-metrics are always recomputed from that file, never accumulated in memory.
+Predictions are appended to predictions.csv as they come (predictions.py), so an interrupted evaluation resumes where
+it stopped, under the same model and settings only; metrics are always recomputed from that file for the records of
+this run, never accumulated in memory. One unreadable file costs its record (counted), not the evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import glob
 import json
 import math
 import os
 import sys
-from collections import defaultdict
-from pathlib import Path
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from ..data.media import VisionSpec
+from ..data.checks import check_media, setup_failure
 from ..data.dataset import MediaLoader
+from ..data.media import VisionSpec
 from ..data.prompts import PromptConfig, build_messages
-from ..data.records import TASK_TYPES, anchor_paths, check_record, parse_mos, read_records, roots_per_file
-from ..rewards.parsing import parse_score
+from ..data.records import (TASK_TYPES, anchor_paths, check_record, file_labels, parse_mos, read_records,
+                            roots_per_file)
 from ..trainers import vision as V
 from . import inference
+from . import predictions as store
 from .metrics import compute_metrics
+from .predictions import EvalError
 
-FIELDS = ["sample_id", "dataset", "path", "mos", "prediction", "completion"]
+FIELDS = store.FIELDS
+
+
+@dataclass
+class EvalData:
+    """Scoring records of every file: the usable ones, the problems of the others, and counts for the report."""
+
+    records: list[dict] = field(default_factory=list)  # passed the field and file checks
+    problems: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)  # dataset -> scoring records skipped for a problem
+    every: list[dict] = field(default_factory=list)  # every scoring record, usable or not (for the setup rule)
+    bad: set = field(default_factory=set)  # positions in `every` with a problem
+    per_file: dict = field(default_factory=dict)  # file -> [entries, usable]
+    ignored: int = 0  # records of other task types (perception): not scored
 
 
 def load_eval_records(files, image_root, video_root) -> tuple[list[dict], list[str]]:
-    """Scoring records of every file, tagged with their dataset (the `dataset` field or the file's stem)."""
-    records, problems = [], []
-    roots = zip(roots_per_file(image_root, len(files), "image_root"), roots_per_file(video_root, len(files), "video_root"))
-    for path, (iroot, vroot) in zip(files, roots):
-        result = read_records(path)
-        problems += [str(p) for p in result.problems]
-        for rec in result.records:
-            rec = anchor_paths(rec, iroot, vroot)
-            reasons = check_record(rec)
-            if reasons:
-                problems += [f"{path}:{rec.get('_index')}: {r}" for r in reasons]
-                continue
-            if TASK_TYPES[rec["type"]][1] != "mos":
-                continue
-            rec["dataset"] = rec.get("dataset") or Path(path).stem
-            records.append(rec)
-    return records, problems
+    """(usable scoring records, problems as FILE:INDEX: reason lines); see read_eval_data."""
+    data = read_eval_data(files, image_root, video_root)
+    return data.records, data.problems
 
 
 def read_predictions(path: str) -> dict[str, dict]:
-    if not os.path.exists(path):
-        return {}
-    with open(path, newline="") as f:
-        return {row["sample_id"]: row for row in csv.DictReader(f)}
+    """The rows of a predictions.csv by sample_id (cut-off or invalid rows left out)."""
+    return store.read(path)[0]
+
+
+def read_eval_data(files, image_root, video_root) -> EvalData:
+    """Scoring records of every file, tagged with their dataset (the `dataset` field, else the file's label: its
+    stem, or enough of its path to tell same-named files apart) and a unique sample_id."""
+    data = EvalData()
+    roots = zip(roots_per_file(image_root, len(files), "image_root"), roots_per_file(video_root, len(files), "video_root"))
+    for path, label, (iroot, vroot) in zip(files, file_labels(files), roots):
+        result = read_records(path, label)
+        data.problems += [str(p) for p in result.problems]
+        counts = data.per_file.setdefault(path, [0, 0])
+        counts[0] += sum(p.index is not None for p in result.problems)
+        for rec in result.records:
+            rec = anchor_paths(rec, iroot, vroot)
+            rtype = rec.get("type")
+            if isinstance(rtype, str) and rtype in TASK_TYPES and TASK_TYPES[rtype][1] != "mos":
+                data.ignored += 1
+                continue
+            rec["dataset"] = str(rec.get("dataset") or label)
+            rec["sample_id"] = str(rec["sample_id"])
+            counts[0] += 1
+            reasons = check_record(rec)
+            if reasons:
+                data.problems += [f"{path}:{rec.get('_index')}: {r}" for r in reasons]
+                data.skipped[rec["dataset"]] += 1
+                data.bad.add(len(data.every))
+            else:
+                rec["_pos"] = len(data.every)
+                data.records.append(rec)
+                counts[1] += 1
+            data.every.append(rec)
+    return data
+
+
+def _refuse_duplicate_ids(records: list[dict]) -> None:
+    """Predictions are keyed by sample_id: two records with one id would leave one row for both."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        where[r["sample_id"]].append(f"{r['_file']}:{r['_index']}")
+    dup = {sid: at for sid, at in where.items() if len(at) > 1}
+    if dup:
+        shown = "; ".join(f"{sid!r} at {', '.join(at)}" for sid, at in list(dup.items())[:5])
+        raise EvalError(f"{len(dup)} sample_id(s) repeated in the evaluation data ({shown}): predictions are keyed "
+                        "by sample_id, so each record needs its own; give them distinct sample_ids")
+
+
+def _refuse_stale_rows(done: dict[str, dict], records: list[dict], pred_path: str) -> None:
+    """A resumed row must belong to the same record: same media path and MOS."""
+    for r in records:
+        row = done.get(r["sample_id"])
+        if row is None:
+            continue
+        path = r.get(TASK_TYPES[r["type"]][0])
+        if row["path"] != str(path) or not math.isclose(float(row["mos"]), parse_mos(r["solution"]), abs_tol=1e-9):
+            raise EvalError(f"{pred_path}: the row for sample {r['sample_id']!r} is for {row['path']} (MOS "
+                            f"{row['mos']}), but the data now says {path} (MOS {r['solution']}): the data changed "
+                            "since; use another --out, or --overwrite to start over")
+
+
+def model_fingerprint(model: str) -> dict:
+    """What identifies the model: its folder, and the size and time of each weight file (a retrained model in the
+    same folder is another model), or the hub id as given."""
+    if not os.path.isdir(model):
+        return {"model": model}
+    files = sorted(glob.glob(os.path.join(model, "*.safetensors")) + glob.glob(os.path.join(model, "config.json")))
+    return {"model": os.path.abspath(model),
+            "model_files": {os.path.basename(f): [os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files}}
+
+
+def eval_settings(args: argparse.Namespace) -> dict:
+    """Every setting that changes a prediction (batch size, device and progress do not)."""
+    out = {**model_fingerprint(args.model), "mode": args.mode, "think": args.think, "backend": args.backend,
+           "max_new_tokens": args.max_new_tokens, "video_fps": args.video_fps,
+           "video_max_frames": args.video_max_frames, "dtype": args.dtype, "seed": args.seed}
+    if args.mode == "sample":
+        out.update(num_samples=args.num_samples, temperature=args.temperature)
+    if args.backend == "vllm":
+        out["max_model_len"] = args.max_model_len
+    return out
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse what would fail after the model loads, or silently change the run, before anything is read."""
+    for name in ("batch_size", "num_samples", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise EvalError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.backend == "vllm" and args.mode == "expected" and args.think:
+        raise EvalError("--backend vllm --mode expected supports --no_think only; use the hf backend")
+    try:
+        VisionSpec(video_fps=args.video_fps, video_max_frames=args.video_max_frames)
+    except ValueError as exc:
+        raise EvalError(str(exc).replace("video_", "--video_", 1)) from None
+    model = args.model
+    looks_local = os.path.isabs(model) or model.startswith(".") or os.path.exists(model) or model.count("/") > 1
+    if looks_local:
+        if not os.path.isdir(model):
+            raise EvalError(f"--model {model}: no such folder")
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise EvalError(f"--model {model}: no config.json in the folder (not a saved model?)")
+        if not glob.glob(os.path.join(model, "*.safetensors")):
+            raise EvalError(f"--model {model}: no *.safetensors weights in the folder")
+
+
+def _row(rec: dict, score: float | None, text: str, error: str = "") -> dict:
+    kind = TASK_TYPES[rec["type"]][0]
+    return {"sample_id": rec["sample_id"], "dataset": rec["dataset"], "path": rec.get(kind),
+            "mos": parse_mos(rec["solution"]), "prediction": "" if score is None else f"{score:.6f}",
+            "completion": text, "error": error}
+
+
+def _media_or_error(loader, rec) -> tuple[list | None, str]:
+    try:
+        return loader.parts(rec), ""
+    except Exception as exc:  # noqa: BLE001 - any decoder error costs this record, not the evaluation
+        return None, f"unreadable media: {type(exc).__name__}: {exc}"
 
 
 def _score_batch(model, processor, batch, loader, prompt_cfg, args) -> list[tuple[float | None, str]]:
-    encoded = [V.encode_prompt(processor, build_messages(r, loader.parts(r), prompt_cfg)) for r in batch]
+    """(score, first completion) per record of the batch; raises when a record's media cannot be read."""
+    return _score_decoded(model, processor, batch, [loader.parts(r) for r in batch], prompt_cfg, args)
+
+
+def score_records(model, processor, batch, loader, prompt_cfg, args) -> list[tuple[float | None, str, str]]:
+    """(score, first completion, error) per record; a record whose media cannot be read gets its error."""
+    media = [_media_or_error(loader, r) for r in batch]
+    ok = [i for i, (parts, _) in enumerate(media) if parts is not None]
+    out: list[tuple[float | None, str, str]] = [(None, "", err) for _, err in media]
+    if ok:
+        scored = _score_decoded(model, processor, [batch[i] for i in ok], [media[i][0] for i in ok], prompt_cfg, args)
+        for i, result in zip(ok, scored, strict=True):
+            out[i] = (*result, "")
+    return out
+
+
+def _score_decoded(model, processor, batch, media, prompt_cfg, args) -> list[tuple[float | None, str]]:
+    encoded = [V.encode_prompt(processor, build_messages(r, parts, prompt_cfg)) for r, parts in zip(batch, media)]
     ids, visions = [e[0] for e in encoded], [e[1] for e in encoded]
     tok = processor.tokenizer
     if args.mode == "expected":
@@ -76,12 +209,8 @@ def _score_batch(model, processor, batch, loader, prompt_cfg, args) -> list[tupl
     k = args.num_samples if args.mode == "sample" else 1
     gen = inference.generate(model, processor, ids, visions, args.max_new_tokens, do_sample=args.mode == "sample",
                              temperature=args.temperature, num_return_sequences=k)
-    out = []
-    for i in range(len(batch)):
-        texts = [tok.decode(g, skip_special_tokens=True) for g in gen[i * k:(i + 1) * k]]
-        scores = [s for s in (parse_score(t) for t in texts) if s is not None]
-        out.append((sum(scores) / len(scores) if scores else None, texts[0]))
-    return out
+    return [inference.mean_score([tok.decode(g, skip_special_tokens=True) for g in gen[i * k:(i + 1) * k]])
+            for i in range(len(batch))]
 
 
 def scatter(rows: list[dict], title: str, path: str) -> None:
@@ -101,24 +230,36 @@ def scatter(rows: list[dict], title: str, path: str) -> None:
     plt.close(fig)
 
 
-def summarize(pred_path: str, out_dir: str, quiet: bool = False) -> dict:
-    """Metrics per dataset and overall from predictions.csv; writes metrics.json and one scatter PNG per dataset."""
-    rows = list(read_predictions(pred_path).values())
+def summarize(pred_path: str, out_dir: str, quiet: bool = False, records: list[dict] | None = None,
+              skipped: Counter | None = None) -> dict:
+    """Metrics per dataset and overall from predictions.csv (only the rows of `records` when given: rows of other
+    runs in the same file never count); writes metrics.json and one scatter PNG per dataset.
+
+    n counts the records scored (parse failures included); n_unreadable the records whose media could not be
+    read, and n_skipped those with a data problem (both left out of every statistic)."""
+    rows, _ = store.read(pred_path)
+    if records is not None:
+        rows = {r["sample_id"]: rows[r["sample_id"]] for r in records if r["sample_id"] in rows}
+    skipped = skipped or Counter()
     groups = defaultdict(list)
-    for r in rows:
+    for r in rows.values():
         groups[r["dataset"]].append(r)
+    for name in skipped:
+        groups.setdefault(name, [])
     if len(groups) > 1:
-        groups["overall"] = rows
+        groups["overall"] = list(rows.values())
     metrics = {}
     for name, group in groups.items():
-        mos = [float(r["mos"]) for r in group]
-        pred = [float(r["prediction"]) if r["prediction"] not in ("", None) else math.nan for r in group]
+        scored = [r for r in group if not r["error"]]
+        mos = [float(r["mos"]) for r in scored]
+        pred = [float(r["prediction"]) if r["prediction"] != "" else math.nan for r in scored]
         metrics[name] = compute_metrics(mos, pred)
-        scatter(group, name, os.path.join(out_dir, f"scatter_{name}.png"))
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+        metrics[name]["n_unreadable"] = len(group) - len(scored)
+        metrics[name]["n_skipped"] = sum(skipped.values()) if name == "overall" else skipped.get(name, 0)
+        scatter(scored, name, os.path.join(out_dir, f"scatter_{name.replace('/', '_')}.png"))
+    store.write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     if not quiet:
-        keys = ["n", "srcc", "plcc", "krcc", "rmse", "parse_fail_rate"]
+        keys = ["n", "srcc", "plcc", "krcc", "rmse", "parse_fail_rate", "n_unreadable", "n_skipped"]
         print(f"{'dataset':<20}" + "".join(f"{k:>16}" for k in keys))
         for name, m in metrics.items():
             cells = "".join(f"{m.get(k) if not isinstance(m.get(k), float) else round(m[k], 4)!s:>16}" for k in keys)
@@ -127,43 +268,57 @@ def summarize(pred_path: str, out_dir: str, quiet: bool = False) -> dict:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    os.makedirs(args.out, exist_ok=True)
-    records, problems = load_eval_records(args.data, args.image_root, args.video_root)
-    for p in problems:
+    check_args(args)
+    data = read_eval_data(args.data, args.image_root, args.video_root)
+    for p in data.problems:
         print(f"skipped: {p}", file=sys.stderr)
-    if not records:
-        raise SystemExit("vqrl eval: no scoring records to evaluate")
-    pred_path = os.path.join(args.out, "predictions.csv")
-    done = read_predictions(pred_path)
-    todo = [r for r in records if str(r["sample_id"]) not in done]
+    if data.ignored:
+        print(f"ignored {data.ignored} record(s) of other task types (only scoring records are evaluated)",
+              file=sys.stderr)
+    if not data.records:
+        raise EvalError("no scoring records to evaluate")
+    _refuse_duplicate_ids(data.records)
+    os.makedirs(args.out, exist_ok=True)
+    pred_path = os.path.join(args.out, store.PREDICTIONS)
+    store.claim(args.out, eval_settings(args), overwrite=args.overwrite)
+    done, dropped = store.read(pred_path)
+    if dropped:
+        store.rewrite(pred_path, list(done.values()))
+        print(f"repaired {pred_path}: dropped {dropped} cut-off or invalid row(s), to be predicted again",
+              file=sys.stderr)
+    _refuse_stale_rows(done, data.records, pred_path)
+    todo = [r for r in data.records if r["sample_id"] not in done or done[r["sample_id"]]["error"]]
     if done:
         print(f"resuming: {len(done)} prediction(s) already in {pred_path}, {len(todo)} to go", file=sys.stderr)
+    todo = _check_media_first(todo, data, pred_path, args)
     if todo:
         if args.backend == "vllm":
             from .vllm_backend import score_with_vllm
 
             results = score_with_vllm(args, todo)
-            _append(pred_path, todo, results, args)
+            store.append(pred_path, [_row(r, *res) for r, res in zip(todo, results, strict=True)])
         else:
             _evaluate_hf(args, todo, pred_path)
-    return summarize(pred_path, args.out)
+    return summarize(pred_path, args.out, records=data.records, skipped=data.skipped)
 
 
-def _append(pred_path, batch, results, args):
-    new = not os.path.exists(pred_path)
-    with open(pred_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        for rec, (score, text) in zip(batch, results, strict=True):
-            kind = TASK_TYPES[rec["type"]][0]
-            writer.writerow({
-                "sample_id": rec["sample_id"], "dataset": rec["dataset"],
-                "path": rec.get(kind), "mos": parse_mos(rec["solution"]),
-                "prediction": "" if score is None else f"{score:.6f}", "completion": text,
-            })
-        f.flush()
-        os.fsync(f.fileno())
+def _check_media_first(todo: list[dict], data: EvalData, pred_path: str, args) -> list[dict]:
+    """Decode every file to evaluate before the model loads; unreadable ones become error rows (retried on the next
+    run). Stops when the failures say the setup is wrong (every image, or most records, unreadable)."""
+    found = check_media(todo, progress=sys.stderr.isatty() or args.progress, desc="checking media")
+    if not found:
+        return todo
+    for i, reasons in found.items():
+        rec = todo[i]
+        data.bad.add(rec["_pos"])
+        data.per_file[rec["_file"]][1] -= 1
+        print(f"unreadable: {rec['_file']}:{rec['_index']}: {'; '.join(reasons)}", file=sys.stderr)
+    why = setup_failure(data.every, data.bad, {k: tuple(v) for k, v in data.per_file.items() if v[0]},
+                        next(f"{todo[i]['_file']}:{todo[i]['_index']}: {r[0]}" for i, r in found.items()))
+    if why:
+        raise EvalError(f"the data setup looks wrong, not a few bad files: {why}")
+    store.append(pred_path, [_row(todo[i], None, "", "; ".join(r)) for i, r in found.items()])
+    return [r for i, r in enumerate(todo) if i not in found]
 
 
 def _evaluate_hf(args, todo, pred_path):
@@ -180,10 +335,19 @@ def _evaluate_hf(args, todo, pred_path):
     prompt_cfg = PromptConfig(think=args.think)
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    failed = 0
     for start in tqdm(range(0, len(todo), args.batch_size), desc="evaluating", unit="batch",
                       disable=not sys.stderr.isatty() and not args.progress):
         batch = todo[start:start + args.batch_size]
-        _append(pred_path, batch, _score_batch(model, processor, batch, loader, prompt_cfg, args), args)
+        results = score_records(model, processor, batch, loader, prompt_cfg, args)
+        for rec, (_, _, error) in zip(batch, results):
+            if error:
+                failed += 1
+                print(f"unreadable: {rec['_file']}:{rec['_index']}: {error}", file=sys.stderr)
+        store.append(pred_path, [_row(r, *res) for r, res in zip(batch, results, strict=True)])
+    if failed:
+        print(f"{failed} record(s) could not be read during evaluation; they are counted as n_unreadable and "
+              "retried on the next run", file=sys.stderr)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,9 +372,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
-    parser.add_argument("--out", required=True, help="folder for predictions.csv, metrics.json and plots")
+    parser.add_argument("--out", required=True, help="folder for predictions.csv, metrics.json and plots; an "
+                                                     "existing one resumes if made with the same model and settings")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard the predictions already in --out (e.g. made with another model) and start over")
 
 
 def run(args: argparse.Namespace) -> int:
-    evaluate(args)
+    try:
+        evaluate(args)
+    except EvalError as exc:
+        print(f"vqrl eval: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno is not None and exc.errno in (28, 122):  # ENOSPC, EDQUOT wherever they come from
+            print(f"vqrl eval: error: {store.disk_error(exc, exc.filename or args.out)}", file=sys.stderr)
+            return 2
+        raise
     return 0
