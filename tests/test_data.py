@@ -19,7 +19,7 @@ from vqrl.data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_
 from vqrl.data.media import VisionSpec, load_image, load_video, video_frame_indices
 from vqrl.data.prompts import (NO_THINK_INSTRUCTION, REFERENCE_NOTE, THINK_INSTRUCTION, PromptConfig, QUESTIONS,
                                build_messages, prompt_text)
-from vqrl.data.records import DataError, check_record, mix, read_records
+from vqrl.data.records import TASK_TYPES, DataError, check_record, mix, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -121,7 +121,9 @@ def test_content_after_the_closing_bracket_is_not_silently_dropped(tmp_path):
     text = json.dumps([scoring("a.jpg")]) + "\n" + json.dumps([scoring("b.jpg")]) + "\n"
     (tmp_path / "d.json").write_text(text)
     result = read_records(tmp_path / "d.json")
-    assert len(result.records) == 2 or result.problems
+    assert [r["image"] for r in result.records] == ["a.jpg"]
+    (problem,) = result.problems
+    assert problem.index is None and "line 2 column 1: content after the closing ']'" in problem.reason
 
 
 # --------------------------------------------------------------------------------------------------- check_record
@@ -175,7 +177,7 @@ def test_check_record_unknown_type_and_missing_fields(image_dir):
 
 def test_check_record_reports_a_non_string_type_instead_of_crashing(image_dir):
     reasons = check_record({"image": "ok.jpg", "solution": 3, "type": ["scoring_image"]}, image_dir)
-    assert reasons and "type" in reasons[0]
+    assert reasons == [f"unknown type ['scoring_image'] (known: {', '.join(TASK_TYPES)})"]
 
 
 def test_check_record_choice_letters(image_dir):

@@ -12,6 +12,8 @@ import shutil
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainer_utils import EXAMPLES, write_records
 from vqrl.eval import predictions as store
@@ -367,3 +369,29 @@ def test_a_full_disk_says_so_and_leaves_a_resumable_file(tiny_model_dir, tmp_pat
     monkeypatch.setattr(store, "_write_all", real)
     metrics = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
     assert metrics["d"]["n"] == 6 and len(rows_of(tmp_path / "out")) == 6
+
+
+def _rows(texts):
+    return [{"sample_id": f"d:{i}", "dataset": "d", "path": f"/x/{i}.jpg", "mos": f"{1 + i % 4}.5",
+             "prediction": "" if i % 3 == 2 else f"{2 + i / 10:.6f}", "completion": t, "error": ""}
+            for i, t in enumerate(texts)]
+
+
+@given(texts=st.lists(st.text(alphabet=st.sampled_from('ab ,"\n\r<>:.5é'), max_size=12), min_size=1, max_size=5),
+       cut=st.floats(0, 1))
+@settings(max_examples=150, deadline=None)
+def test_any_cut_of_the_predictions_file_reads_as_whole_original_rows(tmp_path_factory, texts, cut):
+    """Wherever a crash or a full disk cuts predictions.csv, what is read back is some of the rows as written,
+    never a row with a shortened value; appending after a repair gives a file that reads whole."""
+    path = str(tmp_path_factory.mktemp("p") / "predictions.csv")
+    rows = _rows(texts)
+    store.append(path, rows)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: int(cut * len(data))])
+    got, _ = store.read(path)
+    originals = {r["sample_id"]: r for r in rows}
+    assert all(row == originals[sid] for sid, row in got.items())
+    store.rewrite(path, list(got.values()))
+    store.append(path, [r for r in rows if r["sample_id"] not in got])
+    assert store.read(path) == (originals, 0)

@@ -85,7 +85,8 @@ def check_media(records: list[dict], spec: VisionSpec | None = None, processor=N
     workers = workers or min(8, os.cpu_count() or 1)
     found: dict[int, list[str]] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(mine), desc=desc, unit="rec", disable=not progress, file=sys.stderr) as bar:
+            tqdm(total=len(mine), desc=desc, unit="rec", disable=not progress, file=sys.stderr,
+                 mininterval=0.1 if sys.stderr.isatty() else 30) as bar:  # a log file gets a line every 30 s
         for i, reasons in pool.map(one, mine):
             if reasons:
                 found[i] = reasons

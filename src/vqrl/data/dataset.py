@@ -61,6 +61,7 @@ def load_records(cfg: DataConfig, spec: VisionSpec | None = None, processor=None
     if cfg.decode:
         start = time.monotonic()
         todo = [i for i in range(len(parsed)) if i not in reasons]
+        logger.info("decoding the media of %d record(s) before step 1 (the checks of vqrl validate-data)", len(todo))
         found = check_media([parsed[i] for i in todo], spec, processor, prompt_cfg, max_prompt_length,
                             progress=progress, desc="decoding media")
         reasons.update({todo[k]: r for k, r in found.items()})

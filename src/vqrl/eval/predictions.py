@@ -41,7 +41,7 @@ def append(path: str, rows: list[dict]) -> None:
     """Append rows (and the header to a new or empty file) in one write; on failure cut the file back, so it
     ends with a whole row, and raise EvalError."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)  # \r\n rows: a \r or \n inside a completion gets quoted
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         start = os.fstat(fd).st_size
@@ -90,8 +90,9 @@ def read(path: str) -> tuple[dict[str, dict], int]:
         return {}, 0
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         text = f.read()
-    if not text.strip():
-        return {}, 0
+    header = ",".join(FIELDS) + "\r\n"
+    if not text.strip() or (len(text) < len(header) and header.startswith(text)):
+        return {}, 0  # nothing, or a header cut short: nothing was predicted yet
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if reader.fieldnames != FIELDS:
         raise EvalError(f"{path} is not a predictions file of this vqrl (columns {reader.fieldnames}, expected "
@@ -112,7 +113,7 @@ def read(path: str) -> tuple[dict[str, dict], int]:
 
 def rewrite(path: str, rows: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buf.getvalue())
