@@ -829,7 +829,8 @@ def test_skip_refuses_a_setup_where_every_image_fails(tmp_path):
     path = write_json(tmp_path / "d.json", records)
     cfg = DataConfig(files=[path], image_root=str(tmp_path / "wrong_root"), video_root=str(tmp_path),
                      on_bad_sample="skip")
-    with pytest.raises(DataError, match=r"setup looks wrong.*every image record is bad \(2 of 2: check --image_root"):
+    with pytest.raises(DataError, match=r"setup looks wrong.*every image record is bad \(2 of 2: check --image_root"
+                                        r".*; e\.g\. .*d\.json:0: image file not found"):
         load_checked_records(cfg)
 
 

@@ -195,7 +195,7 @@ def test_a_retrained_model_in_the_same_folder_is_another_model(tiny_model_dir, t
     eval_run.evaluate(_args(str(model), data, tmp_path / "out", mode="expected", no_think=True))
     weights = next(model.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    with pytest.raises(EvalError, match="model_files"):
+    with pytest.raises(EvalError, match=r"other settings \(model_files changed\)"):
         eval_run.evaluate(_args(str(model), data, tmp_path / "out", mode="expected", no_think=True))
 
 
@@ -286,14 +286,14 @@ def test_a_file_that_fails_during_inference_costs_its_record(tiny_model_dir, tmp
     assert rows_of(tmp_path / "out")[2]["error"] == "unreadable media: OSError: Input/output error"
 
 
-def test_every_image_unreadable_is_a_setup_error_before_the_model_loads(tmp_path, monkeypatch):
+def test_every_image_unreadable_is_a_setup_error_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
     recs = images(tmp_path, 3)
     for i, r in enumerate(recs):
         (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8\xff junk")
         r["image"] = str(tmp_path / f"{i}.jpg")
     monkeypatch.setattr(eval_run, "_evaluate_hf", lambda *a: pytest.fail("the model must not load"))
     with pytest.raises(EvalError, match=r"setup looks wrong.*every image record is bad \(3 of 3"):
-        eval_run.evaluate(_args("unused-model", [write_records(tmp_path / "d.json", recs)], tmp_path / "out",
+        eval_run.evaluate(_args(tiny_model_dir, [write_records(tmp_path / "d.json", recs)], tmp_path / "out",
                                 mode="expected", no_think=True))
 
 
@@ -305,6 +305,18 @@ def test_every_image_unreadable_is_a_setup_error_before_the_model_loads(tmp_path
 def test_bad_settings_are_refused_before_anything_loads(tiny_model_dir, tmp_path, capsys, flags, message):
     assert eval_run.run(_args(tiny_model_dir, EXAMPLE_DATA, tmp_path / "out", **flags)) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_model_that_is_neither_a_folder_nor_reachable_is_named_first(tmp_path, monkeypatch):
+    import transformers
+
+    def offline(name, *a, **k):  # what from_pretrained raises for an unknown hub id without a network
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}.\nCheck ...")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    with pytest.raises(EvalError, match=r"^--model outputs/nothing: no such folder, and not loadable as a hub model "
+                                        r"\(We couldn't connect to 'https://huggingface.co' .* outputs/nothing\.\)$"):
+        eval_run.evaluate(_args("outputs/nothing", ["does-not-matter.json"], tmp_path / "out"))
 
 
 @pytest.mark.parametrize("what", ["missing", "no_config", "no_weights"])

@@ -98,23 +98,28 @@ def check_media(records: list[dict], spec: VisionSpec | None = None, processor=N
     return found
 
 
-def setup_failure(records: list[dict], bad: set[int], per_file: dict[str, tuple[int, int]],
-                  example: object = None) -> str | None:
+def setup_failure(records: list[dict], reasons: dict[int, list[str]], per_file: dict[str, tuple[int, int]],
+                  file_problem: object = None) -> str | None:
     """Why this many bad records means a wrong setup rather than a few bad samples (None when it does not).
 
-    records: every parsed record; bad: their positions with a problem; per_file: file -> (entries, good) where
-    entries also counts entries that did not parse; example: one problem, quoted in the message."""
-    example = f"; e.g. {example}" if example else ""
+    records: every parsed record; reasons: their positions with a problem -> reasons; per_file: file -> (entries,
+    good) where entries also counts entries that did not parse; file_problem: a file-level problem, for the message."""
+    def example(positions) -> str:
+        i = next((i for i in positions if i in reasons), None)
+        if i is None:
+            return f"; e.g. {file_problem}" if file_problem else ""
+        return f"; e.g. {records[i].get('_file')}:{records[i].get('_index')}: {reasons[i][0]}"
+
     for kind in ("image", "video"):
         of_kind = [i for i, r in enumerate(records) if record_media_kind(r) == kind]
-        if of_kind and all(i in bad for i in of_kind):
+        if of_kind and all(i in reasons for i in of_kind):
             hint = "--image_root, --max_pixels" if kind == "image" else "--video_root, the video settings"
-            return f"every {kind} record is bad ({len(of_kind)} of {len(of_kind)}: check {hint}){example}"
+            return f"every {kind} record is bad ({len(of_kind)} of {len(of_kind)}: check {hint}){example(of_kind)}"
     for path, (_, good) in per_file.items():
         if good == 0:
-            return f"no usable record in {path}{example}"
+            return f"no usable record in {path}" + example(i for i, r in enumerate(records) if r.get("_file") == path)
     total = sum(n for n, _ in per_file.values())
     n_bad = total - sum(g for _, g in per_file.values())
     if total and n_bad > MAX_BAD_FRACTION * total:
-        return f"{n_bad} of {total} records are bad (more than {MAX_BAD_FRACTION:.0%}){example}"
+        return f"{n_bad} of {total} records are bad (more than {MAX_BAD_FRACTION:.0%}){example(sorted(reasons))}"
     return None

@@ -77,7 +77,7 @@ def load_records(cfg: DataConfig, spec: VisionSpec | None = None, processor=None
     problems.sort(key=lambda p: (order.get(p.file, 0), -1 if p.index is None else p.index))
     per_file = {f"{path}" + (f" (data file {k + 1})" if cfg.files.count(path) > 1 else ""): (entries[k], len(good[k]))
                 for k, path in enumerate(cfg.files)}
-    setup = setup_failure(parsed, set(reasons), per_file, problems[0] if problems else None)
+    setup = setup_failure(parsed, reasons, per_file, next((p for p in problems if p.index is None), None))
     return mix(good, cfg.weights, cfg.seed), problems, setup
 
 

@@ -41,7 +41,7 @@ class EvalData:
     problems: list[str] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)  # dataset -> scoring records skipped for a problem
     every: list[dict] = field(default_factory=list)  # every scoring record, usable or not (for the setup rule)
-    bad: set = field(default_factory=set)  # positions in `every` with a problem
+    reasons: dict = field(default_factory=dict)  # positions in `every` with a problem -> reasons
     per_file: dict = field(default_factory=dict)  # file -> [entries, usable]
     ignored: int = 0  # records of other task types (perception): not scored
 
@@ -80,7 +80,7 @@ def read_eval_data(files, image_root, video_root) -> EvalData:
             if reasons:
                 data.problems += [f"{path}:{rec.get('_index')}: {r}" for r in reasons]
                 data.skipped[rec["dataset"]] += 1
-                data.bad.add(len(data.every))
+                data.reasons[len(data.every)] = reasons
             else:
                 rec["_pos"] = len(data.every)
                 data.records.append(rec)
@@ -115,8 +115,8 @@ def _refuse_stale_rows(done: dict[str, dict], records: list[dict], pred_path: st
 
 
 def model_fingerprint(model: str) -> dict:
-    """What identifies the model: its folder, and the size and time of each weight file (a retrained model in the
-    same folder is another model), or the hub id as given."""
+    """What identifies the model: its folder, and the size and time of each weight file (`model_files`: a retrained
+    model in the same folder is another model), or the hub id as given."""
     if not os.path.isdir(model):
         return {"model": model}
     files = sorted(glob.glob(os.path.join(model, "*.safetensors")) + glob.glob(os.path.join(model, "config.json")))
@@ -156,6 +156,14 @@ def check_args(args: argparse.Namespace) -> None:
             raise EvalError(f"--model {model}: no config.json in the folder (not a saved model?)")
         if not glob.glob(os.path.join(model, "*.safetensors")):
             raise EvalError(f"--model {model}: no *.safetensors weights in the folder")
+    else:  # a hub id: its config must be reachable (cache or network) before anything else is done
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(model)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EvalError(f"--model {model}: no such folder, and not loadable as a hub model ({first})") from None
 
 
 def _row(rec: dict, score: float | None, text: str, error: str = "") -> dict:
@@ -310,11 +318,10 @@ def _check_media_first(todo: list[dict], data: EvalData, pred_path: str, args) -
         return todo
     for i, reasons in found.items():
         rec = todo[i]
-        data.bad.add(rec["_pos"])
+        data.reasons[rec["_pos"]] = reasons
         data.per_file[rec["_file"]][1] -= 1
         print(f"unreadable: {rec['_file']}:{rec['_index']}: {'; '.join(reasons)}", file=sys.stderr)
-    why = setup_failure(data.every, data.bad, {k: tuple(v) for k, v in data.per_file.items() if v[0]},
-                        next(f"{todo[i]['_file']}:{todo[i]['_index']}: {r[0]}" for i, r in found.items()))
+    why = setup_failure(data.every, data.reasons, {k: tuple(v) for k, v in data.per_file.items() if v[0]})
     if why:
         raise EvalError(f"the data setup looks wrong, not a few bad files: {why}")
     store.append(pred_path, [_row(todo[i], None, "", "; ".join(r)) for i, r in found.items()])
