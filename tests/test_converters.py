@@ -546,7 +546,8 @@ def test_cli_refuses_a_device_or_pipe_as_out_and_leaves_it(tmp_path, capsys):
     for out in (fifo, tmp_path):
         assert main(["convert", "konvid", "--root", str(tmp_path), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == f"vqrl convert: error: --out {out} is not a regular file (a device, pipe or folder): give a file path"
+        assert err == (f"vqrl convert: error: --out {out} is not a regular file (a device, pipe or folder): "
+                       "give a file path")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # /dev/full is checked the same way (not here: a regression
     # would replace the machine's device node)
 

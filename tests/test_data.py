@@ -772,7 +772,8 @@ def test_validate_data_names_bad_bit_depths_and_videos_without_frames(tmp_path, 
     lines = out.strip().splitlines()
     assert len(lines) == 3, out
     assert lines[0].startswith(f"{path}:0: unusable image") and "floating-point grey image" in lines[0]
-    assert lines[1] == f"{path}:1: unusable video {tmp_path / 'audio.mp4'}: no video stream in the file (streams: audio)"
+    assert lines[1] == (f"{path}:1: unusable video {tmp_path / 'audio.mp4'}: "
+                        "no video stream in the file (streams: audio)")
     assert lines[2].startswith(f"{path}:2: unusable video") and "no video stream in the file" in lines[2]
     assert "IndexError" not in out
     from vqrl.data.media import MediaError

@@ -40,7 +40,8 @@ def test_training_with_skip_trains_only_on_records_that_decode(tiny_model_dir, t
 
 
 def test_training_refuses_prompts_over_max_prompt_length(tiny_model_dir, tmp_path):
-    data = write_records(tmp_path / "d.json", [{"image": "images/coffee.jpg", "solution": 3.0, "type": "scoring_image"}])
+    data = write_records(tmp_path / "d.json",
+                         [{"image": "images/coffee.jpg", "solution": 3.0, "type": "scoring_image"}])
     with pytest.raises(DataError, match=r"d.json:0: prompt is ~\d+ tokens with its image/video tokens, over "
                                         r"max_prompt_length 50"):
         make_trainer(tiny_model_dir, tmp_path / "out", [data], max_prompt_length=50)

@@ -35,8 +35,8 @@ class DataConfig:
     decode: bool = True  # decode every image / open every video before step 1 (False: only check files exist)
 
 
-def load_records(cfg: DataConfig, spec: VisionSpec | None = None, processor=None, prompt_cfg: PromptConfig | None = None,
-                 max_prompt_length: int | None = None, progress: bool = False
+def load_records(cfg: DataConfig, spec: VisionSpec | None = None, processor=None,
+                 prompt_cfg: PromptConfig | None = None, max_prompt_length: int | None = None, progress: bool = False
                  ) -> tuple[list[dict], list[Problem], str | None]:
     """All files read, checked (fields, files, and with cfg.decode every file decoded and, with a processor and
     max_prompt_length, each prompt's length in tokens, vision tokens included) and mixed.
@@ -163,8 +163,8 @@ class RowBuilder:
                                rec.get("_file"), rec.get("_index"), self.failures[i], len(self.failures))
                 if len(self.failures) > MAX_BAD_FRACTION * len(self.records):
                     raise DataError(f"{len(self.failures)} of {len(self.records)} records failed to decode during "
-                                    f"training (more than {MAX_BAD_FRACTION:.0%}; they all decoded at start): the media "
-                                    f"became unreadable, e.g. {rec.get('_file')}:{rec.get('_index')}: "
+                                    f"training (more than {MAX_BAD_FRACTION:.0%}; they all decoded at start): the "
+                                    f"media became unreadable, e.g. {rec.get('_file')}:{rec.get('_index')}: "
                                     f"{self.failures[i]}") from exc
                 continue
             return self._row(rec, media)

@@ -49,7 +49,8 @@ class VisionSpec:
             raise ValueError(f"video_fps must be positive, got {self.video_fps}")
         if self.video_max_frames < 2:
             raise ValueError(f"video_max_frames must be at least 2, got {self.video_max_frames}: Qwen-VL encodes video "
-                             "frames in pairs (temporal patch 2), so a video is at least 2 frames (odd counts round down)")
+                             "frames in pairs (temporal patch 2), so a video is at least 2 frames (odd counts round "
+                             "down)")
 
     @classmethod
     def for_processor(cls, processor, **overrides) -> "VisionSpec":

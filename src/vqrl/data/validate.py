@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_decode", action="store_true", help="only check that files exist (faster)")
     parser.add_argument("--model", default=None, help="model/processor path: also check prompt length in tokens")
     parser.add_argument("--max_prompt_length", type=int, default=None, help="token limit for prompt + vision tokens")
-    parser.add_argument("--max_pixels", type=int, default=None, help="image pixel budget, as in training (with --model)")
+    parser.add_argument("--max_pixels", type=int, default=None,
+                        help="image pixel budget, as in training (with --model)")
     parser.add_argument("--video_fps", type=float, default=2.0, help="as in training (with --model)")
     parser.add_argument("--video_max_frames", type=int, default=16, help="as in training (with --model); at least 2")
     parser.add_argument("--no_think", action="store_true", help="count the no-think prompt (as --think false)")

@@ -136,7 +136,8 @@ def claim(out_dir: str, settings: dict, overwrite: bool = False) -> None:
             raise EvalError(f"{pred_path} holds predictions but {SETTINGS} beside it is missing or unreadable, so "
                             "they cannot be tied to a model and settings: use another --out, or --overwrite to "
                             "start over") from None
-        changed = [f"{k} changed" if isinstance(settings.get(k), dict) else f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}"
+        changed = [f"{k} changed" if isinstance(settings.get(k), dict)
+                   else f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}"
                    for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]
         if changed:
             raise EvalError(f"{pred_path} holds predictions made with other settings ({'; '.join(changed)}): they "

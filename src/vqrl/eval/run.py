@@ -8,13 +8,11 @@ this run, never accumulated in memory. One unreadable file costs its record (cou
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
 import sys
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
@@ -22,148 +20,23 @@ from ..data.checks import check_media, setup_failure
 from ..data.dataset import MediaLoader
 from ..data.media import VisionSpec
 from ..data.prompts import PromptConfig, build_messages
-from ..data.records import (TASK_TYPES, anchor_paths, check_record, file_labels, parse_mos, read_records,
-                            roots_per_file)
+from ..data.records import TASK_TYPES, parse_mos
 from ..trainers import vision as V
 from . import inference
 from . import predictions as store
 from .metrics import compute_metrics
 from .predictions import EvalError
+from .records import EvalData, load_eval_records, read_eval_data, refuse_duplicate_ids, refuse_stale_rows
+from .settings import check_args, eval_settings
+
+__all__ = ["evaluate", "summarize", "score_records", "load_eval_records", "read_predictions", "add_arguments", "run"]
 
 FIELDS = store.FIELDS
-
-
-@dataclass
-class EvalData:
-    """Scoring records of every file: the usable ones, the problems of the others, and counts for the report."""
-
-    records: list[dict] = field(default_factory=list)  # passed the field and file checks
-    problems: list[str] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)  # dataset -> scoring records skipped for a problem
-    every: list[dict] = field(default_factory=list)  # every scoring record, usable or not (for the setup rule)
-    reasons: dict = field(default_factory=dict)  # positions in `every` with a problem -> reasons
-    per_file: dict = field(default_factory=dict)  # file -> [entries, usable]
-    ignored: int = 0  # records of other task types (perception): not scored
-
-
-def load_eval_records(files, image_root, video_root) -> tuple[list[dict], list[str]]:
-    """(usable scoring records, problems as FILE:INDEX: reason lines); see read_eval_data."""
-    data = read_eval_data(files, image_root, video_root)
-    return data.records, data.problems
 
 
 def read_predictions(path: str) -> dict[str, dict]:
     """The rows of a predictions.csv by sample_id (cut-off or invalid rows left out)."""
     return store.read(path)[0]
-
-
-def read_eval_data(files, image_root, video_root) -> EvalData:
-    """Scoring records of every file, tagged with their dataset (the `dataset` field, else the file's label: its
-    stem, or enough of its path to tell same-named files apart) and a unique sample_id."""
-    data = EvalData()
-    roots = zip(roots_per_file(image_root, len(files), "image_root"), roots_per_file(video_root, len(files), "video_root"))
-    for path, label, (iroot, vroot) in zip(files, file_labels(files), roots):
-        result = read_records(path, label)
-        data.problems += [str(p) for p in result.problems]
-        counts = data.per_file.setdefault(path, [0, 0])
-        counts[0] += sum(p.index is not None for p in result.problems)
-        for rec in result.records:
-            rec = anchor_paths(rec, iroot, vroot)
-            rtype = rec.get("type")
-            if isinstance(rtype, str) and rtype in TASK_TYPES and TASK_TYPES[rtype][1] != "mos":
-                data.ignored += 1
-                continue
-            rec["dataset"] = str(rec.get("dataset") or label)
-            rec["sample_id"] = str(rec["sample_id"])
-            counts[0] += 1
-            reasons = check_record(rec)
-            if reasons:
-                data.problems += [f"{path}:{rec.get('_index')}: {r}" for r in reasons]
-                data.skipped[rec["dataset"]] += 1
-                data.reasons[len(data.every)] = reasons
-            else:
-                rec["_pos"] = len(data.every)
-                data.records.append(rec)
-                counts[1] += 1
-            data.every.append(rec)
-    return data
-
-
-def _refuse_duplicate_ids(records: list[dict]) -> None:
-    """Predictions are keyed by sample_id: two records with one id would leave one row for both."""
-    where: dict[str, list[str]] = defaultdict(list)
-    for r in records:
-        where[r["sample_id"]].append(f"{r['_file']}:{r['_index']}")
-    dup = {sid: at for sid, at in where.items() if len(at) > 1}
-    if dup:
-        shown = "; ".join(f"{sid!r} at {', '.join(at)}" for sid, at in list(dup.items())[:5])
-        raise EvalError(f"{len(dup)} sample_id(s) repeated in the evaluation data ({shown}): predictions are keyed "
-                        "by sample_id, so each record needs its own; give them distinct sample_ids")
-
-
-def _refuse_stale_rows(done: dict[str, dict], records: list[dict], pred_path: str) -> None:
-    """A resumed row must belong to the same record: same media path and MOS."""
-    for r in records:
-        row = done.get(r["sample_id"])
-        if row is None:
-            continue
-        path = r.get(TASK_TYPES[r["type"]][0])
-        if row["path"] != str(path) or not math.isclose(float(row["mos"]), parse_mos(r["solution"]), abs_tol=1e-9):
-            raise EvalError(f"{pred_path}: the row for sample {r['sample_id']!r} is for {row['path']} (MOS "
-                            f"{row['mos']}), but the data now says {path} (MOS {r['solution']}): the data changed "
-                            "since; use another --out, or --overwrite to start over")
-
-
-def model_fingerprint(model: str) -> dict:
-    """What identifies the model: its folder, and the size and time of each weight file (`model_files`: a retrained
-    model in the same folder is another model), or the hub id as given."""
-    if not os.path.isdir(model):
-        return {"model": model}
-    files = sorted(glob.glob(os.path.join(model, "*.safetensors")) + glob.glob(os.path.join(model, "config.json")))
-    return {"model": os.path.abspath(model),
-            "model_files": {os.path.basename(f): [os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files}}
-
-
-def eval_settings(args: argparse.Namespace) -> dict:
-    """Every setting that changes a prediction (batch size, device and progress do not)."""
-    out = {**model_fingerprint(args.model), "mode": args.mode, "think": args.think, "backend": args.backend,
-           "max_new_tokens": args.max_new_tokens, "video_fps": args.video_fps,
-           "video_max_frames": args.video_max_frames, "dtype": args.dtype, "seed": args.seed}
-    if args.mode == "sample":
-        out.update(num_samples=args.num_samples, temperature=args.temperature)
-    if args.backend == "vllm":
-        out["max_model_len"] = args.max_model_len
-    return out
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse what would fail after the model loads, or silently change the run, before anything is read."""
-    for name in ("batch_size", "num_samples", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise EvalError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.backend == "vllm" and args.mode == "expected" and args.think:
-        raise EvalError("--backend vllm --mode expected supports --no_think only; use the hf backend")
-    try:
-        VisionSpec(video_fps=args.video_fps, video_max_frames=args.video_max_frames)
-    except ValueError as exc:
-        raise EvalError(str(exc).replace("video_", "--video_", 1)) from None
-    model = args.model
-    looks_local = os.path.isabs(model) or model.startswith(".") or os.path.exists(model) or model.count("/") > 1
-    if looks_local:
-        if not os.path.isdir(model):
-            raise EvalError(f"--model {model}: no such folder")
-        if not os.path.isfile(os.path.join(model, "config.json")):
-            raise EvalError(f"--model {model}: no config.json in the folder (not a saved model?)")
-        if not glob.glob(os.path.join(model, "*.safetensors")):
-            raise EvalError(f"--model {model}: no *.safetensors weights in the folder")
-    else:  # a hub id: its config must be reachable (cache or network) before anything else is done
-        from transformers import AutoConfig
-
-        try:
-            AutoConfig.from_pretrained(model)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EvalError(f"--model {model}: no such folder, and not loadable as a hub model ({first})") from None
 
 
 def _row(rec: dict, score: float | None, text: str, error: str = "") -> dict:
@@ -285,7 +158,7 @@ def evaluate(args: argparse.Namespace) -> dict:
               file=sys.stderr)
     if not data.records:
         raise EvalError("no scoring records to evaluate")
-    _refuse_duplicate_ids(data.records)
+    refuse_duplicate_ids(data.records)
     os.makedirs(args.out, exist_ok=True)
     pred_path = os.path.join(args.out, store.PREDICTIONS)
     store.claim(args.out, eval_settings(args), overwrite=args.overwrite)
@@ -294,7 +167,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         store.rewrite(pred_path, list(done.values()))
         print(f"repaired {pred_path}: dropped {dropped} cut-off or invalid row(s), to be predicted again",
               file=sys.stderr)
-    _refuse_stale_rows(done, data.records, pred_path)
+    refuse_stale_rows(done, data.records, pred_path)
     todo = [r for r in data.records if r["sample_id"] not in done or done[r["sample_id"]]["error"]]
     if done:
         print(f"resuming: {len(done)} prediction(s) already in {pred_path}, {len(todo)} to go", file=sys.stderr)
