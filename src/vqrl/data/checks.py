@@ -71,12 +71,17 @@ def check_media(records: list[dict], spec: VisionSpec | None = None, processor=N
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     mine = list(range(rank, len(records), world))
     prompt_cfg = prompt_cfg or PromptConfig()
+    if spec is None and processor is not None and max_prompt_length:
+        spec = VisionSpec.for_processor(processor)  # vision tokens are part of the length
 
     def one(i: int) -> tuple[int, list[str]]:
         rec = records[i]
         reasons, tokens = media_reasons(rec, image_root, video_root, spec)
         if not reasons and processor is not None and max_prompt_length:
-            total = prompt_tokens(rec, processor, prompt_cfg, tokens)
+            try:
+                total = prompt_tokens(rec, processor, prompt_cfg, tokens)
+            except Exception as exc:  # noqa: BLE001 - one record's template failure must not stop one rank alone
+                return i, [f"cannot count the prompt's tokens: {type(exc).__name__}: {exc}"]
             if total > max_prompt_length:
                 reasons.append(f"prompt is ~{total} tokens with its image/video tokens, over max_prompt_length "
                                f"{max_prompt_length}: lower max_pixels / frames, or raise the limit")

@@ -123,8 +123,8 @@ def claim(out_dir: str, settings: dict, overwrite: bool = False) -> None:
     """Make `out_dir` hold the predictions of `settings`: a fresh folder gets settings.json; a folder with
     predictions made under other settings (or under unknown ones) is refused, or emptied with overwrite."""
     pred_path, settings_path = os.path.join(out_dir, PREDICTIONS), os.path.join(out_dir, SETTINGS)
-    if overwrite:
-        for path in (pred_path, settings_path):
+    if overwrite:  # metrics.json goes too: it must never describe another model's predictions
+        for path in (pred_path, settings_path, os.path.join(out_dir, "metrics.json")):
             if os.path.exists(path):
                 os.remove(path)
     has_rows = os.path.exists(pred_path) and os.path.getsize(pred_path) > 0
