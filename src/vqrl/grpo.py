@@ -110,20 +110,10 @@ def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, process
     )
     data_cfg = DataConfig(args.data_files, args.data_weights, args.image_root, args.video_root,
                           args.on_bad_sample, args.seed)
-    records = load_checked_records(data_cfg)
-    if args.max_prompt_length:
-        from .data.validate import validate_files
-
-        too_long = [p for p in validate_files(args.data_files, args.image_root, args.video_root, processor=processor,
-                                              max_prompt_length=args.max_prompt_length) if "max_prompt_length" in p.reason]
-        if too_long and args.on_bad_sample == "error":
-            raise DataError("\n".join(str(p) for p in too_long))
-        long_ids = {(p.file, p.index) for p in too_long}
-        records = [r for r in records if (r["_file"], r["_index"]) not in long_ids]
-        if too_long:
-            logger.warning("skipped %d record(s) over max_prompt_length", len(too_long))
     prompt_cfg = PromptConfig(think=args.think, system_prompt=args.system_prompt,
                               use_record_question=args.use_record_question)
+    records = load_checked_records(data_cfg, spec, processor, prompt_cfg, args.max_prompt_length,
+                                   progress=args.local_process_index == 0)  # the checks of validate-data, decoding
     builder = RowBuilder(records, MediaLoader(spec, None, None), prompt_cfg,  # records carry anchored paths
                          with_nothink=args.trainer == "refine")
     dataset = make_train_dataset(records, builder)

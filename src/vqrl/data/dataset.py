@@ -8,13 +8,15 @@ silently: every skipped or replaced record is counted and logged.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .checks import MAX_BAD_FRACTION, check_media, setup_failure
 from .media import VisionSpec, load_image, load_video
 from .prompts import PromptConfig, build_messages
-from .records import (PERCEPTION_FIELDS, TASK_TYPES, DataError, Problem, anchor_paths, check_record, mix, parse_mos,
-                      read_records, resolve_media, roots_per_file)
+from .records import (PERCEPTION_FIELDS, TASK_TYPES, DataError, Problem, anchor_paths, check_record, file_labels, mix,
+                      parse_mos, read_records, resolve_media, roots_per_file)
 
 logger = logging.getLogger(__name__)
 
@@ -30,38 +32,72 @@ class DataConfig:
     video_root: str | list[str] | None = None
     on_bad_sample: str = "error"  # "error": refuse to start and list problems; "skip": drop and count
     seed: int = 42
+    decode: bool = True  # decode every image / open every video before step 1 (False: only check files exist)
 
 
-def load_records(cfg: DataConfig) -> tuple[list[dict], list[Problem]]:
-    """All files read, checked and mixed. Returns (usable records, problems found)."""
-    sources, problems = [], []
+def load_records(cfg: DataConfig, spec: VisionSpec | None = None, processor=None,
+                 prompt_cfg: PromptConfig | None = None, max_prompt_length: int | None = None, progress: bool = False
+                 ) -> tuple[list[dict], list[Problem], str | None]:
+    """All files read, checked (fields, files, and with cfg.decode every file decoded and, with a processor and
+    max_prompt_length, each prompt's length in tokens, vision tokens included) and mixed.
+
+    Returns (usable records, problems found, why the problems look like a wrong setup or None)."""
     image_roots = roots_per_file(cfg.image_root, len(cfg.files), "image_root")
     video_roots = roots_per_file(cfg.video_root, len(cfg.files), "video_root")
-    for path, image_root, video_root in zip(cfg.files, image_roots, video_roots):
-        result = read_records(path)
+    parsed, owner, reasons, problems = [], [], {}, []
+    entries = []  # per file: parsed records + entries that did not parse
+    for k, (path, label, image_root, video_root) in enumerate(zip(cfg.files, file_labels(cfg.files), image_roots,
+                                                                  video_roots)):
+        result = read_records(path, label)
         problems.extend(result.problems)
-        good = []
+        entries.append(len(result.records) + sum(p.index is not None for p in result.problems))
         for rec in result.records:
-            if isinstance(rec, dict):
-                rec = anchor_paths(rec, image_root, video_root)
-            reasons = check_record(rec)
-            if reasons:
-                problems.extend(Problem(path, rec.get("_index") if isinstance(rec, dict) else None, r) for r in reasons)
-            else:
-                good.append(rec)
-        sources.append(good)
-    return mix(sources, cfg.weights, cfg.seed), problems
+            rec = anchor_paths(rec, image_root, video_root)
+            found = check_record(rec)
+            if found:
+                reasons[len(parsed)] = found
+            parsed.append(rec)
+            owner.append(k)
+    if cfg.decode:
+        start = time.monotonic()
+        todo = [i for i in range(len(parsed)) if i not in reasons]
+        logger.info("decoding the media of %d record(s) before step 1 (the checks of vqrl validate-data)", len(todo))
+        found = check_media([parsed[i] for i in todo], spec, processor, prompt_cfg, max_prompt_length,
+                            progress=progress, desc="decoding media")
+        reasons.update({todo[k]: r for k, r in found.items()})
+        logger.info("decoded the media of %d record(s) in %.1f s: %d bad", len(todo), time.monotonic() - start,
+                    len(found))
+    good: list[list[dict]] = [[] for _ in cfg.files]
+    for i, rec in enumerate(parsed):
+        if i in reasons:
+            problems.extend(Problem(rec["_file"], rec["_index"], r) for r in reasons[i])
+        else:
+            good[owner[i]].append(rec)
+    order = {path: k for k, path in reversed(list(enumerate(cfg.files)))}
+    problems.sort(key=lambda p: (order.get(p.file, 0), -1 if p.index is None else p.index))
+    per_file = {f"{path}" + (f" (data file {k + 1})" if cfg.files.count(path) > 1 else ""): (entries[k], len(good[k]))
+                for k, path in enumerate(cfg.files)}
+    setup = setup_failure(parsed, reasons, per_file, next((p for p in problems if p.index is None), None))
+    return mix(good, cfg.weights, cfg.seed), problems, setup
 
 
-def load_checked_records(cfg: DataConfig) -> list[dict]:
-    """Records for training under the `on_bad_sample` policy: raise listing every problem, or skip and count."""
+def load_checked_records(cfg: DataConfig, spec: VisionSpec | None = None, processor=None,
+                         prompt_cfg: PromptConfig | None = None, max_prompt_length: int | None = None,
+                         progress: bool = False) -> list[dict]:
+    """Records for training under the `on_bad_sample` policy: raise listing every problem, or skip and count.
+
+    Even under skip, a share of bad records that says the setup is wrong (see checks.setup_failure) raises."""
     if cfg.on_bad_sample not in ("error", "skip"):
         raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {cfg.on_bad_sample!r}")
-    records, problems = load_records(cfg)
+    records, problems, setup = load_records(cfg, spec, processor, prompt_cfg, max_prompt_length, progress)
     if problems and cfg.on_bad_sample == "error":
         shown = "\n".join(str(p) for p in problems[:50])
         more = f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""
         raise DataError(f"{len(problems)} bad record(s); fix them or pass --on_bad_sample skip:\n{shown}{more}")
+    if setup:
+        raise DataError(f"the data setup looks wrong, not a few bad samples: {setup}. --on_bad_sample skip drops "
+                        f"isolated bad records only (at most {MAX_BAD_FRACTION:.0%}, and not all of one file or "
+                        "media kind); `vqrl validate-data` lists every problem")
     if problems:
         logger.warning("skipping %d bad record(s) (--on_bad_sample skip):\n%s", len(problems),
                        "\n".join(str(p) for p in problems[:20]))
@@ -125,6 +161,11 @@ class RowBuilder:
                 self.failures[i] = f"{type(exc).__name__}: {exc}"
                 logger.warning("%s:%s: cannot decode media (%s); using another record instead (%d failed so far)",
                                rec.get("_file"), rec.get("_index"), self.failures[i], len(self.failures))
+                if len(self.failures) > MAX_BAD_FRACTION * len(self.records):
+                    raise DataError(f"{len(self.failures)} of {len(self.records)} records failed to decode during "
+                                    f"training (more than {MAX_BAD_FRACTION:.0%}; they all decoded at start): the "
+                                    f"media became unreadable, e.g. {rec.get('_file')}:{rec.get('_index')}: "
+                                    f"{self.failures[i]}") from exc
                 continue
             return self._row(rec, media)
         raise DataError("no record could be decoded: " + "; ".join(f"{k}: {v}" for k, v in list(self.failures.items())[:5]))

@@ -6,11 +6,14 @@ Only plain data lives here (paths, MOS, perception fields); decoding pixels is m
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 # type -> (media field, solution kind). `mos`: a number in [1, 5]; `text`: a non-empty string; `letter`: an option
 # letter; `box`: [x1, y1, x2, y2].
@@ -52,9 +55,32 @@ def _line_col(text: str, pos: int) -> tuple[int, int]:
     return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
 
-def read_records(path: str | os.PathLike) -> LoadResult:
-    """Parse a JSON list or JSONL file record by record, so one broken record does not hide the others."""
+def file_labels(paths) -> list[str]:
+    """A short, unique name per data file, for default sample ids and dataset names: the file's stem, or where two
+    files share a stem (koniq/train.json, spaq/train.json) as many trailing folders as tell them apart (koniq/train,
+    spaq/train); a file listed twice gets #2, #3. Depends only on the list of files, so it is stable across runs."""
+    parts = [Path(os.path.abspath(str(p))).with_suffix("").parts[1:] for p in paths]
+    labels = []
+    for i, own in enumerate(parts):
+        k = 1
+        while k < len(own) and any(other[-k:] == own[-k:] for other in parts if other != own):
+            k += 1
+        labels.append("/".join(own[-k:]))
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label}#{seen[label]}"
+    return labels
+
+
+def read_records(path: str | os.PathLike, label: str | None = None) -> LoadResult:
+    """Parse a JSON list or JSONL file record by record, so one broken record does not hide the others.
+
+    Records without a `sample_id` get `LABEL:INDEX`; LABEL defaults to the file's stem (see `file_labels` for
+    several files)."""
     path = str(path)
+    label = label or Path(path).stem
     result = LoadResult()
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -66,14 +92,17 @@ def read_records(path: str | os.PathLike) -> LoadResult:
     if not stripped:
         result.problems.append(Problem(path, None, "file is empty"))
         return result
+    if stripped[0] == "{" and (wrapped := _wrapped_list(text, path)) is not None:
+        result.problems.append(wrapped)
+        return result
     if stripped[0] == "[":  # a JSON list, parsed item by item so a truncated tail still reports its index
         pos, index = text.index("[") + 1, 0
         while True:
             while pos < len(text) and text[pos] in " \t\r\n":
                 pos += 1
             if pos < len(text) and text[pos] == "]" and index == 0:
-                pos += 1
-                break
+                result.problems.append(Problem(path, None, "the list holds no records ([])"))
+                return result
             if pos >= len(text):
                 line, col = _line_col(text, pos)
                 result.problems.append(Problem(path, index, f"invalid JSON at line {line} column {col}: "
@@ -85,7 +114,7 @@ def read_records(path: str | os.PathLike) -> LoadResult:
                 line, col = _line_col(text, exc.pos)
                 result.problems.append(Problem(path, index, f"invalid JSON at line {line} column {col}: {exc.msg}"))
                 return result
-            _add(result, obj, path, index)
+            _add(result, obj, path, index, label)
             index += 1
             while pos < len(text) and text[pos] in " \t\r\n":
                 pos += 1
@@ -113,18 +142,40 @@ def read_records(path: str | os.PathLike) -> LoadResult:
         except json.JSONDecodeError as exc:
             result.problems.append(Problem(path, index, f"invalid JSON at line {index + 1} column {exc.colno}: {exc.msg}"))
             continue
-        _add(result, obj, path, index)
+        _add(result, obj, path, index, label)
     return result
 
 
-def _add(result: LoadResult, obj, path: str, index: int) -> None:
+def _wrapped_list(text: str, path: str) -> Problem | None:
+    """A file that is one JSON object spanning several lines is not JSONL: say what it is instead of reporting
+    every line as broken JSON (e.g. `{"data": [...]}`, the records wrapped in an object)."""
+    if "\n" not in text.strip():
+        return None  # one line: a one-record JSONL file
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # JSONL (several objects) or broken JSON: the line-by-line reader reports it
+    if not isinstance(obj, dict):
+        return None
+    lists = [k for k, v in obj.items() if isinstance(v, list)]
+    if lists and not any(k in obj for k in ("type", "image", "video", "solution")):
+        key = lists[0]
+        return Problem(path, None, f"the file is one JSON object holding a list under {key!r}, not a list of records: "
+                                   f"vqrl reads a JSON list of records or JSONL (one record per line); save the list "
+                                   f"itself (e.g. jq '.{key}' {os.path.basename(path)})")
+    return Problem(path, None, "the file is one JSON object spread over several lines: JSONL needs one record per "
+                               "line; for a JSON list wrap the records in [ ]")
+
+
+def _add(result: LoadResult, obj, path: str, index: int, label: str) -> None:
     """Keep an object record, tagged with where it came from; anything else is a problem at its index."""
     if not isinstance(obj, dict):
         result.problems.append(Problem(path, index, f"record is a {type(obj).__name__}, expected an object"))
         return
     obj = dict(obj)
     obj["_file"], obj["_index"] = path, index
-    obj.setdefault("sample_id", f"{Path(path).stem}:{index}")
+    if obj.get("sample_id") is None:
+        obj["sample_id"] = f"{label}:{index}"
     result.records.append(obj)
 
 
@@ -176,13 +227,17 @@ def check_record(record, image_root: str | None = None, video_root: str | None =
     media_key, kind = TASK_TYPES[rtype]
     root = image_root if media_key == "image" else video_root
     path = resolve_media(record, root, media_key)
+    for key in (media_key, "reference"):
+        if (wrong := _not_a_path(record, key)) is not None:
+            reasons.append(wrong)
     if path is None:
-        reasons.append(f"missing field '{media_key}' for type {rtype}")
+        if record.get(media_key) is None or record.get(media_key) == "":
+            reasons.append(f"missing field '{media_key}' for type {rtype}")
     elif not os.path.isfile(path):
         reasons.append(f"{media_key} file not found: {path}")
     ref = resolve_media(record, image_root, "reference")
-    if record.get("reference") is not None and (ref is None or not os.path.isfile(ref)):
-        reasons.append(f"reference image not found: {ref or record.get('reference')!r}")
+    if ref is not None and not os.path.isfile(ref):
+        reasons.append(f"reference image not found: {ref}")
     if "solution" not in record:
         reasons.append("missing field 'solution'")
         return reasons
@@ -208,6 +263,17 @@ def check_record(record, image_root: str | None = None, video_root: str | None =
     return reasons
 
 
+def _not_a_path(record: dict, key: str) -> str | None:
+    """Why record[key] is not a usable path (None when it is a path or absent)."""
+    value = record.get(key)
+    if value is None or isinstance(value, str):
+        return None
+    if isinstance(value, list):
+        return (f"field '{key}' is a list of {len(value)}; a record takes one {key} path (a string): write one "
+                f"record per file")
+    return f"field '{key}' must be a path (a string), got {type(value).__name__} {value!r}"
+
+
 def parse_mos(value) -> float | None:
     """A finite float from a number or numeric string; None otherwise (booleans are not MOS)."""
     if isinstance(value, bool):
@@ -229,15 +295,30 @@ def mix(sources: list[list[dict]], weights: list[float] | None, seed: int) -> li
         raise ValueError(f"got {len(weights)} data weights for {len(sources)} data files")
     rng = random.Random(seed)
     out: list[dict] = []
+    taken: set[str] = set()
+    first_owner: dict[str, dict] = {}
+    clashes: dict[int, dict] = {}  # records whose sample_id another record already had (weight repeats are not)
     for records, weight in zip(sources, weights):
         if weight < 0:
             raise ValueError(f"data weight {weight} is negative")
         whole, frac = int(weight), weight - int(weight)
         take = round(frac * len(records))
         picked = [r for _ in range(whole) for r in records] + (rng.sample(records, take) if take else [])
-        seen: dict[str, int] = {}
-        for rec in picked:  # a repeated record gets its own sample_id, so groups never merge
+        for rec in picked:  # every row gets its own sample_id, so prompts and groups are never confused
             sid = str(rec.get("sample_id"))
-            seen[sid] = seen.get(sid, 0) + 1
-            out.append(rec if seen[sid] == 1 else {**rec, "sample_id": f"{sid}#{seen[sid] - 1}"})
+            owner = first_owner.setdefault(sid, rec)
+            if owner is not rec:
+                clashes.setdefault(id(rec), rec)
+            new, k = sid, 0
+            while new in taken:
+                k += 1
+                new = f"{sid}#{k}"
+            taken.add(new)
+            out.append(rec if new == sid else {**rec, "sample_id": new})
+    if clashes:
+        rec = next(iter(clashes.values()))
+        owner = first_owner[str(rec.get("sample_id"))]
+        logger.warning("%d record(s) share their sample_id with another record (first: %r at %s:%s and %s:%s); each "
+                       "row was given a distinct id (suffix #N)", len(clashes), rec.get("sample_id"),
+                       owner.get("_file"), owner.get("_index"), rec.get("_file"), rec.get("_index"))
     return out

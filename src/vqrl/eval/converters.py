@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import math
 import os
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-__all__ = ["CONVERTERS", "ALIASES", "SPLITS", "ConversionError", "Scale", "convert", "add_arguments", "run"]
+__all__ = ["CONVERTERS", "ALIASES", "SPLITS", "ConversionError", "Scale", "convert", "write_records", "add_arguments",
+           "run"]
 
 
 class ConversionError(Exception):
@@ -160,6 +162,9 @@ def _xlsx_rows(path: Path, sheet: str | None = None) -> list[tuple]:
         if sheet is not None and sheet not in book.sheetnames:
             raise ConversionError(f"{path}: no sheet {sheet!r} (sheets: {', '.join(book.sheetnames)})")
         ws = book[sheet] if sheet is not None else book.worksheets[0]
+        # read-only mode trusts the sheet's stored size (<dimension>), which some writers get wrong (A1 only): a
+        # table would read as one cell. Forget it and read the rows that are there.
+        ws.reset_dimensions()
         return [tuple(r) for r in ws.iter_rows(values_only=True)]
     finally:
         book.close()
@@ -249,6 +254,8 @@ KONVID_SCALE = Scale(1, 5)
 
 LIVEC_TRAINING_IMAGES = 7  # t1.bmp..t7.bmp: shown to raters as training, not part of the 1162-image test set
 
+# the archive koniq10k_1024x768.zip unpacks to koniq10k_1024x768/1024x768/ when extracted into a folder of its name
+KONIQ_IMAGE_DIRS = ["1024x768", "512x384", "koniq10k_1024x768/1024x768", "koniq10k_512x384/512x384"]
 KONIQ_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
                 "test": "test"}
 
@@ -280,7 +287,7 @@ def convert_koniq(root: Path, split: str | None = None) -> list[dict]:
     name_col, mos_col = _column(rows, scores, "image_name"), _column(rows, scores, "MOS")
     z_col = next((h for h in (rows[0] if rows else {}) if h.lower() == "mos_zscore"), None)
     first = rows[0][name_col].strip() if rows else None
-    img_dir = _pick_dir(root, ["1024x768", "512x384"], first)
+    img_dir = _pick_dir(root, KONIQ_IMAGE_DIRS, first)
     out = []
     for i, r in enumerate(rows):
         name = r[name_col].strip()
@@ -371,7 +378,8 @@ def convert_agiqa3k(root: Path, split: str | None = None) -> list[dict]:
     return out
 
 
-PIPAL_DIS_DIRS = ["Train_Dis", "Distortion_1", "Distortion_2", "Distortion_3", "Distortion_4"]
+PIPAL_DIS_DIRS = ["Train_Dis", "Distortion_1", "Distortion_2", "Distortion_3", "Distortion_4", "Dist_Imgs"]
+PIPAL_REF_DIRS = ["Train_Ref", "Ref_Imgs"]
 
 
 def convert_pipal(root: Path, split: str | None = None) -> list[dict]:
@@ -399,7 +407,7 @@ def convert_pipal(root: Path, split: str | None = None) -> list[dict]:
     for path, name, raw in entries:
         ref = name.split("_")[0] + Path(name).suffix
         out.append(_record("pipal", _media(root, PIPAL_DIS_DIRS, name), raw, scale, _rel(path, root),
-                           reference=_media(root, ["Train_Ref"], ref)))
+                           reference=_media(root, PIPAL_REF_DIRS, ref)))
     return out
 
 
@@ -502,19 +510,29 @@ def convert_lsvq(root: Path, split: str | None = None) -> list[dict]:
     return out
 
 
+KONVID_LABELS = [f"{d}{name}" for name in ("KoNViD_1k_mos.csv", "KoNViD_1k_attributes.csv")
+                 for d in ("", "KoNViD_1k_metadata/", "KoNViD_1k_videos/")]
+
+
 def convert_konvid(root: Path, split: str | None = None) -> list[dict]:
-    """KoNViD-1k: KoNViD_1k_mos.csv (flickr_id, mos), MOS 1-5; videos KoNViD_1k_videos/<flickr_id>.mp4."""
+    """KoNViD-1k: KoNViD_1k_mos.csv (flickr_id, mos) or, where only it was kept, KoNViD_1k_attributes.csv (flickr_id,
+    file_name, MOS, ...); in --root, KoNViD_1k_metadata/ or beside the videos. MOS 1-5; videos
+    KoNViD_1k_videos/<flickr_id>.mp4 (or the attributes' file_name where only that file exists)."""
     _no_split("KoNViD-1k", split)
-    path = _find("KoNViD-1k", root, ["KoNViD_1k_mos.csv", "KoNViD_1k_metadata/KoNViD_1k_mos.csv"])
+    path = _find("KoNViD-1k", root, KONVID_LABELS)
     rows = _read_csv(path)
     fid, mos = _column(rows, path, "flickr_id"), _column(rows, path, "mos")
+    file_col = next((h for h in (rows[0] if rows else {}) if h.lower() == "file_name"), None)
     out = []
     for i, r in enumerate(rows):
         vid = _name_str(r[fid])
         vid = vid[:-2] if vid.endswith(".0") else vid  # ids re-saved through a spreadsheet come back as floats
         raw = _float(r[mos], f"{path}:{i + 2} mos")
-        out.append(_record("konvid", _media(root, ["KoNViD_1k_videos"], _video_name(vid)), raw, KONVID_SCALE,
-                           _rel(path, root), video=True))
+        video = _media(root, ["KoNViD_1k_videos"], _video_name(vid))
+        if file_col and (r.get(file_col) or "").strip() and not (root / video).is_file():
+            named = _media(root, ["KoNViD_1k_videos"], r[file_col].strip())
+            video = named if (root / named).is_file() else video
+        out.append(_record("konvid", video, raw, KONVID_SCALE, _rel(path, root), video=True))
     return out
 
 
@@ -575,23 +593,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="official split where one exists: koniq train|val|test; lsvq train|test|test_1080p")
 
 
+def _output_path(out: Path) -> Path:
+    target = out.resolve() if out.is_symlink() else out
+    if target.exists() and not target.is_file():
+        raise ConversionError(f"--out {out} is not a regular file (a device, pipe or folder): give a file path")
+    return target
+
+
+def write_records(records: list[dict], out: str | os.PathLike) -> Path:
+    """Write records as JSON (a list) or JSONL (by suffix) through a temporary file renamed over `out`, so a failed
+    write leaves no half file. Only a regular file (or a new one) is written: a device such as /dev/full, a pipe
+    or a folder is refused rather than replaced by a file. A symlink writes to its target."""
+    out = Path(out)
+    target = _output_path(out)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            if target.suffix.lower() == ".jsonl":
+                for r in records:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            else:
+                json.dump(records, f, ensure_ascii=False, indent=1)
+                f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)  # never leave a half-written file under the final name
+    except OSError as exc:
+        if tmp.exists():
+            tmp.unlink()
+        reason = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
+        raise ConversionError(f"cannot write {out}: {reason}") from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        _output_path(Path(args.out))  # before reading anything
         records = convert(args.dataset, args.root, args.split)
+        out = write_records(records, args.out)
     except ConversionError as exc:
         print(f"vqrl convert: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        if out.suffix.lower() == ".jsonl":
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        else:
-            json.dump(records, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-    os.replace(tmp, out)  # never leave a half-written file under the final name
     clipped = sum(1 for r in records if r["meta"].get("clipped"))
     print(f"wrote {len(records)} records to {out} ({records[0]['dataset']}; {records[0]['meta']['rule']}"
           + (f"; {clipped} clipped to [1,5]" if clipped else "") + ")")

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 import torch
 
 from ..data.prompts import SCORE_PREFIX
+from ..rewards.parsing import parse_score
 from ..trainers import vision as V
 from ..trainers import vision_once
 
@@ -149,3 +150,10 @@ def generate(model, processor, prompt_ids: list[list[int]], visions: list[dict],
                                                      if isinstance(model.generation_config.eos_token_id, list)
                                                      else [model.generation_config.eos_token_id])
     return [c[: next((i for i, t in enumerate(c) if t in eos), len(c))] for c in completions]
+
+
+def mean_score(texts: list[str]) -> tuple[float | None, str]:
+    """(mean of the scores that parse, first text): `--mode sample` averages K samples; unparsed ones are left out,
+    and a record none of whose samples parses has no score (a parse failure)."""
+    scores = [s for s in (parse_score(t) for t in texts) if s is not None]
+    return (sum(scores) / len(scores) if scores else None), texts[0]
