@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from transformers import TrainerCallback
 
 from trainer_utils import EXAMPLES, make_trainer
@@ -56,3 +57,135 @@ def test_resume_continues_with_the_same_data_order(tiny_model_dir, tmp_path, mon
 
     steps = [r["step"] for r in map(json.loads, open(tmp_path / "cut" / "metrics.jsonl")) if "loss" in r]
     assert steps == list(range(1, 8))  # every step logged exactly once across the restart
+
+
+# ------------------------------------------------------------------------------------------ a run resumed at its end
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These runs are tiny: one thread is faster than two on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+IMAGES_ONLY = os.path.join(EXAMPLES, "RL_examples.json")
+
+
+def _main_argv(model_dir, out, **overrides):
+    from trainer_utils import flags
+
+    # images only (no video decoding) at the processor's smallest budget: a step takes well under a second
+    data = out.parent / "images.json"
+    if not data.exists():
+        records = [r for r in json.load(open(IMAGES_ONLY)) if "image" in r]
+        data.write_text(json.dumps(records))
+    values = dict(reward_funcs=["recording:record_batch"], max_steps=3, max_pixels=3136, save_strategy="steps",
+                  save_steps=1, save_total_limit=2, disable_tqdm="true")
+    values.update(overrides)
+    return flags(model_dir, out, [str(data)], **values)
+
+
+def _train_rows(out):
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    return [r["step"] for r in rows if "loss" in r], [r["step"] for r in rows if "train_runtime" in r]
+
+
+def _checkpoint_dirs(out):
+    return sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+
+
+def test_rerunning_a_finished_run_trains_no_step(tiny_model_dir, tmp_path, monkeypatch):
+    from vqrl.grpo import main
+
+    out, record = tmp_path / "run", tmp_path / "seen.jsonl"
+    monkeypatch.setenv("VQRL_TEST_RECORD", str(record))
+    assert main(_main_argv(tiny_model_dir, out)) == 0
+    seen = record.read_text()
+    final_weights = (out / "final" / "model.safetensors").read_bytes()
+    for _ in range(2):  # a finished run re-run, by hand or by a watchdog, any number of times
+        assert main(_main_argv(tiny_model_dir, out, resume="auto")) == 0
+    assert record.read_text() == seen  # no generation, no reward call: no training step
+    assert _checkpoint_dirs(out) == ["checkpoint-2", "checkpoint-3"]  # no checkpoint-4
+    assert _train_rows(out) == ([1, 2, 3], [3])  # each step once, one end-of-run row
+    assert (out / "final" / "model.safetensors").read_bytes() == final_weights
+
+
+def test_crash_in_the_final_save_then_rerun_publishes_the_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from vqrl.grpo import main
+
+    out, record = tmp_path / "run", tmp_path / "seen.jsonl"
+    monkeypatch.setenv("VQRL_TEST_RECORD", str(record))
+    real_save = Trainer.save_model
+
+    def dies_in_final_save(self, output_dir=None, _internal_call=False):
+        real_save(self, output_dir, _internal_call)
+        if output_dir and os.path.basename(output_dir) == ".staging-final":
+            raise KeyboardInterrupt("killed while writing final/")  # after the weights, before the rename
+
+    monkeypatch.setattr(Trainer, "save_model", dies_in_final_save)
+    with pytest.raises(KeyboardInterrupt):
+        main(_main_argv(tiny_model_dir, out))
+    monkeypatch.setattr(Trainer, "save_model", real_save)
+    assert not (out / "final").exists()
+    seen = record.read_text()
+
+    assert main(_main_argv(tiny_model_dir, out, resume="auto")) == 0
+    assert record.read_text() == seen  # no step 4
+    assert _checkpoint_dirs(out) == ["checkpoint-2", "checkpoint-3"]
+    assert _train_rows(out) == ([1, 2, 3], [3])
+    assert checkpoints.marker_step(str(out / "final")) == 3
+    assert (out / "final" / "model.safetensors").read_bytes() == (out / "checkpoint-3" / "model.safetensors").read_bytes()
+    assert not (out / "final" / "optimizer.pt").exists() and (out / "final" / "tokenizer.json").exists()
+    assert not any(p.name.startswith(".staging") for p in out.iterdir())
+
+
+def test_crash_while_saving_the_last_checkpoint_redoes_that_step_once(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from vqrl.grpo import main
+
+    out, record = tmp_path / "run", tmp_path / "seen.jsonl"
+    monkeypatch.setenv("VQRL_TEST_RECORD", str(record))
+    real = Trainer._save_rng_state
+
+    def dies_saving_checkpoint_3(self, output_dir):
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt("killed while writing checkpoint-3")
+        return real(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", dies_saving_checkpoint_3)
+    with pytest.raises(KeyboardInterrupt):
+        main(_main_argv(tiny_model_dir, out))
+    monkeypatch.setattr(Trainer, "_save_rng_state", real)
+    assert _checkpoint_dirs(out) == ["checkpoint-1", "checkpoint-2"]  # the half-written one stays in staging
+    assert checkpoints.latest_complete(str(out)).endswith("checkpoint-2")
+
+    assert main(_main_argv(tiny_model_dir, out, resume="auto")) == 0
+    steps = [json.loads(line)["step"] for line in open(record)]
+    assert sorted(set(steps)) == [0, 1, 2] and steps.count(2) == 2 * 4  # step 3 (state step 2) seen twice: redone
+    assert _checkpoint_dirs(out) == ["checkpoint-2", "checkpoint-3"]
+    assert _train_rows(out) == ([1, 2, 3], [3])
+    assert checkpoints.marker_step(str(out / "final")) == 3
+
+
+def test_resume_env_is_honoured_and_the_flag_wins(tiny_model_dir, tmp_path, monkeypatch):
+    from vqrl.grpo import main
+
+    out, record = tmp_path / "run", tmp_path / "seen.jsonl"
+    monkeypatch.setenv("VQRL_TEST_RECORD", str(record))
+    assert main(_main_argv(tiny_model_dir, out, max_steps=2)) == 0
+    record.write_text("")
+    monkeypatch.setenv("VQRL_RESUME", "auto")  # what the watchdog sets on a restart
+    assert main(_main_argv(tiny_model_dir, out, max_steps=3)) == 0
+    assert sorted({json.loads(line)["step"] for line in open(record)}) == [2]  # only the third step was trained
+    record.write_text("")
+    assert main(_main_argv(tiny_model_dir, out, max_steps=3, resume="none")) == 0  # --resume none: afresh
+    assert sorted({json.loads(line)["step"] for line in open(record)}) == [0, 1, 2]
+    assert _train_rows(out) == ([1, 2, 3], [3])
