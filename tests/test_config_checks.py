@@ -71,6 +71,9 @@ def folders(tmp_path_factory, tiny_model_dir):
     (sharded / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     (sharded / "model-00001-of-00002.safetensors").write_bytes(b"x")
+    truncated = Path(model_without())
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     recipes = {
         "typo": "lerning_rate: 1.0e-5\n", "list": "- a\n- b\n", "broken": "a: [1, 2\n",
         "scalar_list": "reward_funcs: nosuch_reward\n",
@@ -84,6 +87,7 @@ def folders(tmp_path_factory, tiny_model_dir):
         "bin_only": model_without("model.safetensors", add=("pytorch_model.bin",)),
         "no_processor": model_without("processor_config.json"), "no_tokenizer": model_without("tokenizer*"),
         "text_only": str(text_only), "missing_shard": str(sharded),
+        "truncated": str(truncated),
     }
 
 
@@ -106,6 +110,7 @@ CASES = [
     ("model folder without weights", lambda f: ["--model_name_or_path", f["config_only"]], ["has no weights"]),
     ("model folder with .bin weights only", lambda f: ["--model_name_or_path", f["bin_only"]], ["safetensors only"]),
     ("sharded model missing a shard", lambda f: ["--model_name_or_path", f["missing_shard"]], ["00002-of-00002", "missing"]),
+    ("weights cut short", lambda f: ["--model_name_or_path", f["truncated"]], ["model.safetensors is cut short"]),
     ("model folder without processor", lambda f: ["--model_name_or_path", f["no_processor"]], ["no image processor"]),
     ("model folder without tokenizer", lambda f: ["--model_name_or_path", f["no_tokenizer"]], ["no tokenizer"]),
     ("text-only model", lambda f: ["--model_name_or_path", f["text_only"]], ["'qwen2' model", "vision-language"]),

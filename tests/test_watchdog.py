@@ -395,3 +395,55 @@ def test_command_that_cannot_start(tmp_path):
 def test_missing_command_is_a_usage_error(tmp_path):
     res = run_watchdog(tmp_path, FAST, [])
     assert res.returncode == 2 and "after `--`" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------------ configuration errors
+
+CONFIG_ERROR_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from vqrl.training.heartbeat import report_config_error
+    with open(os.path.join(sys.argv[1], "attempts.jsonl"), "a") as f:
+        f.write("{}\\n")
+    if sys.argv[2] == "heartbeat":  # what vqrl.grpo does under a launcher that turns exit 2 into 1
+        report_config_error("configuration error: --trainer foo: unknown trainer")
+        sys.exit(1)
+    print("vqrl: configuration error: --max_pixels -5: must be positive", file=sys.stderr)
+    sys.exit(2)
+    """
+)
+
+
+@pytest.mark.parametrize("how, code", [("exit2", 2), ("heartbeat", 1)])
+def test_a_configuration_error_is_never_retried(tmp_path, how, code):
+    out = tmp_path / "run"
+    out.mkdir()
+    child = tmp_path / "child.py"
+    child.write_text(CONFIG_ERROR_CHILD)
+    t0 = time.monotonic()
+    res = run_watchdog(out, [*FAST, "--backoff", "5", "--max_restarts", "10"],
+                       [sys.executable, str(child), str(out), how], timeout=20)
+    assert res.returncode == 2, res.stderr
+    assert time.monotonic() - t0 < 10  # no back-off: a 5 s wait would already show
+    assert len(attempts(out)) == 1
+    evs = events(out)
+    assert [e["event"] for e in evs] == ["start", "exit", "give_up"]
+    give_up = evs[-1]
+    assert give_up["exit_code"] == code and give_up["watchdog_exit"] == 2
+    assert "configuration error" in give_up["reason"]
+    if how == "heartbeat":
+        assert "--trainer foo: unknown trainer" in give_up["reason"]
+    assert "giving up" in res.stderr and "configuration error" in res.stderr
+
+
+def test_a_stale_configuration_error_heartbeat_does_not_stop_restarts(tmp_path):
+    """Only this attempt's heartbeat counts: one left by an earlier run must not turn a crash into a give-up."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "heartbeat.json").write_text(json.dumps({"step": None, "phase": "config_error", "reason": "old",
+                                                    "time": time.time(), "pid": 1}))
+    res = run_watchdog(out, [*FAST, "--max_restarts", "2"], [sys.executable, "-c", "import sys; sys.exit(1)"],
+                       timeout=20)
+    assert res.returncode == 1
+    evs = events(out)
+    assert len(kinds(evs, "start")) == 3 and "--max_restarts 2" in evs[-1]["reason"]

@@ -255,6 +255,11 @@ def model_folder_problems(folder: str, trust_remote_code: bool = False) -> list[
             if missing:
                 out.append(f"weight shard {missing[0]} listed in model.safetensors.index.json is missing "
                            f"({len(missing)} of {len(shards)} missing)")
+            else:
+                out += [p for s in shards if (p := safetensors_problem(os.path.join(folder, s)))]
+    else:
+        out += [p for n in ("model.safetensors", "adapter_model.safetensors") if n in names
+                and (p := safetensors_problem(os.path.join(folder, n)))]
     if not any(n in names for n in TOKENIZER_FILES):
         out.append("has no tokenizer (tokenizer.json); save the processor with the model")
     if not any(n in names for n in PROCESSOR_FILES):
@@ -264,6 +269,26 @@ def model_folder_problems(folder: str, trust_remote_code: bool = False) -> list[
     if kind:
         out.append(kind)
     return out
+
+
+def safetensors_problem(path: str) -> str | None:
+    """Why a .safetensors file cannot be whole (cut short by an interrupted copy or download), from its header
+    alone: 8 bytes of header length, a JSON header, then data up to the largest tensor end offset."""
+    name = os.path.basename(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= size - 8:
+                return f"{name} is not a safetensors file or is cut short ({size} bytes)"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return f"{name} has an unreadable safetensors header ({exc})"
+    if 8 + n + end > size:
+        return f"{name} is cut short: {size:,} bytes of {8 + n + end:,} (an interrupted copy or download?)"
+    return None
 
 
 def _model_kind(folder: str, trust_remote_code: bool) -> str | None:
