@@ -32,8 +32,8 @@ def _seen(path):
 def _run(model_dir, out, log, monkeypatch, stop_after=None, resume=None):
     monkeypatch.setenv("VQRL_TEST_RECORD", str(log))
     extra = {"resume": resume} if resume else {}
-    trainer = make_trainer(model_dir, out, [os.path.join(EXAMPLES, "RL_examples.json")], reward_funcs=["recording:record_batch"],
-                           max_steps=7, per_device_train_batch_size=4, num_generations=2, save_strategy="steps",
+    trainer = make_trainer(model_dir, out, [_images_only(out)], reward_funcs=["recording:record_batch"], max_steps=8,
+                           max_pixels=3136, per_device_train_batch_size=4, num_generations=2, save_strategy="steps",
                            save_steps=2, save_total_limit=2, **extra)
     if stop_after:
         trainer.add_callback(StopAfter(stop_after))
@@ -43,20 +43,23 @@ def _run(model_dir, out, log, monkeypatch, stop_after=None, resume=None):
 
 
 def test_resume_continues_with_the_same_data_order(tiny_model_dir, tmp_path, monkeypatch):
-    # 12 records, 2 prompts per step: 7 steps cross an epoch boundary (epoch = 6 steps)
+    # 10 image records, 2 prompts per step: an epoch is 5 steps; the run is cut at step 6, inside the SECOND epoch,
+    # so the resumed process must rebuild epoch 1's order from (seed, epoch), not replay epoch 0's
     _run(tiny_model_dir, tmp_path / "full", tmp_path / "full.jsonl", monkeypatch)
     full = _seen(tmp_path / "full.jsonl")
-    assert sorted(full) == list(range(7))
+    assert sorted(full) == list(range(8))
+    assert len({sid for step in range(5) for sid in full[step]}) == 10  # epoch 0 shows every record
+    assert [full[s] for s in (5, 6, 7)] != [full[s] for s in (0, 1, 2)]  # epoch 1 is shuffled anew
 
-    _run(tiny_model_dir, tmp_path / "cut", tmp_path / "cut.jsonl", monkeypatch, stop_after=4)
-    assert checkpoints.latest_complete(str(tmp_path / "cut")).endswith("checkpoint-4")
+    _run(tiny_model_dir, tmp_path / "cut", tmp_path / "cut.jsonl", monkeypatch, stop_after=6)
+    assert checkpoints.latest_complete(str(tmp_path / "cut")).endswith("checkpoint-6")
     trainer = _run(tiny_model_dir, tmp_path / "cut", tmp_path / "cut.jsonl", monkeypatch, resume="auto")
-    assert trainer.state.global_step == 7
+    assert trainer.state.global_step == 8
     cut = _seen(tmp_path / "cut.jsonl")
-    assert cut == full  # steps 0-3 before the stop, 4-6 after: same samples in the same order
+    assert cut == full  # steps 0-5 before the stop, 6-7 after: same samples in the same order
 
     steps = [r["step"] for r in map(json.loads, open(tmp_path / "cut" / "metrics.jsonl")) if "loss" in r]
-    assert steps == list(range(1, 8))  # every step logged exactly once across the restart
+    assert steps == list(range(1, 9))  # every step logged exactly once across the restart
 
 
 # ------------------------------------------------------------------------------------------ a run resumed at its end
@@ -73,21 +76,23 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-IMAGES_ONLY = os.path.join(EXAMPLES, "RL_examples.json")
+def _images_only(out) -> str:
+    """The example records with an image (no video decoding): with --max_pixels 3136 a step takes well under 1 s."""
+    data = out.parent / "images.json"
+    if not data.exists():
+        records = [r for r in json.load(open(os.path.join(EXAMPLES, "RL_examples.json"))) if "image" in r]
+        data.write_text(json.dumps(records))
+    return str(data)
 
 
 def _main_argv(model_dir, out, **overrides):
     from trainer_utils import flags
 
-    # images only (no video decoding) at the processor's smallest budget: a step takes well under a second
-    data = out.parent / "images.json"
-    if not data.exists():
-        records = [r for r in json.load(open(IMAGES_ONLY)) if "image" in r]
-        data.write_text(json.dumps(records))
+    data = _images_only(out)
     values = dict(reward_funcs=["recording:record_batch"], max_steps=3, max_pixels=3136, save_strategy="steps",
                   save_steps=1, save_total_limit=2, disable_tqdm="true")
     values.update(overrides)
-    return flags(model_dir, out, [str(data)], **values)
+    return flags(model_dir, out, [data], **values)
 
 
 def _train_rows(out):
