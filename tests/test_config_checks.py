@@ -94,7 +94,7 @@ def folders(tmp_path_factory, tiny_model_dir):
 # (case id, extra flags given the fixture folders, words the one-line message must contain)
 CASES = [
     ("unknown trainer", lambda f: ["--trainer", "foo"], ["--trainer foo", "standard, vllm, refine"]),
-    ("unknown reward", lambda f: ["--reward_funcs", "format", "nosuch"], ["--reward_funcs", "unknown reward 'nosuch'"]),
+    ("unknown reward", lambda f: ["--reward_funcs", "format", "nosuch"], ["rewards: unknown reward 'nosuch'"]),
     ("reward module not importable", lambda f: ["--reward_funcs", "nopkg.mod:fn"], ["cannot import module 'nopkg.mod'"]),
     ("reward function missing", lambda f: ["--reward_funcs", "vqrl.rewards:nosuch"], ["has no attribute 'nosuch'"]),
     ("reward option out of range", lambda f: ["--answer_threshold", "-1"], ["answer_threshold", ">= 0"]),
@@ -158,7 +158,9 @@ CASES = [
     ("gradient_accumulation_steps 0", lambda f: ["--gradient_accumulation_steps", "0"], ["at least 1"]),
     ("max_completion_length 0", lambda f: ["--max_completion_length", "0"], ["--max_completion_length 0"]),
     ("max_prompt_length 0", lambda f: ["--max_prompt_length", "0"], ["--max_prompt_length 0"]),
-    ("negative learning rate", lambda f: ["--learning_rate", "-1e-5"], ["--learning_rate"]),
+    ("negative learning rate", lambda f: ["--learning_rate=-1e-5"], ["--learning_rate -1e-05", ">= 0"]),
+    ("negative exponent value without =", lambda f: ["--learning_rate", "-1e-5"],  # argparse reads -1e-5 as a flag
+     ["--learning_rate", "expected one argument", "--flag=-1"]),
     ("nothing to train", lambda f: ["--max_steps", "-1", "--num_train_epochs", "0"], ["nothing to train"]),
 ]
 if importlib.util.find_spec("deepspeed") is None:

@@ -67,6 +67,9 @@ class VQRLConfig(GRPOConfig):
     # run control
     resume: str | None = field(default=None, metadata={"help": "auto: newest complete checkpoint | PATH | none"})
     heartbeat: bool = field(default=True, metadata={"help": "write <output_dir>/heartbeat.json for the watchdog"})
+    progress: str = field(default="bar", metadata={
+        "help": "bar: one progress bar showing reward, each reward's mean, loss and grad norm | logs: transformers' "
+                "bar plus every logged value printed each step (metrics.jsonl has them all either way)"})
 
 
 USAGE = "%(prog)s [--config RECIPE.yaml] [--FLAG VALUE ...]   (python -m vqrl.grpo takes the same flags)"
@@ -83,6 +86,8 @@ class VQRLParser(TrlParser):
         super().__init__((VQRLConfig, ModelConfig), prog="vqrl train", usage=USAGE, description=DESCRIPTION)
 
     def error(self, message):  # argparse's bad value / missing value: one line, no 400-flag usage block
+        if message.endswith("expected one argument"):
+            message += " (a negative value is written --flag=-1)"
         raise ConfigError(message)
 
     def sections(self) -> list[tuple[str, list[argparse.Action]]]:

@@ -179,6 +179,8 @@ def _run_control(args, model_args) -> list[str]:
         checkpoints.resolve_resume(resume, args.output_dir)
     except (FileNotFoundError, ValueError) as exc:
         out.append(str(exc))
+    if args.progress not in ("bar", "logs"):
+        out.append(f"--progress {args.progress}: must be bar or logs")
     problem = _unwritable(args.output_dir)
     if problem:
         out.append(f"--output_dir {args.output_dir}: {problem}")

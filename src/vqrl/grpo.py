@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback, set_seed
+from transformers.trainer_callback import ProgressCallback
 from trl import ModelConfig, get_peft_config
 
 from .config import VQRLConfig
@@ -27,9 +29,12 @@ from .trainers import get_trainer
 from .training import checkpoints
 from .training.heartbeat import EXIT_CONFIG_ERROR, Heartbeat, heartbeat_path, report_config_error
 from .training.metrics import MetricsLogger, ResourceLogger
+from .training.progress import CompactProgress
 
 logger = logging.getLogger("vqrl")
-DEFAULT_TINY = os.path.join("outputs", "tiny-qwen2_5_vl")
+# The embedded default model, built once per machine: a tiny random Qwen2.5-VL taught the answer format (not quality)
+# by a short warm-up (training/warmup.py), so that GRPO's rewards vary from step 1 and the demo visibly learns.
+EMBEDDED_MODEL = "tiny-qwen2_5_vl-format-v1"
 
 
 class HeartbeatCallback(TrainerCallback):
@@ -52,13 +57,7 @@ def load_model_and_processor(model_args: ModelConfig, args: VQRLConfig):
     """from_pretrained on a local path or hub id; with no model given, the embedded tiny default (built once)."""
     path = model_args.model_name_or_path
     if not path:
-        path = DEFAULT_TINY
-        if not os.path.exists(os.path.join(path, "config.json")):
-            from .models.tiny import make_tiny_model
-
-            logger.info("no --model_name_or_path: building the embedded tiny Qwen2.5-VL at %s", path)
-            make_tiny_model("qwen2_5_vl", path)
-        model_args.model_name_or_path = path
+        path = model_args.model_name_or_path = embedded_model()
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if args.bf16 else torch.float32
@@ -80,6 +79,27 @@ def load_model_and_processor(model_args: ModelConfig, args: VQRLConfig):
         if max_px:
             proc.size["longest_edge"] = max_px
     return model, processor
+
+
+def embedded_model() -> str:
+    """The embedded default model's folder ($XDG_CACHE_HOME/vqrl or ~/.cache/vqrl), built on first use under a lock
+    (every process of a launch may ask at once) and published in one rename, so a crash never leaves half of it."""
+    import fcntl
+
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vqrl")
+    path = os.path.join(cache, EMBEDDED_MODEL)
+    if os.path.isfile(os.path.join(path, checkpoints.MARKER)):
+        return path
+    os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, f".{EMBEDDED_MODEL}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.isfile(os.path.join(path, checkpoints.MARKER)):
+            logger.info("no --model_name_or_path: building the embedded tiny Qwen2.5-VL in %s (once, about a "
+                        "minute): random weights, then a short warm-up that teaches the answer format, not quality",
+                        path)
+            # its own process: the warm-up's Trainer would pin accelerate's process-wide state to its settings
+            subprocess.run([sys.executable, "-m", "vqrl.training.warmup", path], check=True)
+    return path
 
 
 def freeze_vision(model, keep_merger: bool = False) -> None:
@@ -154,6 +174,9 @@ def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, process
         heartbeat=heartbeat,
     )
     trainer.row_builder = builder
+    if args.progress == "bar" and not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(CompactProgress(f"{args.trainer} GRPO"))
     logger.info("%s trainer: %d records, rewards %s", args.trainer, len(records), ", ".join(args.reward_funcs))
     return trainer
 
@@ -162,7 +185,7 @@ def train(args: VQRLConfig, model_args: ModelConfig) -> int:
     """Check everything that needs no model, then train and publish final/ (or only publish it, when the newest
     checkpoint already is the run's last step: a finished or nearly finished run re-run trains no further step)."""
     check_config(args, model_args)
-    with as_config_error("--reward_funcs"):
+    with as_config_error("rewards"):
         reward_funcs = make_reward_funcs(args)
     checkpoint = resolve_resume(args.resume or os.environ.get(checkpoints.RESUME_ENV), args.output_dir)
     if args.should_save:
