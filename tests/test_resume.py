@@ -194,3 +194,18 @@ def test_resume_env_is_honoured_and_the_flag_wins(tiny_model_dir, tmp_path, monk
     assert main(_main_argv(tiny_model_dir, out, max_steps=3, resume="none")) == 0  # --resume none: afresh
     assert sorted({json.loads(line)["step"] for line in open(record)}) == [0, 1, 2]
     assert _train_rows(out) == ([1, 2, 3], [3])
+
+
+def test_rerunning_a_finished_epoch_based_run_trains_no_step(tiny_model_dir, tmp_path, monkeypatch):
+    """Without --max_steps the Trainer's own count (epochs x steps per epoch) decides that the run is finished."""
+    from vqrl.grpo import main
+
+    out, record = tmp_path / "run", tmp_path / "seen.jsonl"
+    monkeypatch.setenv("VQRL_TEST_RECORD", str(record))
+    argv = _main_argv(tiny_model_dir, out, max_steps=-1, num_train_epochs=1, save_steps=5)  # 10 images, 2 a step
+    assert main(argv) == 0
+    seen = record.read_text()
+    assert _checkpoint_dirs(out) == ["checkpoint-5"]
+    assert main(argv + ["--resume", "auto"]) == 0
+    assert record.read_text() == seen and _checkpoint_dirs(out) == ["checkpoint-5"]
+    assert _train_rows(out) == ([1, 2, 3, 4, 5], [5])
