@@ -161,6 +161,10 @@ CASES = [
     ("negative learning rate", lambda f: ["--learning_rate=-1e-5"], ["--learning_rate -1e-05", ">= 0"]),
     ("negative exponent value without =", lambda f: ["--learning_rate", "-1e-5"],  # argparse reads -1e-5 as a flag
      ["--learning_rate", "expected one argument", "--flag=-1"]),
+    ("LoRA target module missing", lambda f: ["--use_peft", "true", "--lora_target_modules", "q_proj", "nosuch"],
+     ["--lora_target_modules nosuch: no such module", "q_proj"]),
+    ("LoRA target regex matching nothing", lambda f: ["--use_peft", "true", "--lora_target_modules", "nosuch.*"],
+     ["--lora_target_modules nosuch.*: no such module"]),
     ("nothing to train", lambda f: ["--max_steps", "-1", "--num_train_epochs", "0"], ["nothing to train"]),
 ]
 if importlib.util.find_spec("deepspeed") is None:
@@ -226,6 +230,20 @@ def test_a_recipe_scalar_becomes_a_one_element_list(tmp_path, tiny_model_dir):
     args, _ = parse(["--config", str(recipe), "--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path),
                     "--use_cpu", "true"])
     assert args.reward_funcs == ["format"] and args.data_files == [DATA]
+
+
+def test_trls_own_single_string_options_keep_their_meaning(tmp_path, tiny_model_dir):
+    """ModelConfig turns one LoRA target into a string on purpose ("all-linear", a regex): it must stay one."""
+    from vqrl.config import parse
+    from vqrl.config_checks import check_config
+
+    args, model_args = parse(_argv(tmp_path, ["--use_peft", "true", "--lora_target_modules", "all-linear"],
+                                   tiny_model_dir))
+    assert model_args.lora_target_modules == "all-linear"
+    check_config(args, model_args)
+    args, model_args = parse(_argv(tmp_path, ["--use_peft", "true", "--lora_target_modules", ".*q_proj"],
+                                   tiny_model_dir))
+    check_config(args, model_args)  # a regex that matches: accepted
 
 
 def test_help_lists_vqrls_flags_first_then_trls(capsys):

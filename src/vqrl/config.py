@@ -137,7 +137,7 @@ class VQRLParser(TrlParser):
                      for tok in _flags_only(from_cli)]
         if problems:
             raise ConfigError("\n".join(problems))
-        normalise_lists(args, model_args)
+        normalise_lists(args, _names(VQRLConfig) - _names(GRPOConfig))
         return args, model_args
 
     def _hint(self, flag: str) -> str:

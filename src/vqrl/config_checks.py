@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import fields
 
@@ -24,7 +25,7 @@ class ConfigError(ValueError):
 def check_config(args, model_args) -> None:
     """Raise ConfigError listing every problem found (one line each); return quietly when there is none."""
     problems = []
-    for check in (_trainer, _rewards_and_weights, _batch, _data, _vision, _run_control, _model, _integrations):
+    for check in (_trainer, _rewards_and_weights, _batch, _data, _vision, _run_control, _model, _integrations, _peft):
         problems += check(args, model_args)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -49,14 +50,15 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
         raise ConfigError(str(exc)) from exc
 
 
-def normalise_lists(*configs) -> None:
-    """A recipe's scalar where a list is expected (`reward_funcs: format`) means a one-element list, not its
-    characters: argparse applies `nargs` to the command line only, never to a YAML value."""
-    for cfg in configs:
-        for f in fields(cfg):
-            value = getattr(cfg, f.name, None)
-            if "list[" in str(f.type).lower() and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                setattr(cfg, f.name, [value])
+def normalise_lists(cfg, own: set[str]) -> None:
+    """A recipe's scalar where one of vqrl's list options is expected (`reward_funcs: format`) means a one-element
+    list, not its characters: argparse applies `nargs` to the command line only, never to a YAML value. Only vqrl's
+    own fields: TRL gives some of its own (lora_target_modules) a meaning as a single string."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name, None)
+        if f.name in own and "list[" in str(f.type).lower() and isinstance(value, (str, int, float)) \
+                and not isinstance(value, bool):
+            setattr(cfg, f.name, [value])
 
 
 # ---------------------------------------------------------------------------------------------------- the checks
@@ -202,6 +204,34 @@ def _integrations(args, model_args) -> list[str]:
             out.append(f"--report_to {' '.join(missing)}: not installed (pip install {' '.join(missing)}, or "
                        "--report_to none)")
     return out
+
+
+def _peft(args, model_args) -> list[str]:
+    """LoRA target modules the model does not have (PEFT would say so only after loading the weights): checked on the
+    model built from its config on the meta device, which allocates nothing."""
+    targets = model_args.lora_target_modules
+    path = os.path.expanduser(model_args.model_name_or_path or "")
+    if not (model_args.use_peft and targets and targets != "all-linear"
+            and os.path.isfile(os.path.join(path, "config.json"))):
+        return []
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+        with torch.device("meta"):
+            names = [n for n, _ in AutoModelForImageTextToText.from_config(config).named_modules() if n]
+    except Exception:  # noqa: BLE001 - the model check above reports an unusable folder; this one only adds to it
+        return []
+    if isinstance(targets, str):  # PEFT: one string is a regular expression over the full module names
+        missing = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
+    else:  # a list: module names, matched as name suffixes
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if not missing:
+        return []
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names if "proj" in n.rsplit(".", 1)[-1]})
+    return [f"--lora_target_modules {' '.join(missing)}: no such module in this model (it has e.g. "
+            f"{', '.join(leaves[:8])})"]
 
 
 # ---------------------------------------------------------------------------------------------------- the model
