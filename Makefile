@@ -22,7 +22,7 @@ venv: $(STAMP)
 # The embedded demo on the CPU, ~2-3 minutes on 2 cores once .venv exists: the tiny format-warmed Qwen2.5-VL (built
 # once, into ~/.cache/vqrl), 30 GRPO steps on examples/ (images and videos) in which the reward rises, an evaluation on
 # the held-out examples, and a summary. Writes outputs/demo/: checkpoints, final/, metrics.jsonl, curves.png, eval/.
-# One thread: a 70 k-parameter model gains nothing from more, and a busy machine loses a lot.
+# One thread: a 0.3 M-parameter model gains nothing from more, and a busy machine loses a lot.
 demo: $(STAMP)
 	rm -rf outputs/demo
 	@echo "[demo 1/3] training: 30 GRPO steps (the first run also builds the tiny model: about a minute more)"

@@ -39,7 +39,7 @@ if [[ -z $RECIPE && -z $MODEL ]]; then   # the embedded demo
   NUM_GENERATIONS=${NUM_GENERATIONS:-4}
   BATCH=${BATCH:-32}                          # completions per device per step; a multiple of NUM_GENERATIONS
   MAX_COMPLETION=${MAX_COMPLETION:-32}
-  LR=${LR:-3e-3}                              # for a 70 k-parameter model; a real one wants ~1e-6
+  LR=${LR:-3e-3}                              # for a 0.3 M-parameter model; a real one wants ~1e-6
   SAVE_STEPS=${SAVE_STEPS:-10}
   SAVE_TOTAL_LIMIT=${SAVE_TOTAL_LIMIT:-2}
   demo_args=(--reward_funcs format score_l1 --lr_scheduler_type constant_with_warmup --warmup_steps 5
