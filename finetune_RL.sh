@@ -44,6 +44,7 @@ if [[ -z $RECIPE && -z $MODEL ]]; then   # the embedded demo
   SAVE_TOTAL_LIMIT=${SAVE_TOTAL_LIMIT:-2}
   demo_args=(--reward_funcs format score_l1 --lr_scheduler_type constant_with_warmup --warmup_steps 5
              --max_pixels 12544)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a 0.3 M-parameter model: more threads only wait on each other
 elif [[ -z $RECIPE ]]; then              # your model: the seed's reference recipe unless you say otherwise
   TRAINER=${TRAINER:-standard}                # standard | refine   (vllm: finetune_RL_vllm.sh)
   DATA=${DATA:-$REPO/examples/RL_examples.json}

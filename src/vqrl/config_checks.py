@@ -176,7 +176,7 @@ def _vision(args, model_args) -> list[str]:
 
 def _run_control(args, model_args) -> list[str]:
     out = []
-    resume = args.resume or os.environ.get("VQRL_RESUME")
+    resume = args.resume or os.environ.get(checkpoints.RESUME_ENV)
     try:
         checkpoints.resolve_resume(resume, args.output_dir)
     except (FileNotFoundError, ValueError) as exc:
@@ -253,7 +253,7 @@ def _model(args, model_args) -> list[str]:
         return [f"{flag}: is a file, not a model folder"]
     if _looks_local(path):
         return [f"{flag}: no such model folder"]
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", ""):
+    if any(os.environ.get(name, "0") not in ("0", "") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(path, "config.json"), str):
@@ -266,7 +266,8 @@ def model_folder_problems(folder: str, trust_remote_code: bool = False) -> list[
     names = set(os.listdir(folder))
     if "config.json" not in names:
         if "adapter_config.json" in names:
-            return [] if "adapter_model.safetensors" in names else ["PEFT adapter folder without adapter_model.safetensors"]
+            return [] if "adapter_model.safetensors" in names else [
+                "PEFT adapter folder without adapter_model.safetensors"]
         return ["no config.json: not a saved model (save_pretrained writes one)"]
     out = []
     if not any(n in names for n in WEIGHT_FILES):

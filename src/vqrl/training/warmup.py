@@ -16,8 +16,6 @@ from pathlib import Path
 
 from ..data.prompts import SCORE_PREFIX, PromptConfig, build_messages, format_score
 
-logger = logging.getLogger(__name__)
-
 THINK_TEXT = "I look at the image."
 # The question the seed's records carry, and vqrl's default one (records without a question): the warm-up shows both.
 SEED_QUESTION = ("What is your overall rating on the quality of this picture? The rating should be a float between 1 "
@@ -98,8 +96,8 @@ def format_warmup(model_dir: str | Path, out: str | Path, steps: int = 120, batc
         completion_only_loss=True, remove_unused_columns=False, gradient_checkpointing=False, max_length=None,
         dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=FormatExamples(steps * batch, seed, think).as_dataset(),
-                         processing_class=processor)
+    examples = FormatExamples(steps * batch, seed, think).as_dataset()
+    trainer = SFTTrainer(model=model, args=config, train_dataset=examples, processing_class=processor)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgress("format warm-up"))
     trainer.train()
