@@ -1,14 +1,21 @@
 """vqrl's options, as one dataclass that extends TRL's GRPOConfig, so every TRL flag keeps its name and meaning.
 
 Only options TRL lacks are added here (data, prompts, vision budgets, rewards by name, trainer choice, Refine, resume);
-defaults reproduce the seed's recipe where it had one.
+defaults reproduce the seed's recipe where it had one. `parse` reads them (flags and `--config recipe.yaml`), with
+vqrl's own flags first in `--help`; it checks syntax only (config_checks.py checks meaning).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import difflib
+from dataclasses import dataclass, field, fields
 
-from trl import GRPOConfig
+import yaml
+from transformers import TrainingArguments
+from trl import GRPOConfig, ModelConfig, TrlParser
+
+from .config_checks import ConfigError, normalise_lists
 
 
 @dataclass
@@ -73,3 +80,113 @@ class VQRLConfig(GRPOConfig):
     # run control
     resume: str | None = field(default=None, metadata={"help": "auto: newest complete checkpoint | PATH | none"})
     heartbeat: bool = field(default=True, metadata={"help": "write <output_dir>/heartbeat.json for the watchdog"})
+    progress: str = field(default="bar", metadata={
+        "help": "bar: one progress bar showing reward, each reward's mean, loss and grad norm | logs: transformers' "
+                "bar plus every logged value printed each step (metrics.jsonl has them all either way)"})
+
+
+USAGE = "%(prog)s [--config RECIPE.yaml] [--FLAG VALUE ...]   (python -m vqrl.grpo takes the same flags)"
+DESCRIPTION = ("Train a vision-language model to judge visual quality with GRPO. Every flag can also be a key of a YAML "
+               "recipe given with --config; flags on the command line win over the recipe.")
+
+
+class VQRLParser(TrlParser):
+    """TRL's parser for (VQRLConfig, ModelConfig) with what a user meets first fixed: vqrl's own flags come first in
+    --help (then TRL's, then transformers'), the usage is one line, and every parse error is one ConfigError line
+    (an unknown flag or recipe key names the closest known one)."""
+
+    def __init__(self):
+        super().__init__((VQRLConfig, ModelConfig), prog="vqrl train", usage=USAGE, description=DESCRIPTION)
+
+    def error(self, message):  # argparse's bad value / missing value: one line, no 400-flag usage block
+        if message.endswith("expected one argument"):
+            message += " (a negative value is written --flag=-1)"
+        raise ConfigError(message)
+
+    def sections(self) -> list[tuple[str, list[argparse.Action]]]:
+        """Help sections in the order a vqrl user needs them; each action once, by the dataclass that owns it."""
+        own = _names(VQRLConfig) - _names(GRPOConfig)
+        trl = _names(GRPOConfig) - _names(TrainingArguments)
+        model = _names(ModelConfig)
+        titled = [("vqrl options", own), ("TRL GRPO options", trl), ("TRL model options", model),
+                  ("transformers training options", None)]
+        buckets: list[list[argparse.Action]] = [[] for _ in titled]
+        for action in self._actions:
+            if isinstance(action, argparse._HelpAction):
+                buckets[0].insert(0, action)
+                continue
+            index = next(i for i, (_, names) in enumerate(titled) if names is None or action.dest in names)
+            buckets[index].append(action)
+        return [(title, actions) for (title, _), actions in zip(titled, buckets) if actions]
+
+    def format_help(self) -> str:
+        # argparse's own formatter, fed our sections (argparse keeps sections per dataclass registration order)
+        formatter = self._get_formatter()
+        formatter.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
+        formatter.add_text(self.description)
+        for title, actions in self.sections():
+            formatter.start_section(title)
+            formatter.add_arguments(actions)
+            formatter.end_section()
+        return formatter.format_help()
+
+    def parse(self, argv: list[str] | None) -> tuple[VQRLConfig, ModelConfig]:
+        argv = list(argv) if argv is not None else None
+        recipe = _recipe_path(argv)
+        try:
+            args, model_args, from_recipe, from_cli = self.parse_args_and_config(
+                args=argv, return_remaining_strings=True, separate_remaining_strings=True)
+        except ConfigError:
+            raise
+        except FileNotFoundError as exc:
+            raise ConfigError(f"--config {recipe}: no such file" if recipe and exc.filename == recipe else
+                              _one_line(exc)) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {recipe}: not valid YAML: {_one_line(exc)}") from exc
+        except (OSError, ValueError, TypeError, ImportError) as exc:  # GRPOConfig / TrainingArguments checks
+            raise ConfigError(_one_line(exc)) from exc
+        problems = [f"recipe {recipe}: unknown key {key[2:]}{self._hint(key)}" for key in from_recipe[::2]]
+        problems += [f"unknown flag {tok}{self._hint(tok)}" if tok.startswith("-") else f"unexpected argument {tok}"
+                     for tok in _flags_only(from_cli)]
+        if problems:
+            raise ConfigError("\n".join(problems))
+        normalise_lists(args, _names(VQRLConfig) - _names(GRPOConfig))
+        return args, model_args
+
+    def _hint(self, flag: str) -> str:
+        known = sorted({a.dest for a in self._actions})
+        name = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
+        match = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        return f" (did you mean --{match[0]}?)" if match else " (vqrl train --help lists every flag)"
+
+
+def parse(argv: list[str] | None = None) -> tuple[VQRLConfig, ModelConfig]:
+    """(VQRLConfig, ModelConfig) from flags and --config; raises ConfigError (one line per problem)."""
+    return VQRLParser().parse(argv)
+
+
+def _names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _recipe_path(argv: list[str] | None) -> str | None:
+    argv = argv if argv is not None else []
+    return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+
+
+def _flags_only(tokens: list[str]) -> list[str]:
+    """Unknown command-line tokens, without the values that follow an unknown flag."""
+    out, skip = [], False
+    for tok in tokens:
+        if tok.startswith("-"):
+            out.append(tok)
+            skip = "=" not in tok
+        elif not skip:
+            out.append(tok)
+        else:
+            skip = False
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
