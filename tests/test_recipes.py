@@ -4,7 +4,6 @@ code); each trains 2 steps on the tiny model (slow), with its reward options bou
 from __future__ import annotations
 
 import glob
-import inspect
 import os
 
 import pytest
@@ -40,8 +39,9 @@ def test_every_recipe_names_known_options_rewards_trainer_and_data():
         for f in cfg["data_files"]:
             assert os.path.exists(os.path.join(ROOT, f)), f
         args = recipe_args(name)
-        for key, value in cfg.items():
-            assert getattr(args, key) == value, (name, key)
+        for key, value in cfg.items():  # a scalar for one of vqrl's list options is read as a one-item list
+            got = getattr(args, key)
+            assert got == (value if isinstance(value, list) or not isinstance(got, list) else [value]), (name, key)
 
 
 # Read from jzhws/VisualQualityAssessment-RL-Trainer: grpo.py (reward_funcs default), grpo_trainer_refine-iqa.py
@@ -93,6 +93,4 @@ def test_recipe_runs_two_steps(recipe, tiny_model_dir, tmp_path, monkeypatch):
     for func in [f for f in trainer.reward_funcs if isinstance(f, RewardFunc) and f.options]:
         wanted = {key: value for key, value in reward_options(args).items() if key in func.options}
         bound = {key: func.options[key] for key in wanted}
-        if bound != wanted and "reward_options" not in inspect.getsource(build_trainer):
-            pytest.xfail("src/vqrl/grpo.py must build rewards with reward_options(args) (see the i19 report)")
         assert bound == wanted, func

@@ -169,8 +169,9 @@ def _vision(args, model_args) -> list[str]:
                 out.append(f"--{name} {value} is below --min_pixels {args.min_pixels}")
     if not (_finite(args.video_fps) and args.video_fps > 0):
         out.append(f"--video_fps {args.video_fps}: must be a positive number of frames per second")
-    if args.video_max_frames < 1:
-        out.append(f"--video_max_frames {args.video_max_frames}: must be at least 1")
+    if args.video_max_frames < 2:  # the same rule as data.media.VisionSpec, checked here before any model loads
+        out.append(f"--video_max_frames {args.video_max_frames}: must be at least 2 (Qwen-VL encodes video frames "
+                   "in pairs)")
     return out
 
 

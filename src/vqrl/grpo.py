@@ -24,7 +24,7 @@ from .data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_reco
 from .data.media import VisionSpec
 from .data.prompts import PromptConfig
 from .data.records import DataError
-from .rewards import build_reward_funcs
+from .rewards import build_reward_funcs, reward_options
 from .trainers import get_trainer
 from .training import checkpoints
 from .training.heartbeat import EXIT_CONFIG_ERROR, Heartbeat, heartbeat_path, report_config_error
@@ -118,10 +118,7 @@ def freeze_vision(model, keep_merger: bool = False) -> None:
 
 
 def make_reward_funcs(args: VQRLConfig) -> list:
-    options = {"answer_threshold": args.answer_threshold}
-    if args.gauss_sigma is not None:
-        options["gauss_sigma"] = args.gauss_sigma
-    return build_reward_funcs(args.reward_funcs, **options)
+    return build_reward_funcs(args.reward_funcs, **reward_options(args))
 
 
 def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, processor=None, reward_funcs=None):
