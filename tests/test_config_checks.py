@@ -151,6 +151,7 @@ CASES = [
     ("vllm trainer without vLLM", lambda f: ["--trainer", "vllm"], ["vLLM is not installed"]),
     ("use_vllm without vLLM", lambda f: ["--use_vllm", "true"], ["vLLM is not installed"]),
     ("flash attention not installed", lambda f: ["--attn_implementation", "flash_attention_2"], ["flash-attn"]),
+    ("checkpoint_layers", lambda f: ["--checkpoint_layers", "half"], ["--checkpoint_layers half", "all, auto"]),
     ("pd_mode", lambda f: ["--trainer", "refine", "--pd_mode", "foo"], ["--pd_mode foo", "seed, paper"]),
     ("pd_weights count", lambda f: ["--trainer", "refine", "--pd_weights", "1", "2"], ["--pd_weights", "4 finite"]),
     ("think false with the think format reward", lambda f: ["--think", "false"], ["format_nothink"]),

@@ -311,7 +311,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     parser.add_argument("--freeze_vision_tower", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
                         help="plain TRL trains the vision tower; keep False for a like-for-like comparison")
-    parser.add_argument("--checkpoint_layers", default="auto",
+    parser.add_argument("--checkpoint_layers", default="all",
                         help="vqrl trainers: auto | all | N (plain TRL always recomputes every layer)")
     parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3)
     parser.add_argument("--vllm_sleep", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,

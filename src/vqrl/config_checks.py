@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import fields
 
 from .training import checkpoints
+from .training.activation_budget import parse_setting
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,10 @@ def _trainer(args, model_args) -> list[str]:
                    "(pip install -r requirements_VLLM.txt)")
     if args.compiled_generation is None or str(args.compiled_generation).lower() not in ("auto", "true", "false"):
         out.append(f"--compiled_generation {args.compiled_generation}: must be auto, true or false")
+    try:
+        parse_setting(args.checkpoint_layers)
+    except ValueError:
+        out.append(f"--checkpoint_layers {args.checkpoint_layers}: must be all, auto or a number of layers")
     if args.trainer == "refine":
         from .trainers.refine import PD_WEIGHTS
 
