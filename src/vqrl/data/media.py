@@ -156,33 +156,120 @@ def video_frame_indices(total: int, native_fps: float, spec: VisionSpec) -> list
 
 
 def load_video(path: str, spec: VisionSpec) -> tuple[torch.Tensor, dict]:
-    """Decode with PyAV; return uint8 frames (T, 3, H, W) sized by the per-frame and total budgets, and metadata."""
+    """Decode with PyAV; return uint8 frames (T, 3, H, W) sized by the per-frame and total budgets, and metadata.
+
+    Only the kept frames are converted to pixels and held: the frame count comes from the container's packets, the
+    kept frames are reached by seeking to the keyframe before each one when that skips decoding work, and each is
+    resized as it arrives. Host memory stays near the kept frames' size (a 20 s 1080p clip no longer holds 600 RGB
+    frames), and the frames are those the whole-file decode picked (`load_video_full` is that decode: fallback,
+    reference in tests)."""
     import av
 
     with av.open(path) as container:
         stream = _video_stream(container)
         native_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    if not frames:
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size]
+        pts = sorted(t for t, _ in packets)
+        if not pts or len(set(pts)) != len(pts):
+            return load_video_full(path, spec)  # no usable timestamps: count by decoding
+        idx = video_frame_indices(len(pts), native_fps, spec)
+        keyframes = sorted(t for t, key in packets if key)
+        frames = _decode_at(container, stream, [pts[i] for i in idx], keyframes, spec)
+    if frames is None:
+        return load_video_full(path, spec)
+    tensor, (height, width) = frames
+    return tensor, _video_meta(native_fps, len(pts), idx, height, width)
+
+
+def load_video_full(path: str, spec: VisionSpec) -> tuple[torch.Tensor, dict]:
+    """The reference decode: every frame decoded and counted, the kept ones converted. Used when a file's packets do
+    not give a trustworthy frame count; its picks define which frames `load_video` must return."""
+    import av
+
+    with av.open(path) as container:
+        stream = _video_stream(container)
+        native_fps = float(stream.average_rate or stream.guessed_rate or 25.0)
+        total = sum(1 for _ in container.decode(stream))
+    if not total:
         raise MediaError("the video stream has no decodable frames")
-    idx = video_frame_indices(len(frames), native_fps, spec)
-    picked = np.stack([frames[i] for i in idx])  # (T, H, W, 3)
-    height, width = picked.shape[1:3]
-    per_frame = max(min(spec.video_max_pixels, spec.video_total_pixels // len(idx)), spec.video_min_pixels)
-    h, w = _resize_dims(height, width, spec.factor, spec.video_min_pixels, per_frame)
-    tensor = torch.from_numpy(picked).permute(0, 3, 1, 2).contiguous()
-    if (h, w) != (height, width):
-        tensor = torch.nn.functional.interpolate(tensor.float(), size=(h, w), mode="bicubic", antialias=True)
-        tensor = tensor.round().clamp(0, 255).to(torch.uint8)
-    meta = {
-        "fps": native_fps,
-        "total_num_frames": len(frames),
-        "frames_indices": idx,
-        "duration": len(frames) / native_fps,
-        "height": height,
-        "width": width,
-    }
-    return tensor, meta
+    idx = video_frame_indices(total, native_fps, spec)
+    wanted, out = set(idx), []
+    with av.open(path) as container:
+        stream = _video_stream(container)
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                out.append(frame.to_ndarray(format="rgb24"))
+    height, width = out[0].shape[:2]
+    tensor = _resized_stack(out, len(idx), spec)
+    return tensor, _video_meta(native_fps, total, idx, height, width)
+
+
+def _decode_at(container, stream, targets: list[int], keyframes: list[int], spec: VisionSpec):
+    """Frames whose presentation timestamps are `targets` (ascending), each resized as it is decoded; None when the
+    decoder does not give them back exactly (then the caller decodes the whole file)."""
+    n = len(targets)
+    out: torch.Tensor | None = None
+    size = None
+    k, position = 0, None  # position: pts of the last frame decoded in the current run
+    while k < len(targets):
+        target = targets[k]
+        start = max((t for t in keyframes if t <= target), default=None)
+        if position is None or start is not None and start > position:  # skipping ahead beats decoding through
+            container.seek(start if start is not None else target, stream=stream, backward=True, any_frame=False)
+        found = False
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            position = frame.pts
+            if frame.pts < target:
+                continue
+            if frame.pts > target:
+                return None  # the target never came out of the decoder
+            pixels = frame.to_ndarray(format="rgb24")
+            if out is None:
+                size = pixels.shape[:2]
+                h, w = _frame_size(size[0], size[1], n, spec)
+                out = torch.empty((n, 3, h, w), dtype=torch.uint8)
+            out[k] = _resize_frame(pixels, out.shape[2:])
+            k += 1
+            found = True
+            if k == len(targets) or targets[k] > _next_keyframe(keyframes, frame.pts):
+                break  # the next target lies beyond the next keyframe: seek instead of decoding through
+            target = targets[k]
+        if not found:
+            return None
+    return (out, size) if out is not None else None
+
+
+def _next_keyframe(keyframes: list[int], pts: int) -> float:
+    return next((t for t in keyframes if t > pts), math.inf)
+
+
+def _frame_size(height: int, width: int, n: int, spec: VisionSpec) -> tuple[int, int]:
+    per_frame = max(min(spec.video_max_pixels, spec.video_total_pixels // n), spec.video_min_pixels)
+    return _resize_dims(height, width, spec.factor, spec.video_min_pixels, per_frame)
+
+
+def _resize_frame(pixels: np.ndarray, size) -> torch.Tensor:
+    """One (H, W, 3) uint8 frame to (3, h, w) uint8: bicubic with antialias, as whole-clip resizing did."""
+    frame = torch.from_numpy(pixels).permute(2, 0, 1)
+    if tuple(size) == tuple(frame.shape[1:]):
+        return frame
+    resized = torch.nn.functional.interpolate(frame[None].float(), size=tuple(size), mode="bicubic", antialias=True)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def _resized_stack(frames: list[np.ndarray], n: int, spec: VisionSpec) -> torch.Tensor:
+    h, w = _frame_size(frames[0].shape[0], frames[0].shape[1], n, spec)
+    out = torch.empty((n, 3, h, w), dtype=torch.uint8)
+    for i, pixels in enumerate(frames):
+        out[i] = _resize_frame(pixels, (h, w))
+    return out
+
+
+def _video_meta(native_fps: float, total: int, idx: list[int], height: int, width: int) -> dict:
+    return {"fps": native_fps, "total_num_frames": total, "frames_indices": idx, "duration": total / native_fps,
+            "height": height, "width": width}
 
 
 def video_tokens(num_frames: int, height: int, width: int, spec: VisionSpec) -> int:
@@ -195,7 +282,9 @@ def _video_stream(container):
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise MediaError(f"no video stream in the file (streams: {', '.join(kinds)})")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads: same frames, decoded on every core
+    return stream
 
 
 def probe_video(path: str, decode_first: bool = False) -> tuple[int, int, int, float]:
