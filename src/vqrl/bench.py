@@ -117,20 +117,75 @@ def instrument(trainer, timer: StepTimer) -> None:
     trainer.add_callback(Cb())
 
 
-def synthetic_images(n: int, size: int, seed: int = 0):
-    """Distinct photographs (the shipped examples, cropped and resized) so no two prompts share pixels."""
+# Sizes and aspect ratios of real IQA data (KonIQ 1024x768, SPAQ phone photos in both orientations, LIVE-C 500x500,
+# KADID 512x384, crops), for `--image_sizes mixed`: each is then fitted to the pixel budget by Qwen's own resize rule.
+MIXED_SIZES = ((1024, 768), (768, 1024), (500, 500), (512, 384), (1280, 720), (720, 1280), (900, 600), (600, 900),
+               (1600, 1200), (384, 512), (640, 360), (1000, 1000))
+
+
+def image_sizes(n: int, size: int, kind: str, seed: int = 0) -> list[tuple[int, int]]:
+    """(width, height) of each prompt's image: all size x size, or a fixed, seeded draw from MIXED_SIZES."""
+    if kind == "square":
+        return [(size, size)] * n
+    rng = random.Random(seed)
+    return [rng.choice(MIXED_SIZES) for _ in range(n)]
+
+
+def synthetic_images(n: int, size: int, seed: int = 0, kind: str = "square", factor: int = 28):
+    """Distinct photographs (the shipped examples, cropped and resized) so no two prompts share pixels; with
+    kind="mixed", of mixed sizes and aspect ratios, each already at its Qwen size under a size x size budget (so plain
+    TRL and vqrl see the same pixels and the same number of visual tokens)."""
     from PIL import Image
+
+    from .data.media import _resize_dims
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "images")
     files = sorted(f for f in os.listdir(root) if f.endswith(".jpg"))
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for i, (width, height) in enumerate(image_sizes(n, size, kind, seed)):
         img = Image.open(os.path.join(root, files[i % len(files)])).convert("RGB")
         w, h = img.size
         box = rng.randint(0, w // 8), rng.randint(0, h // 8)
-        out.append(img.crop((box[0], box[1], box[0] + 7 * w // 8, box[1] + 7 * h // 8)).resize((size, size)))
+        img = img.crop((box[0], box[1], box[0] + 7 * w // 8, box[1] + 7 * h // 8))
+        if kind != "square":
+            height, width = _resize_dims(height, width, factor, factor * factor, size * size)
+        out.append(img.resize((width, height)))
     return out
+
+
+def synthetic_videos(n: int, workdir: str, seconds: float, width: int, height: int, fps: int = 30) -> list[str]:
+    """Distinct clips of realistic size (a pan across a shipped photograph, H.264, 1-second GOPs), written once."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "images")
+    files = sorted(f for f in os.listdir(root) if f.endswith(".jpg"))
+    folder = os.path.join(workdir, f"videos_{width}x{height}_{seconds:g}s")
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = os.path.join(folder, f"{i}.mp4")
+        paths.append(path)
+        if os.path.exists(path):
+            continue
+        photo = np.asarray(Image.open(os.path.join(root, files[i % len(files)])).convert("RGB")
+                           .resize((width * 2, height)))
+        frames = int(seconds * fps)
+        with av.open(path + ".part", "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"g": str(fps), "preset": "veryfast"}
+            for t in range(frames):
+                x = int((width - 1) * t / max(frames - 1, 1))
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(photo[:, x:x + width]), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(path + ".part", path)
+    return paths
 
 
 def random_reward(completions, **kwargs):
@@ -176,8 +231,10 @@ def build(kind: str, a, workdir: str):
     processor = AutoProcessor.from_pretrained(path, padding_side="left")
     if a.freeze_vision_tower:
         model.model.visual.requires_grad_(False)
-    images = synthetic_images(a.prompts, a.image_size)
+    images = synthetic_images(a.prompts, a.image_size, kind=a.image_sizes)
     question = "How would you rate the overall visual quality of this image? Think first, then answer."
+    if kind == "trl" and a.video:
+        raise ValueError("plain TRL 1.16 drops video from its loss: --video measures vqrl's trainers only")
     if kind == "trl":
         from datasets import Dataset
 
@@ -199,7 +256,12 @@ def build(kind: str, a, workdir: str):
     img_dir = os.path.join(workdir, "images")
     os.makedirs(img_dir, exist_ok=True)
     records = []
-    for i, img in enumerate(images):
+    if a.video:
+        width, height = (int(x) for x in a.video_size.split("x"))
+        for path in synthetic_videos(a.prompts, workdir, a.video_seconds, width, height):
+            records.append({"video": path, "solution": round(random.uniform(1, 5), 2), "type": "scoring_video",
+                            "question": question.replace("image", "video")})
+    for i, img in enumerate([] if a.video else images):
         img.save(os.path.join(img_dir, f"{i}.png"))
         records.append({"image": f"{i}.png", "solution": round(random.uniform(1, 5), 2), "type": "scoring_image",
                         "question": question})
@@ -212,6 +274,7 @@ def build(kind: str, a, workdir: str):
     cfg = VQRLConfig(**common_config(a, os.path.join(workdir, kind), vllm=use_vllm), trainer=trainer_name,
                      use_vllm=use_vllm, data_files=[data], image_root=[img_dir],
                      reward_funcs=["vqrl.bench:random_reward"], max_pixels=a.image_size * a.image_size,
+                     video_max_frames=a.video_frames, video_root=[img_dir],
                      heartbeat=False, freeze_vision_tower=a.freeze_vision_tower,
                      checkpoint_layers=a.checkpoint_layers, **vllm_options)
     return build_trainer(cfg, ModelConfig(), model=model, processor=processor)
@@ -235,6 +298,7 @@ def run_one(kind: str, a, workdir: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     trainer = build(kind, a, workdir)
     instrument(trainer, timer)
+    visual = visual_tokens(trainer)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     trainer.train()
     seen = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]  # TRL: prompt + completion
@@ -246,11 +310,30 @@ def run_one(kind: str, a, workdir: str) -> dict:
     if budget is not None:
         result["activation_budget"] = budget.log
     result["metrics"] = last_metrics(trainer.state.log_history, a.warmup)
+    result["visual_tokens_per_prompt"] = visual
     del trainer
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
+
+
+def visual_tokens(trainer) -> list[int]:
+    """Visual tokens of each prompt the run trains on (what a video row must match for its image row), counted from
+    the prompts as the trainer builds them (plain TRL's rows carry their image in a column beside the prompt)."""
+    from .trainers.vision import encode_prompt
+
+    processor = trainer.processing_class
+    ids = {processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")}
+    counts = []
+    for row in (trainer.train_dataset[i] for i in range(len(trainer.train_dataset))):
+        if "image" in row:
+            text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+            tokens = processor(text=[text], images=[row["image"]], return_tensors="pt")["input_ids"][0].tolist()
+        else:
+            tokens = encode_prompt(processor, row["prompt"])[0]
+        counts.append(sum(t in ids for t in tokens))
+    return counts
 
 
 def peak_memory_gb(output_dir: str) -> float:
@@ -305,7 +388,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--micro_batch", type=int, default=16)
-    parser.add_argument("--image_size", type=int, default=448)
+    parser.add_argument("--image_size", type=int, default=448, help="square images; with --image_sizes mixed, the "
+                        "pixel budget is image_size^2")
+    parser.add_argument("--image_sizes", choices=["square", "mixed"], default="square",
+                        help="mixed: a fixed, seeded mix of real IQA sizes and aspect ratios")
+    parser.add_argument("--video", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        help="true: vqrl's trainers on video records instead of images (plain TRL cannot train on video)")
+    parser.add_argument("--video_size", default="1280x720")
+    parser.add_argument("--video_seconds", type=float, default=10.0)
+    parser.add_argument("--video_frames", type=int, default=16, help="frames sampled per video")
     parser.add_argument("--completion_length", type=int, default=256)
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--gradient_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
