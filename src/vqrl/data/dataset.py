@@ -8,8 +8,10 @@ silently: every skipped or replaced record is counted and logged.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .checks import MAX_BAD_FRACTION, check_media, setup_failure
@@ -107,37 +109,70 @@ def load_checked_records(cfg: DataConfig, spec: VisionSpec | None = None, proces
 
 
 class MediaLoader:
-    """Decodes a record's media with a small LRU cache: TRL asks for each prompt `num_generations` times."""
+    """Decodes a record's media with a small LRU cache (TRL asks for each prompt `num_generations` times), and can
+    decode the media of records coming next in background threads (`prefetch`), so a step does not wait for them.
 
-    def __init__(self, spec: VisionSpec, image_root: str | None, video_root: str | None, cache_size: int = 64):
+    A prefetched decode that failed raises when the record is asked for, exactly as a decode on the spot would: the
+    RowBuilder counts and replaces it the same way."""
+
+    def __init__(self, spec: VisionSpec, image_root: str | None, video_root: str | None, cache_size: int = 64,
+                 workers: int = 0):
         self.spec, self.image_root, self.video_root = spec, image_root, video_root
         self._cache: OrderedDict = OrderedDict()
         self.cache_size = cache_size
+        self.workers = workers
+        self._pending: dict = {}
+        self._lock = threading.Lock()
+        self._pool = None
+
+    def _decode(self, kind: str, path: str):
+        return load_image(path, self.spec) if kind == "image" else load_video(path, self.spec)
 
     def _get(self, kind: str, path: str):
         key = (kind, path)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        value = load_image(path, self.spec) if kind == "image" else load_video(path, self.spec)
-        self._cache[key] = value
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            future = self._pending.pop(key, None)
+        value = future.result() if future is not None else self._decode(kind, path)
+        with self._lock:
+            self._cache[key] = value
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return value
+
+    def media_of(self, record: dict) -> list[tuple[str, str]]:
+        """(kind, path) of each medium of a record, in prompt order."""
+        out = []
+        ref = resolve_media(record, self.image_root, "reference")
+        if ref:
+            out.append(("image", ref))
+        kind = TASK_TYPES[record["type"]][0]
+        out.append((kind, resolve_media(record, self.image_root if kind == "image" else self.video_root, kind)))
+        return out
+
+    def prefetch(self, records: list[dict]) -> None:
+        """Start decoding these records' media in the background (no-op without workers or when already there)."""
+        if self.workers <= 0:
+            return
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vqrl-media")
+            for record in records:
+                for key in self.media_of(record):
+                    if key not in self._cache and key not in self._pending:
+                        self._pending[key] = self._pool.submit(self._decode, *key)
 
     def parts(self, record: dict) -> list[dict]:
         """Content parts in prompt order: the reference image first (full-reference tasks), then the image/video."""
         parts = []
-        ref = resolve_media(record, self.image_root, "reference")
-        if ref:
-            parts.append({"type": "image", "image": self._get("image", ref)})
-        kind = TASK_TYPES[record["type"]][0]
-        path = resolve_media(record, self.image_root if kind == "image" else self.video_root, kind)
-        if kind == "image":
-            parts.append({"type": "image", "image": self._get("image", path)})
-        else:
-            frames, meta = self._get("video", path)
-            parts.append({"type": "video", "video": frames, "video_metadata": meta})
+        for kind, path in self.media_of(record):
+            if kind == "image":
+                parts.append({"type": "image", "image": self._get("image", path)})
+            else:
+                frames, meta = self._get("video", path)
+                parts.append({"type": "video", "video": frames, "video_metadata": meta})
         return parts
 
 
@@ -169,6 +204,11 @@ class RowBuilder:
                 continue
             return self._row(rec, media)
         raise DataError("no record could be decoded: " + "; ".join(f"{k}: {v}" for k, v in list(self.failures.items())[:5]))
+
+    def prefetch(self, indices) -> None:
+        """Decode the media of these records ahead (records already known to fail are skipped)."""
+        wanted = dict.fromkeys(i % len(self.records) for i in indices)
+        self.loader.prefetch([self.records[i] for i in wanted if i not in self.failures])
 
     def _row(self, rec: dict, media: list[dict]) -> dict:
         row = {"prompt": build_messages(rec, media, self.prompt_cfg)}
