@@ -167,7 +167,7 @@ def test_pd_think_context_never_holds_the_completions_answer(tiny_model_dir, tmp
 
 def _direct_prob(model, processor, prompt, text, target):
     """P of each target token by one plain forward of a single unpadded sequence."""
-    from vqrl.trainers import vision as V
+    from vqrl.modeling import vision as V
 
     ids, vision = V.encode_prompt(processor, prompt)
     tok = processor.tokenizer

@@ -21,7 +21,7 @@ from ..data.dataset import MediaLoader
 from ..data.media import VisionSpec
 from ..data.prompts import PromptConfig, build_messages
 from ..data.records import TASK_TYPES, parse_mos
-from ..trainers import vision as V
+from ..modeling import vision as V
 from . import inference
 from . import predictions as store
 from .metrics import compute_metrics

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from ..data.dataset import MediaLoader
 from ..data.media import VisionSpec
 from ..data.prompts import SCORE_PREFIX, PromptConfig, build_messages
-from ..trainers.vision import encode_prompt, media_of
-from ..trainers.vllm_rollouts import check_expansion, media_request
+from ..modeling.vision import encode_prompt, media_of
+from ..modeling.vllm_requests import check_expansion, media_request
 from .inference import mean_score
 
 

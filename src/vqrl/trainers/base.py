@@ -17,11 +17,11 @@ from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from ..models.tiny import VISION_SPECIAL_TOKENS
+from ..modeling import vision as V
+from ..modeling import vision_once
 from ..training import checkpoints
 from ..training.activation_budget import ActivationBudget, parse_setting
-from . import vision as V
-from . import vision_once, vllm_rollouts
+from . import vllm_rollouts
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -58,10 +58,7 @@ class VQRLTrainer(GRPOTrainer):
         self._pending_media: list | None = None  # (images, videos, metas) per prompt, for vLLM's requests
         self._staging_root: str | None = None
         self.heartbeat = heartbeat
-        tok = self._tokenizer
-        self._vision_token_ids = sorted(
-            {tid for t in VISION_SPECIAL_TOKENS if (tid := tok.convert_tokens_to_ids(t)) is not None and tid != tok.unk_token_id}
-        )
+        self._vision_token_ids = V.vision_token_ids(self._tokenizer)
         config = self.model.config
         self._image_token_id = getattr(config, "image_token_id", None)
         self._video_token_id = getattr(config, "video_token_id", None)

@@ -15,10 +15,10 @@ import time
 import torch
 
 from ..data.prompts import SCORE_PREFIX, format_score
-from ..eval.inference import teacher_forced_probs
+from ..modeling import vision as V
+from ..modeling.teacher_forcing import teacher_forced_probs
 from ..rewards import build_reward_funcs, reward_options
 from ..rewards.parsing import completion_text, think_end
-from . import vision as V
 from .base import VQRLTrainer
 
 # Weights of the score tokens "d", ".", "d", "d" (e.g. 4 . 4 0). seed: the seed's rule

@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 from .standard import StandardTrainer
-from .vllm_rollouts import vllm_multi_modal_data
-
-__all__ = ["VLLMTrainer", "vllm_multi_modal_data"]
 
 
 class VLLMTrainer(StandardTrainer):
