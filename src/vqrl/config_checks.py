@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 def check_config(args, model_args) -> None:
     """Raise ConfigError listing every problem found (one line each); return quietly when there is none."""
     problems = []
-    for check in (_trainer, _rewards_and_weights, _batch, _data, _vision, _run_control, _model, _integrations, _peft):
+    for check in (_libraries, _trainer, _rewards_and_weights, _batch, _data, _vision, _run_control, _model,
+                  _integrations, _peft):
         problems += check(args, model_args)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -63,6 +64,13 @@ def normalise_lists(cfg, own: set[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- the checks
+
+
+def _libraries(args, model_args) -> list[str]:
+    """The TRL and transformers internals vqrl's trainers rely on, as written against (trainers/trl_seam.py)."""
+    from .trainers import trl_seam
+
+    return trl_seam.library_problems()
 
 
 def _trainer(args, model_args) -> list[str]:

@@ -231,7 +231,7 @@ def finish_trained_run(args: VQRLConfig, checkpoint: str, planned: int) -> int:
 def planned_steps(trainer) -> int:
     """Total optimizer steps of the run as the Trainer computes them (transformers 5.x returns 7 values, max_steps
     last); checked, so a change in transformers fails here loudly rather than training an extra step."""
-    values = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())
+    values = trainer.set_initial_training_values(args=trainer.args, dataloader=trainer.get_train_dataloader())
     if not (isinstance(values, tuple) and len(values) == 7 and isinstance(values[-1], int)):
         raise RuntimeError("transformers' Trainer.set_initial_training_values no longer returns 7 values ending in "
                            "max_steps (written against transformers 5.x); update vqrl.grpo.planned_steps")

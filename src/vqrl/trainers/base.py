@@ -21,7 +21,7 @@ from ..modeling import vision as V
 from ..modeling import vision_once
 from ..training import checkpoints
 from ..training.activation_budget import ActivationBudget, parse_setting
-from . import vllm_rollouts
+from . import trl_seam, vllm_rollouts
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -47,9 +47,11 @@ class VQRLTrainer(GRPOTrainer):
     micro-batches hold whole prompt groups where that cannot change the result (see `_groups_keep_result`)."""
 
     def __init__(self, *args, heartbeat=None, **kwargs):
+        trl_seam.check_library()  # every private hook below has the signature it was written against
         if kwargs["args"].use_vllm:
             vllm_rollouts.size_context(kwargs["args"])
         super().__init__(*args, **kwargs)
+        trl_seam.check_trainer(self)  # every TRL attribute read below is set
         forced = os.environ.get("VQRL_VISION_ONCE")
         self.vision_once = forced != "0" if forced is not None else not is_deepspeed_zero3_enabled()
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
@@ -130,7 +132,8 @@ class VQRLTrainer(GRPOTrainer):
                                                         if k in ("pixel_values", "pixel_values_videos")}}
         with self._phase("generate"), vision_once.encode_once(vl_base, maps) if maps else nullcontext():
             completion_ids, logprobs = super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                prompt_ids=prompt_ids, images=images, multimodal_fields=multimodal_fields,
+                num_generations=num_generations, has_tool_images=has_tool_images,
             )
         return self._cut_at_vision_tokens(completion_ids, logprobs)
 
@@ -156,7 +159,7 @@ class VQRLTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         self._pending_sample_ids = [x.get("sample_id") for x in inputs]
         try:
-            output = super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs=inputs)
             output["vision"] = self._pending_vision
             if self.use_vllm:
                 mode = "train" if self.model.training else "eval"
@@ -175,7 +178,7 @@ class VQRLTrainer(GRPOTrainer):
         if self.activation_budget is not None:
             self.activation_budget.apply()
         try:
-            return super()._compute_loss(model, inputs)
+            return super()._compute_loss(model=model, inputs=inputs)
         finally:
             self._pending_vision = None
 
@@ -184,8 +187,9 @@ class VQRLTrainer(GRPOTrainer):
         vision = self._pending_vision
         base = GRPOTrainer._get_per_token_logps_and_entropies
         if vision is None:
-            return base(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
-                        compute_aux_loss, **kwargs)
+            return base(self, model=model, input_ids=input_ids, attention_mask=attention_mask,
+                        logits_to_keep=logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
+                        compute_aux_loss=compute_aux_loss, **kwargs)
         if len(vision) != input_ids.size(0):
             raise RuntimeError(f"vision inputs for {len(vision)} samples but {input_ids.size(0)} sequences")
         step = batch_size or input_ids.size(0)
@@ -201,8 +205,10 @@ class VQRLTrainer(GRPOTrainer):
             if extra:
                 extra["mm_token_type_ids"] = V.mm_token_type_ids(ids, self._image_token_id, self._video_token_id)
             with vision_once.encode_once(vl_base, maps) if maps else nullcontext():
-                lp, ent, ax = base(self, functools.partial(model, **extra), ids, attention_mask[start:end],
-                                   logits_to_keep, end - start, compute_entropy, compute_aux_loss)
+                lp, ent, ax = base(self, model=functools.partial(model, **extra), input_ids=ids,
+                                   attention_mask=attention_mask[start:end], logits_to_keep=logits_to_keep,
+                                   batch_size=end - start, compute_entropy=compute_entropy,
+                                   compute_aux_loss=compute_aux_loss)
             logps.append(lp)
             entropies.append(ent)
             aux.append(ax)
@@ -216,22 +222,22 @@ class VQRLTrainer(GRPOTrainer):
         sum of per-sequence terms with partition-independent normalisers (grpo, sapo, dr_grpo, dapo, cispo, vespo,
         luspo). bnpo (tokens per micro-batch), the top-entropy mask and the entropy bonus (quantile / mean per
         micro-batch) and MoE aux losses depend on the partition: those keep TRL's per-sequence shuffle."""
-        accum = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+        accum = trl_seam.require(self, "current_gradient_accumulation_steps", owner="Trainer",
+                                 when="by transformers' training loop")
         return (self.args.steps_per_generation == accum and self.loss_type != "bnpo"
-                and self.top_entropy_quantile >= 1.0 and not getattr(self, "_entropy_bonus_enabled", False)
+                and self.top_entropy_quantile >= 1.0 and not self._entropy_bonus_enabled
                 and not self.aux_loss_enabled)
 
     def _prepare_inputs(self, generation_batch):
         """TRL shuffles the generation batch per sequence before splitting it into micro-batches, so a micro-batch
         holds bits of many groups; where that is result-neutral, shuffle whole groups instead (same RNG draw), so
         that vision-once encodes each image once for its G sequences in the loss pass too."""
-        if not (self.vision_once and self.model.training and self._groups_keep_result()
-                and hasattr(trl_grpo, "shuffle_sequence_dict")):
-            return super()._prepare_inputs(generation_batch)
-        trl_shuffle = trl_grpo.shuffle_sequence_dict
+        if not (self.vision_once and self.model.training and self._groups_keep_result()):
+            return super()._prepare_inputs(generation_batch=generation_batch)
+        trl_shuffle = trl_grpo.shuffle_sequence_dict  # present: trl_seam.check_library checked it at start-up
         trl_grpo.shuffle_sequence_dict = vision_once.shuffle_by_group
         try:
-            return super()._prepare_inputs(generation_batch)
+            return super()._prepare_inputs(generation_batch=generation_batch)
         finally:
             trl_grpo.shuffle_sequence_dict = trl_shuffle
 
@@ -241,11 +247,12 @@ class VQRLTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         n = self.num_generations if mode == "train" else self.num_generations_eval
         inputs = [{**x, "num_generations": n} for x in inputs]
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return super()._calculate_rewards(inputs=inputs, prompts=prompts, completions=completions,
+                                          completion_ids_list=completion_ids_list)
 
     # ---- data order and resume ---------------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
-        sampler = super()._get_train_sampler(dataset)
+        sampler = super()._get_train_sampler(dataset=dataset)
         return EpochRepeatSampler(
             data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
             batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
@@ -260,19 +267,19 @@ class VQRLTrainer(GRPOTrainer):
         has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, f))
                           for f in ("model.safetensors", "model.safetensors.index.json"))
         if not (plain and has_weights):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return super()._load_from_checkpoint(resume_from_checkpoint=resume_from_checkpoint, model=model)
         saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype, use_safetensors=True)
         model.load_state_dict(saved.state_dict(), strict=True)
         del saved
 
     # ---- crash-safe checkpoints ----------------------------------------------------------------------------------
     def _get_output_dir(self, trial):
-        return self._staging_root or super()._get_output_dir(trial)
+        return self._staging_root or super()._get_output_dir(trial=trial)
 
     def _save_checkpoint(self, model, trial):
         """Write into a staging folder, then rename into place and mark complete: a crash never leaves a
         checkpoint that resume could pick. Older checkpoints are rotated only after the new one is complete."""
-        run_dir = super()._get_output_dir(trial)
+        run_dir = super()._get_output_dir(trial=trial)
         step = self.state.global_step
         staging = os.path.join(run_dir, f"{checkpoints.STAGING_PREFIX}{step}")
         if self.args.should_save:
@@ -281,7 +288,7 @@ class VQRLTrainer(GRPOTrainer):
         self._staging_root = staging
         try:
             with self._phase("save"):
-                super()._save_checkpoint(model, trial)
+                super()._save_checkpoint(model=model, trial=trial)
         finally:
             self._staging_root = None
         self.accelerator.wait_for_everyone()

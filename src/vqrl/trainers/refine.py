@@ -168,12 +168,13 @@ class RefineTrainer(VQRLTrainer):
     # ---- the seed's advantage shaping (option) -------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """Keep the rewards of the whole batch, gathered over processes by TRL, for the seed's advantages."""
-        self._gathered_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gathered_rewards = super()._calculate_rewards(inputs=inputs, prompts=prompts, completions=completions,
+                                                            completion_ids_list=completion_ids_list)
         return self._gathered_rewards
 
     def _generate_and_score_completions(self, inputs):
         self._gathered_rewards = None
-        output = super()._generate_and_score_completions(inputs)
+        output = super()._generate_and_score_completions(inputs=inputs)
         if self.args.pd_advantage_shaping:
             advantages = output["advantages"]
             output["advantages"] = self._seed_advantages_local(len(advantages)).to(advantages)
