@@ -340,8 +340,8 @@ def test_shaping_slices_groups_that_straddle_processes(tiny_model_dir, tmp_path,
 # ---------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("flags, message", [
-    ({"pd_weights": [1, 0, 0]}, r"pd_weights needs 4 values"),
-    ({"pd_mode": "exact"}, r"pd_mode must be one of seed, paper, got 'exact'"),
+    ({"pd_weights": [1, 0, 0]}, r"--pd_weights 1.0 0.0 0.0: give 4 finite weights"),
+    ({"pd_mode": "exact"}, r"--pd_mode exact: must be one of seed, paper"),
     ({"pd_gate": ["no_such_reward"]}, r"unknown reward 'no_such_reward'"),
 ])
 def test_bad_pd_options_are_clear_errors(tiny_model_dir, tmp_path, flags, message):

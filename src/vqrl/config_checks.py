@@ -74,27 +74,27 @@ def _libraries(args, model_args) -> list[str]:
 
 
 def _trainer(args, model_args) -> list[str]:
-    from .trainers import TRAINERS
+    """The trainer's name, what it declares it needs (vLLM), its own checks (trainer.config_problems), and the
+    generation options every trainer shares."""
+    from .trainers import get_trainer
 
     out = []
-    if args.trainer not in TRAINERS:
-        out.append(f"--trainer {args.trainer}: unknown trainer; choose from {', '.join(TRAINERS)}")
-    if (args.trainer == "vllm" or args.use_vllm) and importlib.util.find_spec("vllm") is None:
-        out.append(f"--{'trainer vllm' if args.trainer == 'vllm' else 'use_vllm true'}: vLLM is not installed "
-                   "(pip install -r requirements_VLLM.txt)")
+    try:
+        trainer_cls = get_trainer(args.trainer)
+    except ValueError as exc:
+        out.append(f"--trainer {args.trainer}: {exc}")
+        trainer_cls = None
+    if trainer_cls is not None:
+        if (trainer_cls.uses_vllm or args.use_vllm) and importlib.util.find_spec("vllm") is None:
+            out.append(f"--{f'trainer {args.trainer}' if trainer_cls.uses_vllm else 'use_vllm true'}: vLLM is not "
+                       "installed (pip install -r requirements_VLLM.txt)")
+        out += trainer_cls.config_problems(args)
     if args.compiled_generation is None or str(args.compiled_generation).lower() not in ("auto", "true", "false"):
         out.append(f"--compiled_generation {args.compiled_generation}: must be auto, true or false")
     try:
         parse_setting(args.checkpoint_layers)
     except ValueError:
         out.append(f"--checkpoint_layers {args.checkpoint_layers}: must be all, auto or a number of layers")
-    if args.trainer == "refine":
-        from .trainers.refine import PD_WEIGHTS
-
-        if args.pd_mode not in PD_WEIGHTS:
-            out.append(f"--pd_mode {args.pd_mode}: must be one of {', '.join(PD_WEIGHTS)}")
-        if args.pd_weights is not None and (len(args.pd_weights) != 4 or not all(map(_finite, args.pd_weights))):
-            out.append(f"--pd_weights {_show(args.pd_weights)}: give 4 finite weights, one per score token (d . d d)")
     return out
 
 

@@ -141,15 +141,15 @@ def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, process
                               use_record_question=args.use_record_question)
     records = load_checked_records(data_cfg, spec, processor, prompt_cfg, args.max_prompt_length,
                                    progress=args.local_process_index == 0)  # the checks of validate-data, decoding
+    trainer_cls = get_trainer(args.trainer)
     builder = RowBuilder(records, MediaLoader(spec, None, None), prompt_cfg,  # records carry anchored paths
-                         with_nothink=args.trainer == "refine")
+                         extra_columns=trainer_cls.extra_columns)
     dataset = make_train_dataset(records, builder)
     if reward_funcs is None:
         reward_funcs = make_reward_funcs(args)
     heartbeat = Heartbeat(heartbeat_path(args.output_dir)) if args.heartbeat and args.should_save else None
     callbacks = [MetricsLogger(args.output_dir), ResourceLogger(args.output_dir)]
     callbacks += [HeartbeatCallback(heartbeat)] if heartbeat else []
-    trainer_cls = get_trainer(args.trainer)
     trainer = trainer_cls(
         model=model,
         reward_funcs=reward_funcs,

@@ -141,12 +141,25 @@ class MediaLoader:
         return parts
 
 
+# Columns a trainer may ask for beyond the prompt and the reward columns (its `extra_columns`): name -> how to build it
+# from (record, decoded media parts, prompt settings).
+EXTRA_COLUMNS = {
+    "prompt_nothink": lambda rec, media, cfg: build_messages(rec, media, cfg, think=False),  # Refine's PD baseline
+}
+
+
 class RowBuilder:
     """Turns record i into a TRL row; a record whose media fails to decode is replaced by the next good one."""
 
-    def __init__(self, records: list[dict], loader: MediaLoader, prompt_cfg: PromptConfig, with_nothink: bool = False):
+    def __init__(self, records: list[dict], loader: MediaLoader, prompt_cfg: PromptConfig,
+                 extra_columns: tuple[str, ...] = (), with_nothink: bool = False):
         self.records, self.loader, self.prompt_cfg = records, loader, prompt_cfg
-        self.with_nothink = with_nothink  # the Refine trainer also needs each prompt's no-think form
+        extra = tuple(extra_columns) + (("prompt_nothink",) if with_nothink else ())  # with_nothink: older name
+        unknown = [name for name in extra if name not in EXTRA_COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown extra dataset column {unknown[0]!r}; known: {', '.join(EXTRA_COLUMNS)} "
+                             "(data.dataset.EXTRA_COLUMNS)")
+        self.extra_columns = tuple(dict.fromkeys(extra))
         self.failures: dict[int, str] = {}
 
     def row(self, index: int) -> dict:
@@ -172,8 +185,8 @@ class RowBuilder:
 
     def _row(self, rec: dict, media: list[dict]) -> dict:
         row = {"prompt": build_messages(rec, media, self.prompt_cfg)}
-        if self.with_nothink:
-            row["prompt_nothink"] = build_messages(rec, media, self.prompt_cfg, think=False)
+        for name in self.extra_columns:
+            row[name] = EXTRA_COLUMNS[name](rec, media, self.prompt_cfg)
         sol = rec["solution"]
         row["solution"] = parse_mos(sol) if TASK_TYPES[rec["type"]][1] == "mos" else sol
         row["type"] = rec["type"]

@@ -46,8 +46,24 @@ class VQRLTrainer(GRPOTrainer):
     forces it off / on): the log-prob passes encode each distinct image/video once per forward, and train
     micro-batches hold whole prompt groups where that cannot change the result (see `_groups_keep_result`)."""
 
+    # What a trainer needs from the rest of vqrl, declared on its class: the entry point and the configuration checks
+    # read these and never branch on a trainer's name (docs/extending.md).
+    extra_columns: tuple[str, ...] = ()  # dataset columns beyond the prompt and reward columns (data.dataset.EXTRA_COLUMNS)
+    uses_vllm: bool = False  # rollouts with vLLM whatever --use_vllm says (the seed's `vllm` trainer)
+
+    @classmethod
+    def config_problems(cls, args) -> list[str]:
+        """This trainer's own checks of a configuration, one line per problem (`--flag value: why`); they run with
+        vqrl's other checks, before any model loads, and again when the trainer is built."""
+        return []
+
     def __init__(self, *args, heartbeat=None, **kwargs):
         trl_seam.check_library()  # every private hook below has the signature it was written against
+        problems = self.config_problems(kwargs["args"])
+        if problems:
+            raise ValueError("\n".join(problems))
+        if self.uses_vllm:
+            kwargs["args"].use_vllm = True
         if kwargs["args"].use_vllm:
             vllm_rollouts.size_context(kwargs["args"])
         super().__init__(*args, **kwargs)

@@ -34,6 +34,13 @@ SEED_STD_EPS = 1e-4
 SEED_NO_PASS_SHIFT = 0.2 * 1e-4
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def thought_of(text: str) -> str:
     """The completion up to and including its first think close tag (the rule `format` uses: `</think>`, `</Think>`,
     `</ think>`), so its own answer is never part of it; the whole text, closed, when there is no close tag."""
@@ -69,16 +76,33 @@ def seed_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tensor
 class RefineTrainer(VQRLTrainer):
     """GRPO with the PD reward added as one more reward function named `pd` (weight 1)."""
 
+    extra_columns = ("prompt_nothink",)  # the no-think form of each prompt: PD's baseline
+
+    @classmethod
+    def config_problems(cls, args) -> list[str]:
+        out = []
+        if args.pd_mode not in PD_WEIGHTS:
+            out.append(f"--pd_mode {args.pd_mode}: must be one of {', '.join(PD_WEIGHTS)}")
+        weights = args.pd_weights
+        if weights is not None and (len(weights) != 4 or not all(_finite(w) for w in weights)):
+            out.append(f"--pd_weights {' '.join(map(str, weights))}: give 4 finite weights, one per score token "
+                       "(d . d d)")
+        if not args.pd_gate:
+            out.append("--pd_gate: must name at least one rule reward (e.g. format answer)")
+        else:
+            try:
+                build_reward_funcs(args.pd_gate, **reward_options(args))
+            except ValueError as exc:
+                out.append(f"--pd_gate {' '.join(map(str, args.pd_gate))}: {exc}")
+        return out
+
     def __init__(self, *args, **kwargs):
         config = kwargs["args"]
-        if config.pd_mode not in PD_WEIGHTS:
-            raise ValueError(f"pd_mode must be one of {', '.join(PD_WEIGHTS)}, got {config.pd_mode!r}")
+        problems = self.config_problems(config)
+        if problems:  # before anything else: the base would only check after this reads the options
+            raise ValueError("\n".join(problems))
         self.pd_weights = tuple(float(w) for w in (config.pd_weights or PD_WEIGHTS[config.pd_mode]))
-        if len(self.pd_weights) != 4:
-            raise ValueError(f"pd_weights needs 4 values, one per score token (d . d d), got {list(self.pd_weights)}")
         self._score_text = seed_score_text if config.pd_mode == "seed" else format_score
-        if not config.pd_gate:
-            raise ValueError("pd_gate must name at least one rule reward (e.g. format answer)")
 
         def pd(completions, **kw):  # named `pd` so TRL logs rewards/pd/mean
             return self._pd_rewards(completions, **kw)

@@ -10,6 +10,4 @@ from .standard import StandardTrainer
 class VLLMTrainer(StandardTrainer):
     """GRPO with vLLM rollouts (the seed's Qwen2VLGRPOVLLMTrainer, minus its copied library code)."""
 
-    def __init__(self, *args, **kwargs):
-        kwargs["args"].use_vllm = True
-        super().__init__(*args, **kwargs)
+    uses_vllm = True
