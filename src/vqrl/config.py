@@ -54,6 +54,11 @@ class VQRLConfig(GRPOConfig):
         "help": "auto | true | false: decode with a static KV cache and a compiled, CUDA-graph forward (HF generate's "
                 "compile path). auto: on for CUDA without vLLM, ZeRO-3, FSDP or PEFT (the settings it was measured in)"})
 
+    vision_once: str = field(default="auto", metadata={
+        "help": "auto | true | false: every log-prob pass (and HF generation's prefill, and Refine's PD passes) "
+                "encodes each distinct image/video once, not once per completion; loss and gradients are unchanged "
+                "(tests/test_equivalence.py). auto: on, except under DeepSpeed ZeRO-3, where it has not yet run on GPUs"})
+
     checkpoint_layers: str = field(default="all", metadata={
         "help": "with --gradient_checkpointing: all | auto | N. all: every language layer recomputes its activations "
                 "in the backward (HF's behaviour). N: the first N layers keep them. auto (CUDA): after two fully "

@@ -44,6 +44,20 @@ def as_config_error(what: str):
         raise ConfigError(f"{what}: {exc}") from exc
 
 
+def resume_setting(args) -> str | None:
+    """What to resume from, as --resume says it (auto | PATH | none): --resume; else TRL's standard
+    --resume_from_checkpoint, read as --resume (true -> auto, false -> none); else the watchdog's VQRL_RESUME. Both
+    flags with different values is a ConfigError."""
+    trl_value = getattr(args, "resume_from_checkpoint", None)
+    if trl_value is not None and str(trl_value).strip():
+        mapped = {"true": "auto", "false": "none"}.get(str(trl_value).strip().lower(), str(trl_value))
+        if args.resume is not None and args.resume != mapped:
+            raise ConfigError(f"--resume_from_checkpoint {trl_value} and --resume {args.resume} disagree: give one "
+                              "(--resume auto|PATH|none is vqrl's; TRL's flag is read as it)")
+        return mapped
+    return args.resume or os.environ.get(checkpoints.RESUME_ENV)
+
+
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     """checkpoints.resolve_resume with its refusals as ConfigErrors."""
     try:
@@ -190,11 +204,11 @@ def _vision(args, model_args) -> list[str]:
 
 def _run_control(args, model_args) -> list[str]:
     out = []
-    resume = args.resume or os.environ.get(checkpoints.RESUME_ENV)
     try:
-        checkpoints.resolve_resume(resume, args.output_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        out.append(str(exc))
+        checkpoints.resolve_resume(resume_setting(args), args.output_dir)
+    except (FileNotFoundError, ValueError) as exc:  # ConfigError included
+        trl_flag = args.resume is None and getattr(args, "resume_from_checkpoint", None)
+        out.append(str(exc).replace("--resume ", "--resume_from_checkpoint ", 1) if trl_flag else str(exc))
     if args.progress not in ("bar", "logs"):
         out.append(f"--progress {args.progress}: must be bar or logs")
     problem = _unwritable(args.output_dir)

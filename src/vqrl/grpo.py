@@ -19,14 +19,15 @@ from trl import ModelConfig, get_peft_config
 
 from .config import VQRLConfig
 from .config import parse as parse_config
-from .config_checks import ConfigError, as_config_error, check_config, resolve_resume
+from .config_checks import ConfigError, as_config_error, check_config, resolve_resume, resume_setting
 from .data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_records, make_train_dataset
 from .data.media import VisionSpec
 from .data.prompts import PromptConfig
 from .data.records import DataError
+from .modeling.vision import set_pixel_budgets
 from .rewards import build_reward_funcs, reward_options
 from .trainers import get_trainer
-from .training import checkpoints
+from .training import checkpoints, saved_settings
 from .training.heartbeat import EXIT_CONFIG_ERROR, Heartbeat, heartbeat_path, report_config_error
 from .training.metrics import MetricsLogger, ResourceLogger
 from .training.progress import CompactProgress
@@ -70,14 +71,7 @@ def load_model_and_processor(model_args: ModelConfig, args: VQRLConfig):
     )
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=args.trust_remote_code,
                                               padding_side="left")
-    for proc in (processor.image_processor, getattr(processor, "video_processor", None)):
-        if proc is None:
-            continue
-        if args.min_pixels:
-            proc.size["shortest_edge"] = args.min_pixels
-        max_px = args.max_pixels if proc is processor.image_processor else (args.video_max_pixels or args.max_pixels)
-        if max_px:
-            proc.size["longest_edge"] = max_px
+    set_pixel_budgets(processor, args.min_pixels, args.max_pixels, args.video_max_pixels)
     return model, processor
 
 
@@ -174,7 +168,10 @@ def train(args: VQRLConfig, model_args: ModelConfig) -> int:
     check_config(args, model_args)
     with as_config_error("rewards"):
         reward_funcs = make_reward_funcs(args)
-    checkpoint = resolve_resume(args.resume or os.environ.get(checkpoints.RESUME_ENV), args.output_dir)
+    resume = resume_setting(args)
+    if args.resume is None and args.resume_from_checkpoint:
+        logger.info("--resume_from_checkpoint %s is read as vqrl's --resume %s", args.resume_from_checkpoint, resume)
+    checkpoint = resolve_resume(resume, args.output_dir)
     if args.should_save:
         for path in checkpoints.clean_partial(args.output_dir):
             logger.warning("removed a half-written checkpoint left by a crash: %s", path)
@@ -207,6 +204,7 @@ def save_final(trainer, output_dir: str) -> str:
     trainer.save_model(staging)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(staging)
+        saved_settings.write(staging, saved_settings.of_config(trainer.args))  # what `vqrl eval` reads by default
         checkpoints.publish(staging, final, trainer.state.global_step)
     trainer.accelerator.wait_for_everyone()
     return final

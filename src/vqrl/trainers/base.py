@@ -7,6 +7,7 @@ reward kwargs. GRPO itself — advantages, KL, clipping, μ iterations, loss typ
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from contextlib import nullcontext
 
@@ -19,9 +20,31 @@ from trl.trainer.utils import RepeatSampler
 
 from ..modeling import vision as V
 from ..modeling import vision_once
-from ..training import checkpoints
+from ..training import checkpoints, saved_settings
 from ..training.activation_budget import ActivationBudget, parse_setting
 from . import trl_seam, vllm_rollouts
+
+logger = logging.getLogger(__name__)
+VISION_ONCE_ENV = "VQRL_VISION_ONCE"  # deprecated (0 / 1): --vision_once false / true
+VISION_ONCE_CHOICES = ("auto", "true", "false")
+
+
+def vision_once_setting(args) -> str:
+    """auto | true | false: --vision_once, or where it is auto the deprecated VQRL_VISION_ONCE=1 / 0 (ValueError when
+    either is malformed or they disagree)."""
+    setting = str(args.vision_once).strip().lower()
+    if setting not in VISION_ONCE_CHOICES:
+        raise ValueError(f"--vision_once {args.vision_once}: must be auto, true or false")
+    env = os.environ.get(VISION_ONCE_ENV)
+    if env is None:
+        return setting
+    from_env = {"1": "true", "0": "false"}.get(env.strip())
+    if from_env is None:
+        raise ValueError(f"{VISION_ONCE_ENV}={env}: must be 1 or 0 (deprecated: use --vision_once true|false)")
+    if setting not in ("auto", from_env):
+        raise ValueError(f"--vision_once {setting} and {VISION_ONCE_ENV}={env} disagree: drop the environment variable "
+                         "(deprecated)")
+    return from_env
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -42,9 +65,9 @@ class EpochRepeatSampler(RepeatSampler):
 class VQRLTrainer(GRPOTrainer):
     """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes.
 
-    `vision_once` (default on, except under ZeRO-3 where it has not yet run on GPUs; env VQRL_VISION_ONCE=0 / 1
-    forces it off / on): the log-prob passes encode each distinct image/video once per forward, and train
-    micro-batches hold whole prompt groups where that cannot change the result (see `_groups_keep_result`)."""
+    `--vision_once auto|true|false` (auto: on, except under ZeRO-3 where it has not yet run on GPUs): the log-prob
+    passes encode each distinct image/video once per forward, and train micro-batches hold whole prompt groups where
+    that cannot change the result (see `_groups_keep_result`)."""
 
     # What a trainer needs from the rest of vqrl, declared on its class: the entry point and the configuration checks
     # read these and never branch on a trainer's name (docs/extending.md).
@@ -54,7 +77,12 @@ class VQRLTrainer(GRPOTrainer):
     @classmethod
     def config_problems(cls, args) -> list[str]:
         """This trainer's own checks of a configuration, one line per problem (`--flag value: why`); they run with
-        vqrl's other checks, before any model loads, and again when the trainer is built."""
+        vqrl's other checks, before any model loads, and again when the trainer is built. A subclass adds its own to
+        `super().config_problems(args)`."""
+        try:
+            vision_once_setting(args)
+        except ValueError as exc:
+            return [str(exc)]
         return []
 
     def __init__(self, *args, heartbeat=None, **kwargs):
@@ -68,8 +96,7 @@ class VQRLTrainer(GRPOTrainer):
             vllm_rollouts.size_context(kwargs["args"])
         super().__init__(*args, **kwargs)
         trl_seam.check_trainer(self)  # every TRL attribute read below is set
-        forced = os.environ.get("VQRL_VISION_ONCE")
-        self.vision_once = forced != "0" if forced is not None else not is_deepspeed_zero3_enabled()
+        self.vision_once = self._resolve_vision_once()
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
@@ -100,6 +127,22 @@ class VQRLTrainer(GRPOTrainer):
             self.activation_budget = ActivationBudget(self.model, setting, lambda: self._max_loss_tokens)
             # first: it reads each step's peak memory before ResourceLogger resets the counters
             self.callback_handler.callbacks.insert(0, self.activation_budget)
+
+    def _resolve_vision_once(self) -> bool:
+        """--vision_once as a bool, said in the log; the deprecated environment variable, where it decided, is
+        written back into the config (so the run's saved arguments say what ran)."""
+        setting = vision_once_setting(self.args)
+        if os.environ.get(VISION_ONCE_ENV) is not None:
+            logger.warning("%s is deprecated and will be removed: use --vision_once %s", VISION_ONCE_ENV, setting)
+            self.args.vision_once = setting
+        if setting != "auto":
+            on = setting == "true"
+            logger.info("vision-once %s (--vision_once %s)", "on" if on else "off", setting)
+            return on
+        zero3 = is_deepspeed_zero3_enabled()
+        logger.info("vision-once %s (--vision_once auto%s)", "off" if zero3 else "on",
+                    " under DeepSpeed ZeRO-3, where it has not yet run on GPUs" if zero3 else "")
+        return not zero3
 
     def _compiled_generation(self) -> bool:
         choice = str(getattr(self.args, "compiled_generation", "false")).lower()
@@ -309,7 +352,9 @@ class VQRLTrainer(GRPOTrainer):
             self._staging_root = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            checkpoints.finalize(os.path.join(staging, f"checkpoint-{step}"), run_dir, step)
+            staged = os.path.join(staging, f"checkpoint-{step}")
+            saved_settings.write(staged, saved_settings.of_config(self.args))  # what `vqrl eval` reads by default
+            checkpoints.finalize(staged, run_dir, step)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()

@@ -80,7 +80,7 @@ class RefineTrainer(VQRLTrainer):
 
     @classmethod
     def config_problems(cls, args) -> list[str]:
-        out = []
+        out = super().config_problems(args)
         if args.pd_mode not in PD_WEIGHTS:
             out.append(f"--pd_mode {args.pd_mode}: must be one of {', '.join(PD_WEIGHTS)}")
         weights = args.pd_weights
