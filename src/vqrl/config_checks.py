@@ -15,6 +15,7 @@ import re
 import tempfile
 from dataclasses import fields
 
+from .data.records import to_float
 from .training import checkpoints
 from .training.activation_budget import parse_setting
 
@@ -399,10 +400,7 @@ def _unwritable(output_dir: str) -> str | None:
 
 
 def _finite(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
+    return to_float(value) is not None  # the one number rule (data.records.to_float): flags and records alike
 
 
 def _show(values) -> str:

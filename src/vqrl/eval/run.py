@@ -19,8 +19,9 @@ from tqdm import tqdm
 from ..data.checks import check_media, setup_failure
 from ..data.dataset import MediaLoader
 from ..data.prompts import build_messages
-from ..data.records import TASK_TYPES, parse_mos
+from ..data.records import TASK_TYPES, to_float
 from ..modeling import vision as V
+from ..rewards.parsing import thought_of
 from . import inference
 from . import predictions as store
 from .metrics import compute_metrics
@@ -30,9 +31,6 @@ from .settings import apply_model_settings, check_args, eval_settings, prompt_co
 
 __all__ = ["evaluate", "summarize", "score_records", "load_eval_records", "read_predictions", "add_arguments", "run"]
 
-FIELDS = store.FIELDS
-
-
 def read_predictions(path: str) -> dict[str, dict]:
     """The rows of a predictions.csv by sample_id (cut-off or invalid rows left out)."""
     return store.read(path)[0]
@@ -41,7 +39,7 @@ def read_predictions(path: str) -> dict[str, dict]:
 def _row(rec: dict, score: float | None, text: str, error: str = "") -> dict:
     kind = TASK_TYPES[rec["type"]][0]
     return {"sample_id": rec["sample_id"], "dataset": rec["dataset"], "path": rec.get(kind),
-            "mos": parse_mos(rec["solution"]), "prediction": "" if score is None else f"{score:.6f}",
+            "mos": to_float(rec["solution"]), "prediction": "" if score is None else f"{score:.6f}",
             "completion": text, "error": error}
 
 
@@ -77,13 +75,8 @@ def _score_decoded(model, processor, batch, media, prompt_cfg, args) -> list[tup
         thoughts = None
         if prompt_cfg.think:  # let the model think greedily, then read the score digit after "<answer>Score: "
             gen = inference.generate(model, processor, ids, visions, args.max_new_tokens, do_sample=False)
-            thoughts = []
-            for g in gen:
-                text = tok.decode(g, skip_special_tokens=True)
-                thought = text.split("<answer>")[0]
-                if "</think>" not in thought:
-                    thought += "</think>"
-                thoughts.append(tok.encode(thought, add_special_tokens=False))
+            thoughts = [tok.encode(thought_of(tok.decode(g, skip_special_tokens=True)), add_special_tokens=False)
+                        for g in gen]  # cut as Refine's PD cuts it
         scores = inference.expected_scores(model, processor, ids, visions, thoughts)
         return [(s, "") for s in scores]
     k = args.num_samples if args.mode == "sample" else 1

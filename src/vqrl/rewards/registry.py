@@ -12,9 +12,9 @@ import importlib
 import inspect
 import logging
 import math
-import numbers
 from collections.abc import Callable
 
+from ..data.records import REWARD_COLUMNS, to_float
 from . import perception, ranking, scoring
 from .parsing import column, completion_text
 
@@ -60,7 +60,7 @@ class RewardFunc:
             values, fails = _rows(self.fn, completions, kwargs, self.options)
         else:
             values, fails = self.fn(completions, kwargs, **self.options)
-        out = [min(self.high, max(self.low, float(v))) if _finite(v) else 0.0 for v in values]
+        out = [min(self.high, max(self.low, float(v))) if _real(v) else 0.0 for v in values]
         log_metric = kwargs.get("log_metric")
         counted = [failed for failed in fails if failed is not None]
         if callable(log_metric) and counted:
@@ -72,7 +72,8 @@ class RewardFunc:
         return f"<reward {self.__name__}{options}>"
 
 
-def _finite(value) -> bool:
+def _real(value) -> bool:
+    """A reward value TRL would take: any finite real, bools as 0 and 1 (as torch.tensor makes them)."""
     try:
         return math.isfinite(float(value))
     except (TypeError, ValueError, OverflowError):
@@ -103,9 +104,9 @@ OPTION_RULES = {
     "fidelity_eps": (lambda v: v > 0, "> 0"),
 }
 
-# Names a reward function is called with by TRL or carries as dataset columns: never options.
+# Names a reward function is called with by TRL or gets as dataset columns: never options.
 RESERVED = ("prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra", "num_generations",
-            "sample_id", "image_path", "video_path", "reference", "mode", "dataset", *ROW_COLUMNS)
+            *REWARD_COLUMNS)
 
 
 def options_of(fn: Callable, skip: int = 2) -> dict:
@@ -141,8 +142,8 @@ def _check_option(key: str, value):
             raise ValueError(f"reward option {key}={value!r} must be true or false")
         return value
     ok, rule = OPTION_RULES.get(key, (lambda v: True, ""))
-    number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
-    if not (math.isfinite(number) and ok(number)):
+    number = None if isinstance(value, str) else to_float(value)  # a number, not a text that looks like one
+    if number is None or not ok(number):
         raise ValueError(f"reward option {key}={value!r} must be a finite number{' ' + rule if rule else ''}")
     return number
 

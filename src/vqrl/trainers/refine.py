@@ -15,10 +15,11 @@ import time
 import torch
 
 from ..data.prompts import SCORE_PREFIX, format_score
+from ..data.records import to_float
 from ..modeling import vision as V
 from ..modeling.teacher_forcing import teacher_forced_probs
 from ..rewards import build_reward_funcs, reward_options
-from ..rewards.parsing import completion_text, think_end
+from ..rewards.parsing import completion_text, thought_of
 from .base import VQRLTrainer
 
 # Weights of the score tokens "d", ".", "d", "d" (e.g. 4 . 4 0). seed: the seed's rule
@@ -32,20 +33,6 @@ PD_WEIGHTS = {"seed": (0.0, 0.0, 1.0, 0.0), "paper": (0.6, 0.0, 0.3, 0.1)}
 SEED_PASS_REWARD = 2.0
 SEED_STD_EPS = 1e-4
 SEED_NO_PASS_SHIFT = 0.2 * 1e-4
-
-
-def _finite(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def thought_of(text: str) -> str:
-    """The completion up to and including its first think close tag (the rule `format` uses: `</think>`, `</Think>`,
-    `</ think>`), so its own answer is never part of it; the whole text, closed, when there is no close tag."""
-    end = think_end(text)
-    return text[:end] if end is not None else text + "</think>"
 
 
 def seed_score_text(mos) -> str:
@@ -84,7 +71,7 @@ class RefineTrainer(VQRLTrainer):
         if args.pd_mode not in PD_WEIGHTS:
             out.append(f"--pd_mode {args.pd_mode}: must be one of {', '.join(PD_WEIGHTS)}")
         weights = args.pd_weights
-        if weights is not None and (len(weights) != 4 or not all(_finite(w) for w in weights)):
+        if weights is not None and (len(weights) != 4 or any(to_float(w) is None for w in weights)):
             out.append(f"--pd_weights {' '.join(map(str, weights))}: give 4 finite weights, one per score token "
                        "(d . d d)")
         if not args.pd_gate:

@@ -94,8 +94,6 @@ ATTRIBUTES = ("_tokenizer", "processing_class", "chat_template_kwargs", "generat
 # With vLLM rollouts: TRL's VLLMGeneration and what vllm_rollouts.attach changes on it.
 VLLM_ATTRIBUTES = ("vllm_generation",)
 VLLM_GENERATION_ATTRIBUTES = {"colocate": ("generation_kwargs", "llm"), "server": ("generation_kwargs",)}
-# Set by transformers' training loop before each optimizer step, read in _prepare_inputs.
-TRAINING_ATTRIBUTES = ("current_gradient_accumulation_steps",)
 
 
 def signature_text(func) -> str:
