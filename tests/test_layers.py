@@ -19,7 +19,8 @@ RULES = [
     (("vqrl.data",), ("vqrl.rewards",), "rewards read data columns, data never reads rewards"),
     (("vqrl.modeling",), ("vqrl.rewards", "vqrl.models", "vqrl.training"),
      "modeling (how a model is fed) builds on data only"),
-    (("vqrl.eval",), ("vqrl.trainers", "vqrl.grpo"), "evaluation shares vqrl.modeling with the trainers, never imports them"),
+    (("vqrl.eval",), ("vqrl.trainers", "vqrl.grpo"),
+     "evaluation shares vqrl.modeling with the trainers, never imports them"),
     (("vqrl.trainers",), ("vqrl.eval", "vqrl.grpo", "vqrl.cli"), "trainers share vqrl.modeling with evaluation"),
 ]
 # The tiny test-model factory is for tests, the demo and experiments: product code never imports it, except the

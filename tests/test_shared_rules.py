@@ -55,8 +55,11 @@ def test_eval_reads_the_score_after_the_thought_pd_uses(monkeypatch):
     monkeypatch.setattr(run.V, "encode_prompt", lambda processor, messages: ([1], {}))
     monkeypatch.setattr(run, "build_messages", lambda record, media, cfg: [])
     monkeypatch.setattr(inference, "generate", lambda *a, **k: [[7]])
-    monkeypatch.setattr(inference, "expected_scores",
-                        lambda model, processor, ids, visions, thoughts: seen.setdefault("thoughts", thoughts) and [3.0])
+    def expected_scores(model, processor, ids, visions, thoughts):
+        seen["thoughts"] = thoughts
+        return [3.0]
+
+    monkeypatch.setattr(inference, "expected_scores", expected_scores)
     args = SimpleNamespace(mode="expected", max_new_tokens=8)
     run._score_decoded(None, processor, [{}], [[]], SimpleNamespace(think=True), args)
     assert seen["thoughts"] == [[thought_of(text)]] == [["<think>blurry</Think>"]]

@@ -57,7 +57,7 @@ class VQRLConfig(GRPOConfig):
     vision_once: str = field(default="auto", metadata={
         "help": "auto | true | false: every log-prob pass (and HF generation's prefill, and Refine's PD passes) "
                 "encodes each distinct image/video once, not once per completion; loss and gradients are unchanged "
-                "(tests/test_equivalence.py). auto: on, except under DeepSpeed ZeRO-3, where it has not yet run on GPUs"})
+                "(tests/test_equivalence.py). auto: on, except under DeepSpeed ZeRO-3 (not yet run there on GPUs)"})
 
     checkpoint_layers: str = field(default="all", metadata={
         "help": "with --gradient_checkpointing: all | auto | N. all: every language layer recomputes its activations "

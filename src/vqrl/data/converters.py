@@ -300,7 +300,7 @@ def convert_koniq(root: Path, split: str | None = None) -> list[dict]:
         raw = _float(r[mos_col], f"{scores}:{i + 2} MOS")
         z = _float(r[z_col], f"{scores}:{i + 2} MOS_zscore") if z_col and r.get(z_col, "").strip() else None
         out.append(scoring_record("koniq", _join(img_dir, name), raw, KONIQ_SCALE, _rel(scores, root),
-                           mos_zscore=z, split=s))
+                                  mos_zscore=z, split=s))
     return out
 
 
@@ -356,8 +356,9 @@ def convert_kadid(root: Path, split: str | None = None) -> list[dict]:
     for i, r in enumerate(rows):
         raw = _float(r[val], f"{path}:{i + 2} dmos")
         out.append(scoring_record("kadid", _join(base, "images", r[dist].strip()), raw, KADID_SCALE, _rel(path, root),
-                           reference=_join(base, "images", r[ref].strip()),
-                           var=_float(r[var], f"{path}:{i + 2} var") if var and r.get(var, "").strip() else None))
+                                  reference=_join(base, "images", r[ref].strip()),
+                                  var=_float(r[var], f"{path}:{i + 2} var") if var and r.get(var, "").strip()
+                                  else None))
     return out
 
 
@@ -376,8 +377,9 @@ def convert_agiqa3k(root: Path, split: str | None = None) -> list[dict]:
     for i, r in enumerate(rows):
         raw = _float(r[mos], f"{path}:{i + 2} mos_quality")
         a = _float(r[align], f"{path}:{i + 2} mos_align") if align and r.get(align, "").strip() else None
-        out.append(scoring_record("agiqa3k", _join(base, img_dir, r[name].strip()), raw, AGIQA3K_SCALE, _rel(path, root),
-                           mos_align=a, prompt=(r.get(prompt) or "").strip() if prompt else None))
+        out.append(scoring_record("agiqa3k", _join(base, img_dir, r[name].strip()), raw, AGIQA3K_SCALE,
+                                  _rel(path, root), mos_align=a,
+                                  prompt=(r.get(prompt) or "").strip() if prompt else None))
     return out
 
 
@@ -410,7 +412,7 @@ def convert_pipal(root: Path, split: str | None = None) -> list[dict]:
     for path, name, raw in entries:
         ref = name.split("_")[0] + Path(name).suffix
         out.append(scoring_record("pipal", _media(root, PIPAL_DIS_DIRS, name), raw, scale, _rel(path, root),
-                           reference=_media(root, PIPAL_REF_DIRS, ref)))
+                                  reference=_media(root, PIPAL_REF_DIRS, ref)))
     return out
 
 
@@ -441,8 +443,9 @@ def convert_csiq(root: Path, split: str | None = None) -> list[dict]:
         raw = _float(r["dmos"], f"{path} all_by_image {fname} dmos")
         std = r.get("dmos_std")
         out.append(scoring_record("csiq", _join(base, rel), raw, CSIQ_SCALE, _rel(path, root),
-                           reference=_join(base, "src_imgs", f"{image}.png"), distortion=str(r["dst_type"]).strip(),
-                           level=level, dmos_std=float(std) if isinstance(std, (int, float)) else None))
+                                  reference=_join(base, "src_imgs", f"{image}.png"),
+                                  distortion=str(r["dst_type"]).strip(),
+                                  level=level, dmos_std=float(std) if isinstance(std, (int, float)) else None))
     return out
 
 
@@ -462,8 +465,8 @@ def convert_tid2013(root: Path, split: str | None = None) -> list[dict]:
         raw, name = _float(parts[0], f"{path}:{n}"), parts[1]
         ref = f"I{name[1:3]}.BMP"
         out.append(scoring_record("tid2013", _join(base, _media(root / base, ["distorted_images"], name)), raw,
-                           TID2013_SCALE, _rel(path, root),
-                           reference=_join(base, _media(root / base, ["reference_images"], ref)), name=name))
+                                  TID2013_SCALE, _rel(path, root),
+                                  reference=_join(base, _media(root / base, ["reference_images"], ref)), name=name))
     return out
 
 
@@ -500,16 +503,16 @@ def convert_lsvq(root: Path, split: str | None = None) -> list[dict]:
             if split is not None and part != split:
                 continue
             raw = _float(r[mos], f"{path}:{i + 2} mos")
-            out.append(scoring_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root), video=True,
-                               split=part))
+            out.append(scoring_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root),
+                                      video=True, split=part))
     if split in (None, "test_1080p"):
         path = _find("LSVQ", root, ["labels_test_1080p.csv"])
         rows = _read_csv(path)
         name, mos = _column(rows, path, "name"), _column(rows, path, "mos")
         for i, r in enumerate(rows):
             raw = _float(r[mos], f"{path}:{i + 2} mos")
-            out.append(scoring_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root), video=True,
-                               split="test_1080p"))
+            out.append(scoring_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root),
+                                      video=True, split="test_1080p"))
     return out
 
 

@@ -125,7 +125,8 @@ def _default_options() -> dict:
     for name, (fn, _) in _SPECS.items():
         for key, default in options_of(fn).items():
             if key in out and out[key] != default:
-                raise ValueError(f"reward {name}: option {key} defaults to {default!r}, another reward's to {out[key]!r}")
+                raise ValueError(f"reward {name}: option {key} defaults to {default!r}, another reward's to "
+                                 f"{out[key]!r}")
             out[key] = default
     return out
 
@@ -159,7 +160,8 @@ def reward_options(config) -> dict:
         if value is None:
             continue
         if key in given and given[key] != value:
-            raise ValueError(f"reward option {key} is set twice: --{key} {value} and reward_kwargs {key}={given[key]!r}")
+            raise ValueError(f"reward option {key} is set twice: --{key} {value} and reward_kwargs "
+                             f"{key}={given[key]!r}")
         given[key] = value
     return given
 
@@ -210,7 +212,8 @@ def build_reward_funcs(names: list[str], **options) -> list[Callable]:
         names = [names]
     reserved = sorted(set(options) & set(RESERVED))
     if reserved:
-        raise ValueError(f"reward option {reserved[0]!r} is a name TRL or the data set gives every reward, not an option")
+        raise ValueError(f"reward option {reserved[0]!r} is a name TRL or the data set gives every reward, not an "
+                         "option")
     checked = {key: _check_option(key, value) for key, value in options.items() if key in DEFAULT_OPTIONS}
     funcs, user_takes = [], set()
     for entry in names:

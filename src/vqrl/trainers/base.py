@@ -71,7 +71,7 @@ class VQRLTrainer(GRPOTrainer):
 
     # What a trainer needs from the rest of vqrl, declared on its class: the entry point and the configuration checks
     # read these and never branch on a trainer's name (docs/extending.md).
-    extra_columns: tuple[str, ...] = ()  # dataset columns beyond the prompt and reward columns (data.dataset.EXTRA_COLUMNS)
+    extra_columns: tuple[str, ...] = ()  # dataset columns beyond prompt and reward columns (dataset.EXTRA_COLUMNS)
     uses_vllm: bool = False  # rollouts with vLLM whatever --use_vllm says (the seed's `vllm` trainer)
 
     @classmethod

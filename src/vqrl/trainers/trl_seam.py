@@ -57,7 +57,7 @@ HOOKS = (
          "image_position_ids=None)", "trl",
          "override + keyword call of TRL's own per chunk: images AND videos in every log-prob pass"),
     Hook("_prepare_inputs", "(self, generation_batch)", "trl",
-         "override: swaps shuffle_sequence_dict for shuffle_by_group during TRL's call (micro-batches of whole groups)"),
+         "override: swaps shuffle_sequence_dict for shuffle_by_group in TRL's call (micro-batches of whole groups)"),
     Hook("_calculate_rewards", "(self, inputs, prompts, completions, completion_ids_list)", "trl",
          "override: passes num_generations to rewards; Refine keeps the gathered rewards"),
     Hook("_get_train_sampler", "(self, dataset=None)", "trl",
@@ -73,7 +73,7 @@ HOOKS = (
 
 FUNCTIONS = (
     Function("trl.trainer.grpo_trainer", "shuffle_sequence_dict", "(seq_dict)",
-             "the module global TRL's _prepare_inputs calls; replaced for that one call by vision_once.shuffle_by_group",
+             "the module global TRL's _prepare_inputs calls; replaced in that call by vision_once.shuffle_by_group",
              replaced=True),
     Function("trl.trainer.utils", "RepeatSampler.__init__",
              "(self, data_source, mini_repeat_count, batch_size=1, repeat_count=1, shuffle=True, seed=None)",
@@ -146,7 +146,8 @@ def library_problems() -> list[str]:
         try:
             now = signature_text(_resolve(func.module, func.name))
         except (ImportError, AttributeError):
-            out.append(f"{_release(library, installed)}: {func.module}.{func.name} no longer exists ({func.use}): {fix}")
+            out.append(f"{_release(library, installed)}: {func.module}.{func.name} no longer exists ({func.use}): "
+                       f"{fix}")
             continue
         if now != func.signature:
             out.append(f"{_release(library, installed)}: {func.module}.{func.name} changed: it is now {now}, vqrl was "
