@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vqrl.data.records import check_record
-from vqrl.eval import converters as C
+from vqrl.data import converters as C
 
 
 def touch(root: Path, *rels: str) -> None:

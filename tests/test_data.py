@@ -891,7 +891,7 @@ def test_prompt_length_check_counts_vision_tokens(tokenizer, tmp_path, arch):
     prompt length (the processor's own encoding, as the trainer makes it), vision tokens included."""
     from vqrl.data.validate import validate_files
     from vqrl.models.tiny import build_processor
-    from vqrl.trainers import vision as V
+    from vqrl.modeling import vision as V
 
     proc = build_processor(arch, tokenizer)
     spec = VisionSpec.for_processor(proc)
@@ -921,7 +921,7 @@ def test_prompt_length_of_a_video_record_is_the_processors(tokenizer, tmp_path):
     from vqrl.data.checks import prompt_tokens
     from vqrl.data.media import probe_video, video_tokens
     from vqrl.models.tiny import build_processor
-    from vqrl.trainers import vision as V
+    from vqrl.modeling import vision as V
 
     proc = build_processor("qwen2_5_vl", tokenizer)
     spec = VisionSpec.for_processor(proc)

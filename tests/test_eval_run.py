@@ -81,7 +81,7 @@ def test_expected_score_matches_a_hand_computation(tiny_model_dir):
     from vqrl.data.media import VisionSpec
     from vqrl.data.prompts import SCORE_PREFIX, PromptConfig, build_messages
     from vqrl.eval.inference import expected_scores
-    from vqrl.trainers import vision as V
+    from vqrl.modeling import vision as V
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
     processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")

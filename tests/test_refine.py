@@ -167,7 +167,7 @@ def test_pd_think_context_never_holds_the_completions_answer(tiny_model_dir, tmp
 
 def _direct_prob(model, processor, prompt, text, target):
     """P of each target token by one plain forward of a single unpadded sequence."""
-    from vqrl.trainers import vision as V
+    from vqrl.modeling import vision as V
 
     ids, vision = V.encode_prompt(processor, prompt)
     tok = processor.tokenizer
@@ -340,8 +340,8 @@ def test_shaping_slices_groups_that_straddle_processes(tiny_model_dir, tmp_path,
 # ---------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("flags, message", [
-    ({"pd_weights": [1, 0, 0]}, r"pd_weights needs 4 values"),
-    ({"pd_mode": "exact"}, r"pd_mode must be one of seed, paper, got 'exact'"),
+    ({"pd_weights": [1, 0, 0]}, r"--pd_weights 1.0 0.0 0.0: give 4 finite weights"),
+    ({"pd_mode": "exact"}, r"--pd_mode exact: must be one of seed, paper"),
     ({"pd_gate": ["no_such_reward"]}, r"unknown reward 'no_such_reward'"),
 ])
 def test_bad_pd_options_are_clear_errors(tiny_model_dir, tmp_path, flags, message):

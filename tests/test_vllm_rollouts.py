@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vqrl.trainers.vllm_rollouts import logp_gap_metrics, server_images, vllm_multi_modal_data
+from vqrl.modeling.vllm_requests import vllm_multi_modal_data
+from vqrl.trainers.vllm_rollouts import logp_gap_metrics, server_images
 
 
 class OnAccelerator(torch.Tensor):
@@ -80,7 +81,7 @@ def test_logp_gap_is_measured_per_modality_over_completion_tokens_only():
 def test_each_run_of_placeholders_is_cut_to_one_token_for_vllm():
     """vLLM expands each image/video placeholder itself; an already expanded run is not recognised (vLLM expanded
     its first token again), so each run must reach it as one token."""
-    from vqrl.trainers.vllm_rollouts import check_expansion, collapse_placeholders, media_request
+    from vqrl.modeling.vllm_requests import check_expansion, collapse_placeholders, media_request
 
     IMG, VID = 7, 8
     ids = [1, 2, 5, IMG, IMG, IMG, 6, 3, 5, VID, VID, 6, 5, IMG, IMG, 6, 4]

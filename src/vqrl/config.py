@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 from dataclasses import dataclass, field, fields
 
 import yaml
@@ -53,6 +54,11 @@ class VQRLConfig(GRPOConfig):
         "help": "auto | true | false: decode with a static KV cache and a compiled, CUDA-graph forward (HF generate's "
                 "compile path). auto: on for CUDA without vLLM, ZeRO-3, FSDP or PEFT (the settings it was measured in)"})
 
+    vision_once: str = field(default="auto", metadata={
+        "help": "auto | true | false: every log-prob pass (and HF generation's prefill, and Refine's PD passes) "
+                "encodes each distinct image/video once, not once per completion; loss and gradients are unchanged "
+                "(tests/test_equivalence.py). auto: on, except under DeepSpeed ZeRO-3 (not yet run there on GPUs)"})
+
     checkpoint_layers: str = field(default="all", metadata={
         "help": "with --gradient_checkpointing: all | auto | N. all: every language layer recomputes its activations "
                 "in the backward (HF's behaviour). N: the first N layers keep them. auto (CUDA): after two fully "
@@ -62,9 +68,14 @@ class VQRLConfig(GRPOConfig):
     # rewards
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "answer"],
                                     metadata={"help": "reward names (vqrl.rewards.REWARDS) or package.module:function"})
-    answer_threshold: float = field(default=0.5, metadata={"help": "`answer` reward tolerance (seed 0.5, Q-Insight 0.35)"})
-    answer_strict_less: bool = field(default=False, metadata={
-        "help": "`answer` counts |pred - MOS| < threshold (Q-Insight) instead of <= (the seed)"})
+    reward_kwargs: dict | str | None = field(default=None, metadata={
+        "help": "reward options by name, as a JSON object: '{\"fidelity_eps\": 1e-6, \"answer_threshold\": 0.35}'. "
+                "Each reward's options are its function's keyword parameters (docs/rewards.md); a package.module:"
+                "function reward gets the ones its own parameters name"})
+    answer_threshold: float | None = field(default=None, metadata={
+        "help": "`answer` reward tolerance (the reward's default 0.5 = the seed's; Q-Insight 0.35)"})
+    answer_strict_less: bool | None = field(default=None, metadata={
+        "help": "`answer` counts |pred - MOS| < threshold (Q-Insight) instead of <= (the default, the seed's)"})
     gauss_sigma: float | None = field(default=None, metadata={"help": "`score_gauss` width (None: the reward's default)"})
 
     # Refine-IQA (trainer=refine); docs/rewards.md
@@ -84,6 +95,20 @@ class VQRLConfig(GRPOConfig):
     progress: str = field(default="bar", metadata={
         "help": "bar: one progress bar showing reward, each reward's mean, loss and grad norm | logs: transformers' "
                 "bar plus every logged value printed each step (metrics.jsonl has them all either way)"})
+
+
+    def __post_init__(self):
+        # `--reward_kwargs '{...}'` arrives as a string (a recipe gives the mapping itself)
+        if isinstance(self.reward_kwargs, str):
+            try:
+                self.reward_kwargs = json.loads(self.reward_kwargs)
+            except ValueError as exc:
+                raise ValueError(f"--reward_kwargs {self.reward_kwargs}: not JSON ({exc}); write a JSON object such as "
+                                 """'{"fidelity_eps": 1e-6}'""") from None
+        if self.reward_kwargs is not None and not isinstance(self.reward_kwargs, dict):
+            raise ValueError(f"--reward_kwargs {self.reward_kwargs!r}: must be a JSON object (a mapping of option "
+                             """names to values) such as '{"fidelity_eps": 1e-6}'""")
+        super().__post_init__()
 
 
 USAGE = "%(prog)s [--config RECIPE.yaml] [--FLAG VALUE ...]   (python -m vqrl.grpo takes the same flags)"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import math
 import os
 import re
 import tempfile
 from dataclasses import fields
 
+from .data.records import to_float
 from .training import checkpoints
 from .training.activation_budget import parse_setting
 
@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 def check_config(args, model_args) -> None:
     """Raise ConfigError listing every problem found (one line each); return quietly when there is none."""
     problems = []
-    for check in (_trainer, _rewards_and_weights, _batch, _data, _vision, _run_control, _model, _integrations, _peft):
+    for check in (_libraries, _trainer, _rewards_and_weights, _batch, _data, _vision, _run_control, _model,
+                  _integrations, _peft):
         problems += check(args, model_args)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -41,6 +42,20 @@ def as_config_error(what: str):
         raise
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"{what}: {exc}") from exc
+
+
+def resume_setting(args) -> str | None:
+    """What to resume from, as --resume says it (auto | PATH | none): --resume; else TRL's standard
+    --resume_from_checkpoint, read as --resume (true -> auto, false -> none); else the watchdog's VQRL_RESUME. Both
+    flags with different values is a ConfigError."""
+    trl_value = getattr(args, "resume_from_checkpoint", None)
+    if trl_value is not None and str(trl_value).strip():
+        mapped = {"true": "auto", "false": "none"}.get(str(trl_value).strip().lower(), str(trl_value))
+        if args.resume is not None and args.resume != mapped:
+            raise ConfigError(f"--resume_from_checkpoint {trl_value} and --resume {args.resume} disagree: give one "
+                              "(--resume auto|PATH|none is vqrl's; TRL's flag is read as it)")
+        return mapped
+    return args.resume or os.environ.get(checkpoints.RESUME_ENV)
 
 
 def resolve_resume(resume: str | None, output_dir: str) -> str | None:
@@ -65,28 +80,35 @@ def normalise_lists(cfg, own: set[str]) -> None:
 # ---------------------------------------------------------------------------------------------------- the checks
 
 
+def _libraries(args, model_args) -> list[str]:
+    """The TRL and transformers internals vqrl's trainers rely on, as written against (trainers/trl_seam.py)."""
+    from .trainers import trl_seam
+
+    return trl_seam.library_problems()
+
+
 def _trainer(args, model_args) -> list[str]:
-    from .trainers import TRAINERS
+    """The trainer's name, what it declares it needs (vLLM), its own checks (trainer.config_problems), and the
+    generation options every trainer shares."""
+    from .trainers import get_trainer
 
     out = []
-    if args.trainer not in TRAINERS:
-        out.append(f"--trainer {args.trainer}: unknown trainer; choose from {', '.join(TRAINERS)}")
-    if (args.trainer == "vllm" or args.use_vllm) and importlib.util.find_spec("vllm") is None:
-        out.append(f"--{'trainer vllm' if args.trainer == 'vllm' else 'use_vllm true'}: vLLM is not installed "
-                   "(pip install -r requirements_VLLM.txt)")
+    try:
+        trainer_cls = get_trainer(args.trainer)
+    except ValueError as exc:
+        out.append(f"--trainer {args.trainer}: {exc}")
+        trainer_cls = None
+    if trainer_cls is not None:
+        if (trainer_cls.uses_vllm or args.use_vllm) and importlib.util.find_spec("vllm") is None:
+            out.append(f"--{f'trainer {args.trainer}' if trainer_cls.uses_vllm else 'use_vllm true'}: vLLM is not "
+                       "installed (pip install -r requirements_VLLM.txt)")
+        out += trainer_cls.config_problems(args)
     if args.compiled_generation is None or str(args.compiled_generation).lower() not in ("auto", "true", "false"):
         out.append(f"--compiled_generation {args.compiled_generation}: must be auto, true or false")
     try:
         parse_setting(args.checkpoint_layers)
     except ValueError:
         out.append(f"--checkpoint_layers {args.checkpoint_layers}: must be all, auto or a number of layers")
-    if args.trainer == "refine":
-        from .trainers.refine import PD_WEIGHTS
-
-        if args.pd_mode not in PD_WEIGHTS:
-            out.append(f"--pd_mode {args.pd_mode}: must be one of {', '.join(PD_WEIGHTS)}")
-        if args.pd_weights is not None and (len(args.pd_weights) != 4 or not all(map(_finite, args.pd_weights))):
-            out.append(f"--pd_weights {_show(args.pd_weights)}: give 4 finite weights, one per score token (d . d d)")
     return out
 
 
@@ -182,11 +204,11 @@ def _vision(args, model_args) -> list[str]:
 
 def _run_control(args, model_args) -> list[str]:
     out = []
-    resume = args.resume or os.environ.get(checkpoints.RESUME_ENV)
     try:
-        checkpoints.resolve_resume(resume, args.output_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        out.append(str(exc))
+        checkpoints.resolve_resume(resume_setting(args), args.output_dir)
+    except (FileNotFoundError, ValueError) as exc:  # ConfigError included
+        trl_flag = args.resume is None and getattr(args, "resume_from_checkpoint", None)
+        out.append(str(exc).replace("--resume ", "--resume_from_checkpoint ", 1) if trl_flag else str(exc))
     if args.progress not in ("bar", "logs"):
         out.append(f"--progress {args.progress}: must be bar or logs")
     problem = _unwritable(args.output_dir)
@@ -377,10 +399,7 @@ def _unwritable(output_dir: str) -> str | None:
 
 
 def _finite(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
+    return to_float(value) is not None  # the one number rule (data.records.to_float): flags and records alike
 
 
 def _show(values) -> str:

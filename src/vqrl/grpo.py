@@ -19,14 +19,15 @@ from trl import ModelConfig, get_peft_config
 
 from .config import VQRLConfig
 from .config import parse as parse_config
-from .config_checks import ConfigError, as_config_error, check_config, resolve_resume
+from .config_checks import ConfigError, as_config_error, check_config, resolve_resume, resume_setting
 from .data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_records, make_train_dataset
 from .data.media import VisionSpec
 from .data.prompts import PromptConfig
 from .data.records import DataError
+from .modeling.vision import set_pixel_budgets
 from .rewards import build_reward_funcs, reward_options
 from .trainers import get_trainer
-from .training import checkpoints
+from .training import checkpoints, saved_settings
 from .training.heartbeat import EXIT_CONFIG_ERROR, Heartbeat, heartbeat_path, report_config_error
 from .training.metrics import MetricsLogger, ResourceLogger
 from .training.progress import CompactProgress
@@ -70,14 +71,7 @@ def load_model_and_processor(model_args: ModelConfig, args: VQRLConfig):
     )
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=args.trust_remote_code,
                                               padding_side="left")
-    for proc in (processor.image_processor, getattr(processor, "video_processor", None)):
-        if proc is None:
-            continue
-        if args.min_pixels:
-            proc.size["shortest_edge"] = args.min_pixels
-        max_px = args.max_pixels if proc is processor.image_processor else (args.video_max_pixels or args.max_pixels)
-        if max_px:
-            proc.size["longest_edge"] = max_px
+    set_pixel_budgets(processor, args.min_pixels, args.max_pixels, args.video_max_pixels)
     return model, processor
 
 
@@ -141,15 +135,15 @@ def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, process
                               use_record_question=args.use_record_question)
     records = load_checked_records(data_cfg, spec, processor, prompt_cfg, args.max_prompt_length,
                                    progress=args.local_process_index == 0)  # the checks of validate-data, decoding
+    trainer_cls = get_trainer(args.trainer)
     builder = RowBuilder(records, MediaLoader(spec, None, None), prompt_cfg,  # records carry anchored paths
-                         with_nothink=args.trainer == "refine")
+                         extra_columns=trainer_cls.extra_columns)
     dataset = make_train_dataset(records, builder)
     if reward_funcs is None:
         reward_funcs = make_reward_funcs(args)
     heartbeat = Heartbeat(heartbeat_path(args.output_dir)) if args.heartbeat and args.should_save else None
     callbacks = [MetricsLogger(args.output_dir), ResourceLogger(args.output_dir)]
     callbacks += [HeartbeatCallback(heartbeat)] if heartbeat else []
-    trainer_cls = get_trainer(args.trainer)
     trainer = trainer_cls(
         model=model,
         reward_funcs=reward_funcs,
@@ -174,7 +168,10 @@ def train(args: VQRLConfig, model_args: ModelConfig) -> int:
     check_config(args, model_args)
     with as_config_error("rewards"):
         reward_funcs = make_reward_funcs(args)
-    checkpoint = resolve_resume(args.resume or os.environ.get(checkpoints.RESUME_ENV), args.output_dir)
+    resume = resume_setting(args)
+    if args.resume is None and args.resume_from_checkpoint:
+        logger.info("--resume_from_checkpoint %s is read as vqrl's --resume %s", args.resume_from_checkpoint, resume)
+    checkpoint = resolve_resume(resume, args.output_dir)
     if args.should_save:
         for path in checkpoints.clean_partial(args.output_dir):
             logger.warning("removed a half-written checkpoint left by a crash: %s", path)
@@ -207,6 +204,7 @@ def save_final(trainer, output_dir: str) -> str:
     trainer.save_model(staging)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(staging)
+        saved_settings.write(staging, saved_settings.of_config(trainer.args))  # what `vqrl eval` reads by default
         checkpoints.publish(staging, final, trainer.state.global_step)
     trainer.accelerator.wait_for_everyone()
     return final
@@ -231,7 +229,7 @@ def finish_trained_run(args: VQRLConfig, checkpoint: str, planned: int) -> int:
 def planned_steps(trainer) -> int:
     """Total optimizer steps of the run as the Trainer computes them (transformers 5.x returns 7 values, max_steps
     last); checked, so a change in transformers fails here loudly rather than training an extra step."""
-    values = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())
+    values = trainer.set_initial_training_values(args=trainer.args, dataloader=trainer.get_train_dataloader())
     if not (isinstance(values, tuple) and len(values) == 7 and isinstance(values[-1], int)):
         raise RuntimeError("transformers' Trainer.set_initial_training_values no longer returns 7 values ending in "
                            "max_steps (written against transformers 5.x); update vqrl.grpo.planned_steps")

@@ -17,13 +17,10 @@ from dataclasses import dataclass
 from .checks import MAX_BAD_FRACTION, check_media, setup_failure
 from .media import VisionSpec, load_image, load_video
 from .prompts import PromptConfig, build_messages
-from .records import (PERCEPTION_FIELDS, TASK_TYPES, DataError, Problem, anchor_paths, check_record, file_labels, mix,
-                      parse_mos, read_records, resolve_media, roots_per_file)
+from .records import (PERCEPTION_FIELDS, TASK_TYPES, DataError, Problem, check_record, mix, read_files, resolve_media,
+                      to_float)
 
 logger = logging.getLogger(__name__)
-
-# Columns handed to reward functions (TRL passes every non-prompt column as a keyword argument).
-REWARD_COLUMNS = ("solution", "type", "sample_id", "image_path", "video_path") + PERCEPTION_FIELDS
 
 
 @dataclass
@@ -44,17 +41,12 @@ def load_records(cfg: DataConfig, spec: VisionSpec | None = None, processor=None
     max_prompt_length, each prompt's length in tokens, vision tokens included) and mixed.
 
     Returns (usable records, problems found, why the problems look like a wrong setup or None)."""
-    image_roots = roots_per_file(cfg.image_root, len(cfg.files), "image_root")
-    video_roots = roots_per_file(cfg.video_root, len(cfg.files), "video_root")
     parsed, owner, reasons, problems = [], [], {}, []
     entries = []  # per file: parsed records + entries that did not parse
-    for k, (path, label, image_root, video_root) in enumerate(zip(cfg.files, file_labels(cfg.files), image_roots,
-                                                                  video_roots)):
-        result = read_records(path, label)
+    for k, result in enumerate(read_files(cfg.files, cfg.image_root, cfg.video_root)):
         problems.extend(result.problems)
-        entries.append(len(result.records) + sum(p.index is not None for p in result.problems))
+        entries.append(result.entries)
         for rec in result.records:
-            rec = anchor_paths(rec, image_root, video_root)
             found = check_record(rec)
             if found:
                 reasons[len(parsed)] = found
@@ -176,12 +168,25 @@ class MediaLoader:
         return parts
 
 
+# Columns a trainer may ask for beyond the prompt and the reward columns (its `extra_columns`): name -> how to build it
+# from (record, decoded media parts, prompt settings).
+EXTRA_COLUMNS = {
+    "prompt_nothink": lambda rec, media, cfg: build_messages(rec, media, cfg, think=False),  # Refine's PD baseline
+}
+
+
 class RowBuilder:
     """Turns record i into a TRL row; a record whose media fails to decode is replaced by the next good one."""
 
-    def __init__(self, records: list[dict], loader: MediaLoader, prompt_cfg: PromptConfig, with_nothink: bool = False):
+    def __init__(self, records: list[dict], loader: MediaLoader, prompt_cfg: PromptConfig,
+                 extra_columns: tuple[str, ...] = (), with_nothink: bool = False):
         self.records, self.loader, self.prompt_cfg = records, loader, prompt_cfg
-        self.with_nothink = with_nothink  # the Refine trainer also needs each prompt's no-think form
+        extra = tuple(extra_columns) + (("prompt_nothink",) if with_nothink else ())  # with_nothink: older name
+        unknown = [name for name in extra if name not in EXTRA_COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown extra dataset column {unknown[0]!r}; known: {', '.join(EXTRA_COLUMNS)} "
+                             "(data.dataset.EXTRA_COLUMNS)")
+        self.extra_columns = tuple(dict.fromkeys(extra))
         self.failures: dict[int, str] = {}
 
     def row(self, index: int) -> dict:
@@ -212,10 +217,10 @@ class RowBuilder:
 
     def _row(self, rec: dict, media: list[dict]) -> dict:
         row = {"prompt": build_messages(rec, media, self.prompt_cfg)}
-        if self.with_nothink:
-            row["prompt_nothink"] = build_messages(rec, media, self.prompt_cfg, think=False)
+        for name in self.extra_columns:
+            row[name] = EXTRA_COLUMNS[name](rec, media, self.prompt_cfg)
         sol = rec["solution"]
-        row["solution"] = parse_mos(sol) if TASK_TYPES[rec["type"]][1] == "mos" else sol
+        row["solution"] = to_float(sol) if TASK_TYPES[rec["type"]][1] == "mos" else sol
         row["type"] = rec["type"]
         row["sample_id"] = str(rec["sample_id"])
         row["image_path"] = resolve_media(rec, self.loader.image_root, "image")

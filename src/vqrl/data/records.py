@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +27,15 @@ TASK_TYPES = {
     "grounding_image": ("image", "box"),
     "choice_video": ("video", "letter"),
 }
+# A decimal number as text: ASCII digits only (Python's float() also takes "٣.٥", "1e3" and "1_0"; a record must not).
+DECIMAL = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_DECIMAL = re.compile(DECIMAL)
+MAX_NUMBER_CHARS = 64
 PERCEPTION_FIELDS = ("options", "distortion", "severity", "bbox", "reference", "mode", "dataset")
 MOS_RANGE = (1.0, 5.0)
+# Columns of a training row beside the prompt (data.dataset.RowBuilder makes them); TRL hands every reward function
+# each of them as a keyword argument.
+REWARD_COLUMNS = ("solution", "type", "sample_id", "image_path", "video_path") + PERCEPTION_FIELDS
 
 
 class DataError(ValueError):
@@ -48,6 +57,13 @@ class Problem:
 class LoadResult:
     records: list[dict] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    file: str = ""
+    label: str = ""  # the file's short name: default sample ids and dataset names (file_labels)
+
+    @property
+    def entries(self) -> int:
+        """Entries of the file: its records plus the ones that did not parse (the base of the bad-share rules)."""
+        return len(self.records) + sum(p.index is not None for p in self.problems)
 
 
 def _line_col(text: str, pos: int) -> tuple[int, int]:
@@ -81,7 +97,7 @@ def read_records(path: str | os.PathLike, label: str | None = None) -> LoadResul
     several files)."""
     path = str(path)
     label = label or Path(path).stem
-    result = LoadResult()
+    result = LoadResult(file=path, label=label)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -198,6 +214,20 @@ def roots_per_file(root, n_files: int, what: str) -> list[str | None]:
     return root
 
 
+def read_files(files, image_root=None, video_root=None) -> list[LoadResult]:
+    """Every data file read (read_records, labelled by file_labels), its records' media paths joined to the file's
+    roots (one root for all files, or one per file): what training, `vqrl validate-data` and `vqrl eval` all start
+    from. One LoadResult per file, in order; it checks nothing beyond the JSON (check_record does)."""
+    roots = zip(roots_per_file(image_root, len(files), "image_root"),
+                roots_per_file(video_root, len(files), "video_root"))
+    out = []
+    for path, label, (iroot, vroot) in zip(files, file_labels(files), roots):
+        result = read_records(path, label)
+        result.records = [anchor_paths(rec, iroot, vroot) for rec in result.records]
+        out.append(result)
+    return out
+
+
 def anchor_paths(record: dict, image_root: str | None, video_root: str | None) -> dict:
     """The record with its media paths joined to their roots, so later steps need no root."""
     out = dict(record)
@@ -243,7 +273,7 @@ def check_record(record, image_root: str | None = None, video_root: str | None =
         return reasons
     sol = record["solution"]
     if kind == "mos":
-        value = parse_mos(sol)
+        value = to_float(sol)
         if value is None:
             reasons.append(f"solution {sol!r} is not a number")
         elif not MOS_RANGE[0] <= value <= MOS_RANGE[1]:
@@ -274,13 +304,20 @@ def _not_a_path(record: dict, key: str) -> str | None:
     return f"field '{key}' must be a path (a string), got {type(value).__name__} {value!r}"
 
 
-def parse_mos(value) -> float | None:
-    """A finite float from a number or numeric string; None otherwise (booleans are not MOS)."""
+def to_float(value) -> float | None:
+    """A finite float from a number or a decimal string (`4.40`, ` 3 `, `-.5`); None for anything else: booleans,
+    NaN, infinities, exponents, labels and non-ASCII digits. The one rule for every number a record holds (MOS,
+    severity, box coordinates), so that validation, training rows and rewards read them alike."""
     if isinstance(value, bool):
         return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
+    if isinstance(value, numbers.Real):
+        try:
+            out = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    elif isinstance(value, str) and len(value) <= MAX_NUMBER_CHARS and _DECIMAL.fullmatch(value.strip()):
+        out = float(value.strip())
+    else:
         return None
     return out if math.isfinite(out) else None
 

@@ -12,7 +12,7 @@ import sys
 from .checks import check_media
 from .media import VisionSpec
 from .prompts import PromptConfig
-from .records import Problem, check_record, file_labels, read_records, roots_per_file
+from .records import LoadResult, Problem, check_record, read_files
 
 
 def validate_files(files, image_root=None, video_root=None, decode: bool = True, processor=None,
@@ -22,19 +22,25 @@ def validate_files(files, image_root=None, video_root=None, decode: bool = True,
 
     The same checks as training runs before step 1 (vqrl.data.checks): fields and files, every file decoded, and
     with a processor and max_prompt_length each prompt's length in tokens, vision tokens included."""
+    return validate_read(read_files(files, image_root, video_root), decode, processor, max_prompt_length, progress,
+                         spec, prompt_cfg)
+
+
+def validate_read(results: list[LoadResult], decode: bool = True, processor=None, max_prompt_length: int | None = None,
+                  progress: bool = False, spec: VisionSpec | None = None,
+                  prompt_cfg: PromptConfig | None = None) -> list[Problem]:
+    """validate_files on files already read (records.read_files)."""
     problems: list[Problem] = []
     if spec is None and processor is not None:
         spec = VisionSpec.for_processor(processor)
-    image_roots = roots_per_file(image_root, len(files), "image_root")
-    video_roots = roots_per_file(video_root, len(files), "video_root")
-    for path, label, image_root, video_root in zip(files, file_labels(files), image_roots, video_roots):
-        result = read_records(path, label)
+    for result in results:
+        path = result.file
         problems.extend(result.problems)
-        reasons = {k: check_record(rec, image_root, video_root) for k, rec in enumerate(result.records)}
+        reasons = {k: check_record(rec) for k, rec in enumerate(result.records)}
         if decode:
             todo = [k for k, r in reasons.items() if not r]
             found = check_media([result.records[k] for k in todo], spec, processor, prompt_cfg, max_prompt_length,
-                                image_root, video_root, progress=progress, desc=f"checking {path}")
+                                progress=progress, desc=f"checking {path}")
             reasons.update({todo[k]: r for k, r in found.items()})
         for k, rec in enumerate(result.records):
             problems.extend(Problem(path, rec["_index"], r) for r in reasons[k])
@@ -73,11 +79,12 @@ def run(args: argparse.Namespace) -> int:
         processor = AutoProcessor.from_pretrained(args.model)
         spec = VisionSpec.for_processor(processor, max_pixels=args.max_pixels, video_fps=args.video_fps,
                                         video_max_frames=args.video_max_frames)
-    problems = validate_files(args.files, args.image_root, args.video_root, decode=not args.no_decode,
-                              processor=processor, max_prompt_length=args.max_prompt_length,
-                              progress=sys.stderr.isatty(), spec=spec, prompt_cfg=PromptConfig(think=not args.no_think))
+    results = read_files(args.files, args.image_root, args.video_root)
+    problems = validate_read(results, decode=not args.no_decode, processor=processor,
+                             max_prompt_length=args.max_prompt_length, progress=sys.stderr.isatty(), spec=spec,
+                             prompt_cfg=PromptConfig(think=not args.no_think))
     for p in problems:
         print(p)
-    total = sum(len(read_records(f).records) for f in args.files)
+    total = sum(len(r.records) for r in results)
     print(f"{len(problems)} problem(s) in {total} record(s) from {len(args.files)} file(s)", file=sys.stderr)
     return 1 if problems else 0

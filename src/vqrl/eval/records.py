@@ -10,8 +10,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from ..data.records import (TASK_TYPES, anchor_paths, check_record, file_labels, parse_mos, read_records,
-                            roots_per_file)
+from ..data.records import TASK_TYPES, check_record, read_files, to_float
 from .predictions import EvalError
 
 
@@ -38,15 +37,12 @@ def read_eval_data(files, image_root, video_root) -> EvalData:
     """Scoring records of every file, tagged with their dataset (the `dataset` field, else the file's label: its
     stem, or enough of its path to tell same-named files apart) and a unique sample_id."""
     data = EvalData()
-    roots = zip(roots_per_file(image_root, len(files), "image_root"),
-                roots_per_file(video_root, len(files), "video_root"))
-    for path, label, (iroot, vroot) in zip(files, file_labels(files), roots):
-        result = read_records(path, label)
+    for path, result in zip(files, read_files(files, image_root, video_root)):
+        label = result.label
         data.problems += [str(p) for p in result.problems]
         counts = data.per_file.setdefault(path, [0, 0])
         counts[0] += sum(p.index is not None for p in result.problems)
         for rec in result.records:
-            rec = anchor_paths(rec, iroot, vroot)
             rtype = rec.get("type")
             if isinstance(rtype, str) and rtype in TASK_TYPES and TASK_TYPES[rtype][1] != "mos":
                 data.ignored += 1
@@ -86,7 +82,7 @@ def refuse_stale_rows(done: dict[str, dict], records: list[dict], pred_path: str
         if row is None:
             continue
         path = r.get(TASK_TYPES[r["type"]][0])
-        if row["path"] != str(path) or not math.isclose(float(row["mos"]), parse_mos(r["solution"]), abs_tol=1e-9):
+        if row["path"] != str(path) or not math.isclose(float(row["mos"]), to_float(r["solution"]), abs_tol=1e-9):
             raise EvalError(f"{pred_path}: the row for sample {r['sample_id']!r} is for {row['path']} (MOS "
                             f"{row['mos']}), but the data now says {path} (MOS {r['solution']}): the data changed "
                             "since; use another --out, or --overwrite to start over")

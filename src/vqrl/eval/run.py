@@ -18,21 +18,18 @@ from tqdm import tqdm
 
 from ..data.checks import check_media, setup_failure
 from ..data.dataset import MediaLoader
-from ..data.media import VisionSpec
-from ..data.prompts import PromptConfig, build_messages
-from ..data.records import TASK_TYPES, parse_mos
-from ..trainers import vision as V
+from ..data.prompts import build_messages
+from ..data.records import TASK_TYPES, to_float
+from ..modeling import vision as V
+from ..rewards.parsing import thought_of
 from . import inference
 from . import predictions as store
 from .metrics import compute_metrics
 from .predictions import EvalError
 from .records import EvalData, load_eval_records, read_eval_data, refuse_duplicate_ids, refuse_stale_rows
-from .settings import check_args, eval_settings
+from .settings import apply_model_settings, check_args, eval_settings, prompt_config, vision_spec
 
 __all__ = ["evaluate", "summarize", "score_records", "load_eval_records", "read_predictions", "add_arguments", "run"]
-
-FIELDS = store.FIELDS
-
 
 def read_predictions(path: str) -> dict[str, dict]:
     """The rows of a predictions.csv by sample_id (cut-off or invalid rows left out)."""
@@ -42,7 +39,7 @@ def read_predictions(path: str) -> dict[str, dict]:
 def _row(rec: dict, score: float | None, text: str, error: str = "") -> dict:
     kind = TASK_TYPES[rec["type"]][0]
     return {"sample_id": rec["sample_id"], "dataset": rec["dataset"], "path": rec.get(kind),
-            "mos": parse_mos(rec["solution"]), "prediction": "" if score is None else f"{score:.6f}",
+            "mos": to_float(rec["solution"]), "prediction": "" if score is None else f"{score:.6f}",
             "completion": text, "error": error}
 
 
@@ -78,13 +75,8 @@ def _score_decoded(model, processor, batch, media, prompt_cfg, args) -> list[tup
         thoughts = None
         if prompt_cfg.think:  # let the model think greedily, then read the score digit after "<answer>Score: "
             gen = inference.generate(model, processor, ids, visions, args.max_new_tokens, do_sample=False)
-            thoughts = []
-            for g in gen:
-                text = tok.decode(g, skip_special_tokens=True)
-                thought = text.split("<answer>")[0]
-                if "</think>" not in thought:
-                    thought += "</think>"
-                thoughts.append(tok.encode(thought, add_special_tokens=False))
+            thoughts = [tok.encode(thought_of(tok.decode(g, skip_special_tokens=True)), add_special_tokens=False)
+                        for g in gen]  # cut as Refine's PD cuts it
         scores = inference.expected_scores(model, processor, ids, visions, thoughts)
         return [(s, "") for s in scores]
     k = args.num_samples if args.mode == "sample" else 1
@@ -149,6 +141,7 @@ def summarize(pred_path: str, out_dir: str, quiet: bool = False, records: list[d
 
 
 def evaluate(args: argparse.Namespace) -> dict:
+    print(f"vqrl eval: {apply_model_settings(args)}", file=sys.stderr)
     check_args(args)
     data = read_eval_data(args.data, args.image_root, args.video_root)
     for p in data.problems:
@@ -210,9 +203,8 @@ def _evaluate_hf(args, todo, pred_path):
                                                         attn_implementation="sdpa")
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     processor = AutoProcessor.from_pretrained(args.model, padding_side="left")
-    spec = VisionSpec.for_processor(processor, video_fps=args.video_fps, video_max_frames=args.video_max_frames)
-    loader = MediaLoader(spec, None, None, cache_size=8)  # records carry anchored paths
-    prompt_cfg = PromptConfig(think=args.think)
+    loader = MediaLoader(vision_spec(processor, args), None, None, cache_size=8)  # records carry anchored paths
+    prompt_cfg = prompt_config(args)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     failed = 0
@@ -239,15 +231,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["sample", "greedy", "expected"], default="greedy")
     parser.add_argument("--num_samples", type=int, default=8, help="K for --mode sample")
     parser.add_argument("--temperature", type=float, default=1.0)
+    # Prompt and vision settings: unset ones come from the model's vqrl_settings.json (what it was trained with),
+    # else the training defaults; `vqrl eval` prints where each value came from.
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--think", dest="think", action="store_true", default=True)
-    group.add_argument("--no_think", dest="think", action="store_false")
+    group.add_argument("--think", dest="think", action="store_const", const=True, default=None,
+                       help="think mode (default: as trained, else on)")
+    group.add_argument("--no_think", dest="think", action="store_const", const=False)
+    parser.add_argument("--system_prompt", default=None, help="system turn (default: as trained; '' for none)")
+    parser.add_argument("--use_record_question", type=_bool, default=None, metavar="true|false",
+                        help="ask each record's own `question` (default: as trained, else true)")
+    parser.add_argument("--min_pixels", type=int, default=None, help="image min pixels (default: as trained)")
+    parser.add_argument("--max_pixels", type=int, default=None, help="image max pixels (default: as trained)")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_model_len", type=int, default=None, help="vLLM context (default: the model's)")
     parser.add_argument("--max_new_tokens", type=int, default=256)
-    parser.add_argument("--video_fps", type=float, default=2.0)
-    parser.add_argument("--video_max_frames", type=int, default=16)
+    parser.add_argument("--video_fps", type=float, default=None, help="default: as trained, else 2")
+    parser.add_argument("--video_max_frames", type=int, default=None, help="default: as trained, else 16")
+    parser.add_argument("--video_max_pixels", type=int, default=None, help="per-frame pixel cap (default: as trained)")
+    parser.add_argument("--video_total_pixels", type=int, default=None,
+                        help="pixel budget over all frames of a video (default: as trained)")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -256,6 +259,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "existing one resumes if made with the same model and settings")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard the predictions already in --out (e.g. made with another model) and start over")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,11 +11,11 @@ import math
 from tqdm import tqdm
 
 from ..data.dataset import MediaLoader
-from ..data.media import VisionSpec
-from ..data.prompts import SCORE_PREFIX, PromptConfig, build_messages
-from ..trainers.vision import encode_prompt, media_of
-from ..trainers.vllm_rollouts import check_expansion, media_request
+from ..data.prompts import SCORE_PREFIX, build_messages
+from ..modeling.vision import encode_prompt, media_of
+from ..modeling.vllm_requests import check_expansion, media_request
 from .inference import mean_score
+from .settings import prompt_config, vision_spec
 
 
 def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str, str]]:
@@ -24,9 +24,8 @@ def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str, 
     from vllm import LLM
 
     processor = AutoProcessor.from_pretrained(args.model)
-    spec = VisionSpec.for_processor(processor, video_fps=args.video_fps, video_max_frames=args.video_max_frames)
-    loader = MediaLoader(spec, None, None, cache_size=8)
-    cfg = PromptConfig(think=args.think)
+    loader = MediaLoader(vision_spec(processor, args), None, None, cache_size=8)
+    cfg = prompt_config(args)
     llm = LLM(model=args.model, seed=args.seed, max_model_len=args.max_model_len,
               limit_mm_per_prompt={"image": 2, "video": 1},
               logprobs_mode="processed_logprobs")  # expected mode: log-probs after restricting to the digits

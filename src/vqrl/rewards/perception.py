@@ -9,7 +9,8 @@ import json
 import math
 import re
 
-from .parsing import MAX_ANSWER_CHARS, NUMBER, as_float, extract_answer, numbers_in
+from ..data.records import to_float
+from .parsing import MAX_ANSWER_CHARS, NUMBER, extract_answer, numbers_in
 
 # Severity words, mildest first: "slight" = 1 ... "extreme" = 5 (the 1..5 levels of KADID-style distortions).
 SEVERITY_WORDS = {"slight": 1, "mild": 2, "moderate": 3, "severe": 4, "extreme": 5}
@@ -55,7 +56,7 @@ def severity_level(value) -> int | None:
     """An integer severity from 3, 3.0, "3" or a word of SEVERITY_WORDS; None otherwise."""
     if isinstance(value, str) and value.strip().casefold() in SEVERITY_WORDS:
         return SEVERITY_WORDS[value.strip().casefold()]
-    number = as_float(value)
+    number = to_float(value)
     return int(number) if number is not None and number == int(number) else None
 
 
@@ -183,7 +184,7 @@ def parse_box(value) -> tuple[float, float, float, float] | None:
     if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], (list, tuple)):
         value = value[0]
     if isinstance(value, (list, tuple)):
-        coords = [as_float(v) for v in value] if len(value) == 4 else [None]
+        coords = [to_float(v) for v in value] if len(value) == 4 else [None]
     elif isinstance(value, str):
         match = None
         for match in _BOX.finditer(value, 0, MAX_ANSWER_CHARS):

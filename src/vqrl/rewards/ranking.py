@@ -9,7 +9,8 @@ import logging
 import math
 import sys
 
-from .parsing import as_float, column, completion_text, parse_score
+from ..data.records import to_float
+from .parsing import column, completion_text, parse_score
 
 logger = logging.getLogger(__name__)
 _warned_single_image = False  # warn once per process: a recipe that holds one image per step stays that way
@@ -122,7 +123,7 @@ def fidelity_rank(completions, kwargs: dict, fidelity_eps: float = DEFAULT_EPS):
     """Batch reward: (rewards of this rank's completions, parse failures) after gathering the whole batch."""
     n = len(completions)
     scores = [parse_score(completion_text(c)) for c in completions]
-    mos = [as_float(value) for value in column(kwargs, "solution", n)]
+    mos = [to_float(value) for value in column(kwargs, "solution", n)]
     local = {"scores": scores, "mos": mos, "ids": column(kwargs, "sample_id", n),
              "num_generations": kwargs.get("num_generations")}
     parts, rank = _all_gather(local)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import re
 
-from .parsing import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, as_float, extract_answer, parse_number
+from ..data.records import to_float
+from .parsing import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, extract_answer, parse_number
 
 # |pred - MOS| is compared with this slack so that 2.20 vs 1.70 counts as 0.5, not 0.5000000000000002.
 TOLERANCE = 1e-9
@@ -30,7 +31,7 @@ def is_scoring_row(row: dict) -> bool:
     if isinstance(rtype, str):
         return rtype.split("_", 1)[0].lower() == "scoring"
     solution = row.get("solution")
-    return solution is None or as_float(solution) is not None
+    return solution is None or to_float(solution) is not None
 
 
 def _answer_ok(answer: str | None, row: dict) -> bool:
@@ -130,7 +131,7 @@ def answer_strict_reward(text: str, row: dict) -> tuple[float, bool | None]:
 
 
 def _prediction(text: str, row: dict) -> tuple[float | None, float | None]:
-    return parse_number(extract_answer(text)), as_float(row.get("solution"))
+    return parse_number(extract_answer(text)), to_float(row.get("solution"))
 
 
 def answer_reward(text: str, row: dict, answer_threshold: float = 0.5,

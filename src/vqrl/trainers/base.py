@@ -7,6 +7,7 @@ reward kwargs. GRPO itself — advantages, KL, clipping, μ iterations, loss typ
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from contextlib import nullcontext
 
@@ -17,11 +18,33 @@ from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from ..models.tiny import VISION_SPECIAL_TOKENS
-from ..training import checkpoints
+from ..modeling import vision as V
+from ..modeling import vision_once
+from ..training import checkpoints, saved_settings
 from ..training.activation_budget import ActivationBudget, parse_setting
-from . import vision as V
-from . import vision_once, vllm_rollouts
+from . import trl_seam, vllm_rollouts
+
+logger = logging.getLogger(__name__)
+VISION_ONCE_ENV = "VQRL_VISION_ONCE"  # deprecated (0 / 1): --vision_once false / true
+VISION_ONCE_CHOICES = ("auto", "true", "false")
+
+
+def vision_once_setting(args) -> str:
+    """auto | true | false: --vision_once, or where it is auto the deprecated VQRL_VISION_ONCE=1 / 0 (ValueError when
+    either is malformed or they disagree)."""
+    setting = str(args.vision_once).strip().lower()
+    if setting not in VISION_ONCE_CHOICES:
+        raise ValueError(f"--vision_once {args.vision_once}: must be auto, true or false")
+    env = os.environ.get(VISION_ONCE_ENV)
+    if env is None:
+        return setting
+    from_env = {"1": "true", "0": "false"}.get(env.strip())
+    if from_env is None:
+        raise ValueError(f"{VISION_ONCE_ENV}={env}: must be 1 or 0 (deprecated: use --vision_once true|false)")
+    if setting not in ("auto", from_env):
+        raise ValueError(f"--vision_once {setting} and {VISION_ONCE_ENV}={env} disagree: drop the environment variable "
+                         "(deprecated)")
+    return from_env
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -42,26 +65,45 @@ class EpochRepeatSampler(RepeatSampler):
 class VQRLTrainer(GRPOTrainer):
     """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes.
 
-    `vision_once` (default on, except under ZeRO-3 where it has not yet run on GPUs; env VQRL_VISION_ONCE=0 / 1
-    forces it off / on): the log-prob passes encode each distinct image/video once per forward, and train
-    micro-batches hold whole prompt groups where that cannot change the result (see `_groups_keep_result`)."""
+    `--vision_once auto|true|false` (auto: on, except under ZeRO-3 where it has not yet run on GPUs): the log-prob
+    passes encode each distinct image/video once per forward, and train micro-batches hold whole prompt groups where
+    that cannot change the result (see `_groups_keep_result`)."""
+
+    # What a trainer needs from the rest of vqrl, declared on its class: the entry point and the configuration checks
+    # read these and never branch on a trainer's name (docs/extending.md).
+    extra_columns: tuple[str, ...] = ()  # dataset columns beyond prompt and reward columns (dataset.EXTRA_COLUMNS)
+    uses_vllm: bool = False  # rollouts with vLLM whatever --use_vllm says (the seed's `vllm` trainer)
+
+    @classmethod
+    def config_problems(cls, args) -> list[str]:
+        """This trainer's own checks of a configuration, one line per problem (`--flag value: why`); they run with
+        vqrl's other checks, before any model loads, and again when the trainer is built. A subclass adds its own to
+        `super().config_problems(args)`."""
+        try:
+            vision_once_setting(args)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
 
     def __init__(self, *args, heartbeat=None, **kwargs):
+        trl_seam.check_library()  # every private hook below has the signature it was written against
+        problems = self.config_problems(kwargs["args"])
+        if problems:
+            raise ValueError("\n".join(problems))
+        if self.uses_vllm:
+            kwargs["args"].use_vllm = True
         if kwargs["args"].use_vllm:
             vllm_rollouts.size_context(kwargs["args"])
         super().__init__(*args, **kwargs)
-        forced = os.environ.get("VQRL_VISION_ONCE")
-        self.vision_once = forced != "0" if forced is not None else not is_deepspeed_zero3_enabled()
+        trl_seam.check_trainer(self)  # every TRL attribute read below is set
+        self.vision_once = self._resolve_vision_once()
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
         self._pending_media: list | None = None  # (images, videos, metas) per prompt, for vLLM's requests
         self._staging_root: str | None = None
         self.heartbeat = heartbeat
-        tok = self._tokenizer
-        self._vision_token_ids = sorted(
-            {tid for t in VISION_SPECIAL_TOKENS if (tid := tok.convert_tokens_to_ids(t)) is not None and tid != tok.unk_token_id}
-        )
+        self._vision_token_ids = V.vision_token_ids(self._tokenizer)
         config = self.model.config
         self._image_token_id = getattr(config, "image_token_id", None)
         self._video_token_id = getattr(config, "video_token_id", None)
@@ -85,6 +127,22 @@ class VQRLTrainer(GRPOTrainer):
             self.activation_budget = ActivationBudget(self.model, setting, lambda: self._max_loss_tokens)
             # first: it reads each step's peak memory before ResourceLogger resets the counters
             self.callback_handler.callbacks.insert(0, self.activation_budget)
+
+    def _resolve_vision_once(self) -> bool:
+        """--vision_once as a bool, said in the log; the deprecated environment variable, where it decided, is
+        written back into the config (so the run's saved arguments say what ran)."""
+        setting = vision_once_setting(self.args)
+        if os.environ.get(VISION_ONCE_ENV) is not None:
+            logger.warning("%s is deprecated and will be removed: use --vision_once %s", VISION_ONCE_ENV, setting)
+            self.args.vision_once = setting
+        if setting != "auto":
+            on = setting == "true"
+            logger.info("vision-once %s (--vision_once %s)", "on" if on else "off", setting)
+            return on
+        zero3 = is_deepspeed_zero3_enabled()
+        logger.info("vision-once %s (--vision_once auto%s)", "off" if zero3 else "on",
+                    " under DeepSpeed ZeRO-3, where it has not yet run on GPUs" if zero3 else "")
+        return not zero3
 
     def _compiled_generation(self) -> bool:
         choice = str(getattr(self.args, "compiled_generation", "false")).lower()
@@ -133,7 +191,8 @@ class VQRLTrainer(GRPOTrainer):
                                                         if k in ("pixel_values", "pixel_values_videos")}}
         with self._phase("generate"), vision_once.encode_once(vl_base, maps) if maps else nullcontext():
             completion_ids, logprobs = super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                prompt_ids=prompt_ids, images=images, multimodal_fields=multimodal_fields,
+                num_generations=num_generations, has_tool_images=has_tool_images,
             )
         return self._cut_at_vision_tokens(completion_ids, logprobs)
 
@@ -159,7 +218,7 @@ class VQRLTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         self._pending_sample_ids = [x.get("sample_id") for x in inputs]
         try:
-            output = super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs=inputs)
             output["vision"] = self._pending_vision
             if self.use_vllm:
                 mode = "train" if self.model.training else "eval"
@@ -178,7 +237,7 @@ class VQRLTrainer(GRPOTrainer):
         if self.activation_budget is not None:
             self.activation_budget.apply()
         try:
-            return super()._compute_loss(model, inputs)
+            return super()._compute_loss(model=model, inputs=inputs)
         finally:
             self._pending_vision = None
 
@@ -187,8 +246,9 @@ class VQRLTrainer(GRPOTrainer):
         vision = self._pending_vision
         base = GRPOTrainer._get_per_token_logps_and_entropies
         if vision is None:
-            return base(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
-                        compute_aux_loss, **kwargs)
+            return base(self, model=model, input_ids=input_ids, attention_mask=attention_mask,
+                        logits_to_keep=logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
+                        compute_aux_loss=compute_aux_loss, **kwargs)
         if len(vision) != input_ids.size(0):
             raise RuntimeError(f"vision inputs for {len(vision)} samples but {input_ids.size(0)} sequences")
         step = batch_size or input_ids.size(0)
@@ -204,8 +264,10 @@ class VQRLTrainer(GRPOTrainer):
             if extra:
                 extra["mm_token_type_ids"] = V.mm_token_type_ids(ids, self._image_token_id, self._video_token_id)
             with vision_once.encode_once(vl_base, maps) if maps else nullcontext():
-                lp, ent, ax = base(self, functools.partial(model, **extra), ids, attention_mask[start:end],
-                                   logits_to_keep, end - start, compute_entropy, compute_aux_loss)
+                lp, ent, ax = base(self, model=functools.partial(model, **extra), input_ids=ids,
+                                   attention_mask=attention_mask[start:end], logits_to_keep=logits_to_keep,
+                                   batch_size=end - start, compute_entropy=compute_entropy,
+                                   compute_aux_loss=compute_aux_loss)
             logps.append(lp)
             entropies.append(ent)
             aux.append(ax)
@@ -219,22 +281,22 @@ class VQRLTrainer(GRPOTrainer):
         sum of per-sequence terms with partition-independent normalisers (grpo, sapo, dr_grpo, dapo, cispo, vespo,
         luspo). bnpo (tokens per micro-batch), the top-entropy mask and the entropy bonus (quantile / mean per
         micro-batch) and MoE aux losses depend on the partition: those keep TRL's per-sequence shuffle."""
-        accum = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+        accum = trl_seam.require(self, "current_gradient_accumulation_steps", owner="Trainer",
+                                 when="by transformers' training loop")
         return (self.args.steps_per_generation == accum and self.loss_type != "bnpo"
-                and self.top_entropy_quantile >= 1.0 and not getattr(self, "_entropy_bonus_enabled", False)
+                and self.top_entropy_quantile >= 1.0 and not self._entropy_bonus_enabled
                 and not self.aux_loss_enabled)
 
     def _prepare_inputs(self, generation_batch):
         """TRL shuffles the generation batch per sequence before splitting it into micro-batches, so a micro-batch
         holds bits of many groups; where that is result-neutral, shuffle whole groups instead (same RNG draw), so
         that vision-once encodes each image once for its G sequences in the loss pass too."""
-        if not (self.vision_once and self.model.training and self._groups_keep_result()
-                and hasattr(trl_grpo, "shuffle_sequence_dict")):
-            return super()._prepare_inputs(generation_batch)
-        trl_shuffle = trl_grpo.shuffle_sequence_dict
+        if not (self.vision_once and self.model.training and self._groups_keep_result()):
+            return super()._prepare_inputs(generation_batch=generation_batch)
+        trl_shuffle = trl_grpo.shuffle_sequence_dict  # present: trl_seam.check_library checked it at start-up
         trl_grpo.shuffle_sequence_dict = vision_once.shuffle_by_group
         try:
-            return super()._prepare_inputs(generation_batch)
+            return super()._prepare_inputs(generation_batch=generation_batch)
         finally:
             trl_grpo.shuffle_sequence_dict = trl_shuffle
 
@@ -244,11 +306,12 @@ class VQRLTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         n = self.num_generations if mode == "train" else self.num_generations_eval
         inputs = [{**x, "num_generations": n} for x in inputs]
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return super()._calculate_rewards(inputs=inputs, prompts=prompts, completions=completions,
+                                          completion_ids_list=completion_ids_list)
 
     # ---- data order and resume ---------------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
-        sampler = super()._get_train_sampler(dataset)
+        sampler = super()._get_train_sampler(dataset=dataset)
         return EpochRepeatSampler(
             data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
             batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
@@ -263,19 +326,19 @@ class VQRLTrainer(GRPOTrainer):
         has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, f))
                           for f in ("model.safetensors", "model.safetensors.index.json"))
         if not (plain and has_weights):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return super()._load_from_checkpoint(resume_from_checkpoint=resume_from_checkpoint, model=model)
         saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype, use_safetensors=True)
         model.load_state_dict(saved.state_dict(), strict=True)
         del saved
 
     # ---- crash-safe checkpoints ----------------------------------------------------------------------------------
     def _get_output_dir(self, trial):
-        return self._staging_root or super()._get_output_dir(trial)
+        return self._staging_root or super()._get_output_dir(trial=trial)
 
     def _save_checkpoint(self, model, trial):
         """Write into a staging folder, then rename into place and mark complete: a crash never leaves a
         checkpoint that resume could pick. Older checkpoints are rotated only after the new one is complete."""
-        run_dir = super()._get_output_dir(trial)
+        run_dir = super()._get_output_dir(trial=trial)
         step = self.state.global_step
         staging = os.path.join(run_dir, f"{checkpoints.STAGING_PREFIX}{step}")
         if self.args.should_save:
@@ -284,12 +347,14 @@ class VQRLTrainer(GRPOTrainer):
         self._staging_root = staging
         try:
             with self._phase("save"):
-                super()._save_checkpoint(model, trial)
+                super()._save_checkpoint(model=model, trial=trial)
         finally:
             self._staging_root = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            checkpoints.finalize(os.path.join(staging, f"checkpoint-{step}"), run_dir, step)
+            staged = os.path.join(staging, f"checkpoint-{step}")
+            saved_settings.write(staged, saved_settings.of_config(self.args))  # what `vqrl eval` reads by default
+            checkpoints.finalize(staged, run_dir, step)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()

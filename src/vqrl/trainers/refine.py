@@ -15,10 +15,11 @@ import time
 import torch
 
 from ..data.prompts import SCORE_PREFIX, format_score
-from ..eval.inference import teacher_forced_probs
+from ..data.records import to_float
+from ..modeling import vision as V
+from ..modeling.teacher_forcing import teacher_forced_probs
 from ..rewards import build_reward_funcs, reward_options
-from ..rewards.parsing import completion_text, think_end
-from . import vision as V
+from ..rewards.parsing import completion_text, thought_of
 from .base import VQRLTrainer
 
 # Weights of the score tokens "d", ".", "d", "d" (e.g. 4 . 4 0). seed: the seed's rule
@@ -32,13 +33,6 @@ PD_WEIGHTS = {"seed": (0.0, 0.0, 1.0, 0.0), "paper": (0.6, 0.0, 0.3, 0.1)}
 SEED_PASS_REWARD = 2.0
 SEED_STD_EPS = 1e-4
 SEED_NO_PASS_SHIFT = 0.2 * 1e-4
-
-
-def thought_of(text: str) -> str:
-    """The completion up to and including its first think close tag (the rule `format` uses: `</think>`, `</Think>`,
-    `</ think>`), so its own answer is never part of it; the whole text, closed, when there is no close tag."""
-    end = think_end(text)
-    return text[:end] if end is not None else text + "</think>"
 
 
 def seed_score_text(mos) -> str:
@@ -69,16 +63,33 @@ def seed_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tensor
 class RefineTrainer(VQRLTrainer):
     """GRPO with the PD reward added as one more reward function named `pd` (weight 1)."""
 
+    extra_columns = ("prompt_nothink",)  # the no-think form of each prompt: PD's baseline
+
+    @classmethod
+    def config_problems(cls, args) -> list[str]:
+        out = super().config_problems(args)
+        if args.pd_mode not in PD_WEIGHTS:
+            out.append(f"--pd_mode {args.pd_mode}: must be one of {', '.join(PD_WEIGHTS)}")
+        weights = args.pd_weights
+        if weights is not None and (len(weights) != 4 or any(to_float(w) is None for w in weights)):
+            out.append(f"--pd_weights {' '.join(map(str, weights))}: give 4 finite weights, one per score token "
+                       "(d . d d)")
+        if not args.pd_gate:
+            out.append("--pd_gate: must name at least one rule reward (e.g. format answer)")
+        else:
+            try:
+                build_reward_funcs(args.pd_gate, **reward_options(args))
+            except ValueError as exc:
+                out.append(f"--pd_gate {' '.join(map(str, args.pd_gate))}: {exc}")
+        return out
+
     def __init__(self, *args, **kwargs):
         config = kwargs["args"]
-        if config.pd_mode not in PD_WEIGHTS:
-            raise ValueError(f"pd_mode must be one of {', '.join(PD_WEIGHTS)}, got {config.pd_mode!r}")
+        problems = self.config_problems(config)
+        if problems:  # before anything else: the base would only check after this reads the options
+            raise ValueError("\n".join(problems))
         self.pd_weights = tuple(float(w) for w in (config.pd_weights or PD_WEIGHTS[config.pd_mode]))
-        if len(self.pd_weights) != 4:
-            raise ValueError(f"pd_weights needs 4 values, one per score token (d . d d), got {list(self.pd_weights)}")
         self._score_text = seed_score_text if config.pd_mode == "seed" else format_score
-        if not config.pd_gate:
-            raise ValueError("pd_gate must name at least one rule reward (e.g. format answer)")
 
         def pd(completions, **kw):  # named `pd` so TRL logs rewards/pd/mean
             return self._pd_rewards(completions, **kw)
@@ -168,12 +179,13 @@ class RefineTrainer(VQRLTrainer):
     # ---- the seed's advantage shaping (option) -------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """Keep the rewards of the whole batch, gathered over processes by TRL, for the seed's advantages."""
-        self._gathered_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gathered_rewards = super()._calculate_rewards(inputs=inputs, prompts=prompts, completions=completions,
+                                                            completion_ids_list=completion_ids_list)
         return self._gathered_rewards
 
     def _generate_and_score_completions(self, inputs):
         self._gathered_rewards = None
-        output = super()._generate_and_score_completions(inputs)
+        output = super()._generate_and_score_completions(inputs=inputs)
         if self.args.pd_advantage_shaping:
             advantages = output["advantages"]
             output["advantages"] = self._seed_advantages_local(len(advantages)).to(advantages)

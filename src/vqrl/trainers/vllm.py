@@ -5,14 +5,9 @@
 from __future__ import annotations
 
 from .standard import StandardTrainer
-from .vllm_rollouts import vllm_multi_modal_data
-
-__all__ = ["VLLMTrainer", "vllm_multi_modal_data"]
 
 
 class VLLMTrainer(StandardTrainer):
     """GRPO with vLLM rollouts (the seed's Qwen2VLGRPOVLLMTrainer, minus its copied library code)."""
 
-    def __init__(self, *args, **kwargs):
-        kwargs["args"].use_vllm = True
-        super().__init__(*args, **kwargs)
+    uses_vllm = True

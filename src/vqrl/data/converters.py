@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-__all__ = ["CONVERTERS", "ALIASES", "SPLITS", "ConversionError", "Scale", "convert", "write_records", "add_arguments",
-           "run"]
+__all__ = ["CONVERTERS", "ALIASES", "SPLITS", "ConversionError", "Scale", "convert", "scoring_record", "write_records",
+           "add_arguments", "run"]
 
 
 class ConversionError(Exception):
@@ -225,7 +225,10 @@ def _name_str(value) -> str:
     return str(value).strip()
 
 
-def _record(dataset: str, path: str, raw: float, scale: Scale, source: str, video: bool = False, **meta) -> dict:
+def scoring_record(dataset: str, path: str, raw: float, scale: Scale, source: str, video: bool = False,
+                   **meta) -> dict:
+    """One scoring record: `path` (relative to --root), the MOS `raw` rescaled by `scale`, and in `meta` the raw value,
+    the rule, the label file it came from (`source`) and any other facts given (None ones left out)."""
     value, clipped = scale(raw)
     info = {"dataset": dataset, "mos_raw": raw, "rule": scale.rule, "source": source}
     if clipped:
@@ -296,8 +299,8 @@ def convert_koniq(root: Path, split: str | None = None) -> list[dict]:
             continue
         raw = _float(r[mos_col], f"{scores}:{i + 2} MOS")
         z = _float(r[z_col], f"{scores}:{i + 2} MOS_zscore") if z_col and r.get(z_col, "").strip() else None
-        out.append(_record("koniq", _join(img_dir, name), raw, KONIQ_SCALE, _rel(scores, root),
-                           mos_zscore=z, split=s))
+        out.append(scoring_record("koniq", _join(img_dir, name), raw, KONIQ_SCALE, _rel(scores, root),
+                                  mos_zscore=z, split=s))
     return out
 
 
@@ -314,7 +317,7 @@ def convert_spaq(root: Path, split: str | None = None) -> list[dict]:
             continue
         name = _name_str(r["image name"])
         raw = _float(r["mos"], f"{path} MOS of {name}")
-        out.append(_record("spaq", _join(img_dir, name), raw, SPAQ_SCALE, _rel(path, root)))
+        out.append(scoring_record("spaq", _join(img_dir, name), raw, SPAQ_SCALE, _rel(path, root)))
     return out
 
 
@@ -335,7 +338,7 @@ def convert_livec(root: Path, split: str | None = None) -> list[dict]:
         if i < LIVEC_TRAINING_IMAGES:
             continue
         raw = _float(raw, f"{mos_path} entry {i}")
-        out.append(_record("livec", _media(root, ["Images"], name), raw, LIVEC_SCALE, _rel(mos_path, root)))
+        out.append(scoring_record("livec", _media(root, ["Images"], name), raw, LIVEC_SCALE, _rel(mos_path, root)))
     return out
 
 
@@ -352,9 +355,10 @@ def convert_kadid(root: Path, split: str | None = None) -> list[dict]:
     out = []
     for i, r in enumerate(rows):
         raw = _float(r[val], f"{path}:{i + 2} dmos")
-        out.append(_record("kadid", _join(base, "images", r[dist].strip()), raw, KADID_SCALE, _rel(path, root),
-                           reference=_join(base, "images", r[ref].strip()),
-                           var=_float(r[var], f"{path}:{i + 2} var") if var and r.get(var, "").strip() else None))
+        out.append(scoring_record("kadid", _join(base, "images", r[dist].strip()), raw, KADID_SCALE, _rel(path, root),
+                                  reference=_join(base, "images", r[ref].strip()),
+                                  var=_float(r[var], f"{path}:{i + 2} var") if var and r.get(var, "").strip()
+                                  else None))
     return out
 
 
@@ -373,8 +377,9 @@ def convert_agiqa3k(root: Path, split: str | None = None) -> list[dict]:
     for i, r in enumerate(rows):
         raw = _float(r[mos], f"{path}:{i + 2} mos_quality")
         a = _float(r[align], f"{path}:{i + 2} mos_align") if align and r.get(align, "").strip() else None
-        out.append(_record("agiqa3k", _join(base, img_dir, r[name].strip()), raw, AGIQA3K_SCALE, _rel(path, root),
-                           mos_align=a, prompt=(r.get(prompt) or "").strip() if prompt else None))
+        out.append(scoring_record("agiqa3k", _join(base, img_dir, r[name].strip()), raw, AGIQA3K_SCALE,
+                                  _rel(path, root), mos_align=a,
+                                  prompt=(r.get(prompt) or "").strip() if prompt else None))
     return out
 
 
@@ -406,8 +411,8 @@ def convert_pipal(root: Path, split: str | None = None) -> list[dict]:
     out = []
     for path, name, raw in entries:
         ref = name.split("_")[0] + Path(name).suffix
-        out.append(_record("pipal", _media(root, PIPAL_DIS_DIRS, name), raw, scale, _rel(path, root),
-                           reference=_media(root, PIPAL_REF_DIRS, ref)))
+        out.append(scoring_record("pipal", _media(root, PIPAL_DIS_DIRS, name), raw, scale, _rel(path, root),
+                                  reference=_media(root, PIPAL_REF_DIRS, ref)))
     return out
 
 
@@ -437,9 +442,10 @@ def convert_csiq(root: Path, split: str | None = None) -> list[dict]:
         rel = _media(root / base, [f"dst_imgs/{folder}", "dst_imgs", "dst_imgs_all"], fname)
         raw = _float(r["dmos"], f"{path} all_by_image {fname} dmos")
         std = r.get("dmos_std")
-        out.append(_record("csiq", _join(base, rel), raw, CSIQ_SCALE, _rel(path, root),
-                           reference=_join(base, "src_imgs", f"{image}.png"), distortion=str(r["dst_type"]).strip(),
-                           level=level, dmos_std=float(std) if isinstance(std, (int, float)) else None))
+        out.append(scoring_record("csiq", _join(base, rel), raw, CSIQ_SCALE, _rel(path, root),
+                                  reference=_join(base, "src_imgs", f"{image}.png"),
+                                  distortion=str(r["dst_type"]).strip(),
+                                  level=level, dmos_std=float(std) if isinstance(std, (int, float)) else None))
     return out
 
 
@@ -458,9 +464,9 @@ def convert_tid2013(root: Path, split: str | None = None) -> list[dict]:
             raise ConversionError(f"{path}:{n}: expected 'MOS NAME', got {line.strip()!r}")
         raw, name = _float(parts[0], f"{path}:{n}"), parts[1]
         ref = f"I{name[1:3]}.BMP"
-        out.append(_record("tid2013", _join(base, _media(root / base, ["distorted_images"], name)), raw,
-                           TID2013_SCALE, _rel(path, root),
-                           reference=_join(base, _media(root / base, ["reference_images"], ref)), name=name))
+        out.append(scoring_record("tid2013", _join(base, _media(root / base, ["distorted_images"], name)), raw,
+                                  TID2013_SCALE, _rel(path, root),
+                                  reference=_join(base, _media(root / base, ["reference_images"], ref)), name=name))
     return out
 
 
@@ -497,16 +503,16 @@ def convert_lsvq(root: Path, split: str | None = None) -> list[dict]:
             if split is not None and part != split:
                 continue
             raw = _float(r[mos], f"{path}:{i + 2} mos")
-            out.append(_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root), video=True,
-                               split=part))
+            out.append(scoring_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root),
+                                      video=True, split=part))
     if split in (None, "test_1080p"):
         path = _find("LSVQ", root, ["labels_test_1080p.csv"])
         rows = _read_csv(path)
         name, mos = _column(rows, path, "name"), _column(rows, path, "mos")
         for i, r in enumerate(rows):
             raw = _float(r[mos], f"{path}:{i + 2} mos")
-            out.append(_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root), video=True,
-                               split="test_1080p"))
+            out.append(scoring_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root),
+                                      video=True, split="test_1080p"))
     return out
 
 
@@ -532,7 +538,7 @@ def convert_konvid(root: Path, split: str | None = None) -> list[dict]:
         if file_col and (r.get(file_col) or "").strip() and not (root / video).is_file():
             named = _media(root, ["KoNViD_1k_videos"], r[file_col].strip())
             video = named if (root / named).is_file() else video
-        out.append(_record("konvid", video, raw, KONVID_SCALE, _rel(path, root), video=True))
+        out.append(scoring_record("konvid", video, raw, KONVID_SCALE, _rel(path, root), video=True))
     return out
 
 
@@ -589,8 +595,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help=f"one of: {names} (aliases such as koniq10k, clive, kadid10k work)")
     parser.add_argument("--root", required=True, help="folder where the dataset's official archives were unpacked")
     parser.add_argument("--out", required=True, help="output .json (a list) or .jsonl")
-    parser.add_argument("--split", default=None,
-                        help="official split where one exists: koniq train|val|test; lsvq train|test|test_1080p")
+    splits = "; ".join(f"{name} {'|'.join(values)}" for name, values in SPLITS.items())
+    parser.add_argument("--split", default=None, help=f"official split where one exists: {splits}")
 
 
 def _output_path(out: Path) -> Path:
