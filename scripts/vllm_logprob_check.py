@@ -34,8 +34,8 @@ def main() -> int:
     from vllm import LLM, SamplingParams
 
     from vqrl.data.media import VisionSpec, load_image, load_video
-    from vqrl.trainers.vision import VISION_KEYS, encode_prompt, media_of, mm_token_type_ids
-    from vqrl.trainers.vllm_rollouts import check_expansion, media_request
+    from vqrl.modeling.vision import VISION_KEYS, encode_prompt, media_of, mm_token_type_ids
+    from vqrl.modeling.vllm_requests import check_expansion, media_request
 
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")
     spec = VisionSpec.for_processor(processor, video_fps=2.0, video_max_frames=8)

@@ -321,7 +321,7 @@ def run_one(kind: str, a, workdir: str) -> dict:
 def visual_tokens(trainer) -> list[int]:
     """Visual tokens of each prompt the run trains on (what a video row must match for its image row), counted from
     the prompts as the trainer builds them (plain TRL's rows carry their image in a column beside the prompt)."""
-    from .trainers.vision import encode_prompt
+    from .modeling.vision import encode_prompt
 
     processor = trainer.processing_class
     ids = {processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")}
