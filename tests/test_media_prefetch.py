@@ -69,3 +69,44 @@ def test_without_workers_prefetch_does_nothing():
     b = builder(0)
     b.prefetch([0, 1])
     assert b.loader._pool is None and not b.loader._pending
+
+
+def test_sampler_order_is_unchanged_and_windows_are_prefetched_ahead():
+    from vqrl.trainers.base import EpochRepeatSampler
+
+    def sampler():
+        return EpochRepeatSampler(data_source=list(range(10)), mini_repeat_count=2, batch_size=4, repeat_count=1,
+                                  shuffle=True, seed=3)
+
+    plain, ahead = sampler(), sampler()
+    calls = []
+    ahead.prefetch, ahead.prefetch_ahead = calls.append, 8
+    plain.set_epoch(1), ahead.set_epoch(1)
+    order = list(plain)
+    seen = []
+    for position, index in enumerate(ahead):
+        assert index in calls[position // 4]  # its window was asked for before it was yielded
+        seen.append(index)
+    assert seen == order and len(calls) == len(order) // 4
+    assert calls[0] == order[:8] and calls[1] == order[4:12]
+
+
+def test_training_with_prefetch_workers_sees_the_same_samples(tiny_model_dir, tmp_path, monkeypatch):
+    """Two-step runs with and without background decoding train on the same records in the same order."""
+    from trainer_utils import make_trainer, write_records
+
+    data = write_records(tmp_path / "d.json", [
+        {"image": "images/chelsea.jpg", "solution": 4.5, "type": "scoring_image"},
+        {"video": "videos/rocket_pan_l0.mp4", "solution": 3.0, "type": "scoring_video"},
+        {"image": "images/camera.jpg", "solution": 1.5, "type": "scoring_image"},
+    ])
+    seen = {}
+    for workers in (0, 2):
+        record = tmp_path / f"seen{workers}.jsonl"
+        monkeypatch.setenv("VQRL_TEST_RECORD", str(record))
+        trainer = make_trainer(tiny_model_dir, tmp_path / f"o{workers}", [data], reward_funcs=["recording:record_batch"],
+                               media_prefetch_workers=workers, max_steps=2)
+        trainer.train()
+        assert (trainer.row_builder.loader._pool is not None) == (workers > 0)
+        seen[workers] = [line.split('"text"')[0] for line in record.read_text().splitlines()]
+    assert seen[0] == seen[2] and len(seen[0]) == 2 * 4

@@ -65,6 +65,10 @@ class VQRLConfig(GRPOConfig):
                 "checkpointed steps, as many layers keep them as the measured free memory allows (docs/perf.md: "
                 "7 percent faster steps with vLLM rollouts on one H200, none measured with HF generation)"})
 
+    media_prefetch_workers: int = field(default=4, metadata={
+        "help": "threads that decode the images and videos of the coming prompts while the GPU works on the current "
+                "ones (one-process runs; 0: decode when a prompt is asked for). Same rows, failures counted the same"})
+
     # rewards
     reward_funcs: list[str] = field(default_factory=lambda: ["format", "answer"],
                                     metadata={"help": "reward names (vqrl.rewards.REWARDS) or package.module:function"})

@@ -194,6 +194,8 @@ def _vision(args, model_args) -> list[str]:
             value = getattr(args, name)
             if value and 0 < value < args.min_pixels:
                 out.append(f"--{name} {value} is below --min_pixels {args.min_pixels}")
+    if args.media_prefetch_workers < 0:
+        out.append(f"--media_prefetch_workers {args.media_prefetch_workers}: must be 0 (off) or a number of threads")
     if not (_finite(args.video_fps) and args.video_fps > 0):
         out.append(f"--video_fps {args.video_fps}: must be a positive number of frames per second")
     if args.video_max_frames < 2:  # the same rule as data.media.VisionSpec, checked here before any model loads

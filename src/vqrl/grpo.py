@@ -136,7 +136,9 @@ def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, process
     records = load_checked_records(data_cfg, spec, processor, prompt_cfg, args.max_prompt_length,
                                    progress=args.local_process_index == 0)  # the checks of validate-data, decoding
     trainer_cls = get_trainer(args.trainer)
-    builder = RowBuilder(records, MediaLoader(spec, None, None), prompt_cfg,  # records carry anchored paths
+    loader = MediaLoader(spec, None, None, workers=args.media_prefetch_workers,  # records carry anchored paths
+                         cache_size=max(64, 2 * (args.generation_batch_size or 0)))
+    builder = RowBuilder(records, loader, prompt_cfg,
                          extra_columns=trainer_cls.extra_columns)
     dataset = make_train_dataset(records, builder)
     if reward_funcs is None:

@@ -52,6 +52,8 @@ class EpochRepeatSampler(RepeatSampler):
     process has iterated: a run resumed in epoch e sees epoch e's order, as the uninterrupted run did."""
 
     epoch = 0
+    prefetch = None  # callable(indices): start decoding these records' media (one-process runs)
+    prefetch_ahead = 0  # how many coming indices to keep decoding ahead
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -59,7 +61,16 @@ class EpochRepeatSampler(RepeatSampler):
     def __iter__(self):
         if self.shuffle:
             self.generator.manual_seed((self.seed or 0) + 1_000_003 * self.epoch)
-        return super().__iter__()
+        order = super().__iter__()
+        return self._prefetching(list(order)) if self.prefetch is not None and self.prefetch_ahead > 0 else order
+
+    def _prefetching(self, order: list[int]):
+        """The same order; every half window, the media of the next `prefetch_ahead` indices start decoding."""
+        step = max(self.prefetch_ahead // 2, 1)
+        for position, index in enumerate(order):
+            if position % step == 0:
+                self.prefetch(order[position:position + self.prefetch_ahead])
+            yield index
 
 
 class VQRLTrainer(GRPOTrainer):
@@ -312,11 +323,18 @@ class VQRLTrainer(GRPOTrainer):
     # ---- data order and resume ---------------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
         sampler = super()._get_train_sampler(dataset=dataset)
-        return EpochRepeatSampler(
+        ordered = EpochRepeatSampler(
             data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
             batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
             seed=sampler.seed,
         )
+        builder = getattr(self, "row_builder", None)  # set by vqrl.grpo.build_trainer; absent for hand-built datasets
+        if builder is not None and self.args.media_prefetch_workers > 0 and self.accelerator.num_processes == 1:
+            # with several processes accelerate hands each one every n-th batch of this order; decoding the others'
+            # media too would cost n times the work, so prefetching is for one-process runs only (for now)
+            ordered.prefetch = builder.prefetch
+            ordered.prefetch_ahead = 2 * self.args.per_device_train_batch_size * self.args.steps_per_generation
+        return ordered
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load resumed weights through from_pretrained, which maps saved key names onto the live module names
