@@ -209,3 +209,37 @@ def test_rerunning_a_finished_epoch_based_run_trains_no_step(tiny_model_dir, tmp
     assert main(argv + ["--resume", "auto"]) == 0
     assert record.read_text() == seen and _checkpoint_dirs(out) == ["checkpoint-5"]
     assert _train_rows(out) == ([1, 2, 3, 4, 5], [5])
+
+
+def test_model_only_checkpoints_resume_with_fresh_optimizer_but_not_under_deepspeed(tiny_model_dir, tmp_path, caplog):
+    """--save_only_model (a 7B ZeRO-3 full checkpoint is ~115 GB, its weights 16 GB): a checkpoint without optimizer
+    state resumes its weights and step with a fresh optimizer (said in the log); under DeepSpeed, whose resume reads
+    its own optimizer shards, it is refused before any model loads, with the way out."""
+    import logging
+
+    from vqrl.config_checks import ConfigError, resolve_resume
+    from vqrl.grpo import main
+
+    out = tmp_path / "run"
+    data = os.path.join(EXAMPLES, "RL_examples.json")
+    common = ["--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--data_files", data, "--image_root",
+              EXAMPLES, "--video_root", EXAMPLES, "--per_device_train_batch_size", "4", "--num_generations", "2",
+              "--max_completion_length", "8", "--use_cpu", "true", "--report_to", "none", "--save_strategy", "steps",
+              "--save_steps", "1", "--save_only_model", "true", "--max_pixels", "3136", "--progress", "logs"]
+    assert main([*common, "--max_steps", "1"]) == 0
+    ckpt = checkpoints.latest_complete(str(out))
+    assert ckpt.endswith("checkpoint-1") and not checkpoints.has_optimizer_state(ckpt)
+    with pytest.raises(ConfigError, match=r"holds no optimizer state .*--model_name_or_path .*checkpoint-1"):
+        resolve_resume("auto", str(out), deepspeed=True)
+    with caplog.at_level(logging.WARNING):
+        assert main([*common, "--max_steps", "2", "--resume", "auto"]) == 0
+    assert "fresh optimizer" in caplog.text
+    assert checkpoints.marker_step(checkpoints.latest_complete(str(out))) == 2
+    # a full checkpoint is recognised as such
+    ckpt_dir = tmp_path / "full" / "checkpoint-3"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "optimizer.pt").write_bytes(b"x")
+    assert checkpoints.has_optimizer_state(str(ckpt_dir))
+    (ckpt_dir / "optimizer.pt").unlink()
+    (ckpt_dir / "global_step3").mkdir()
+    assert checkpoints.has_optimizer_state(str(ckpt_dir))

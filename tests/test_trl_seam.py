@@ -74,10 +74,22 @@ def test_start_up_refuses_a_changed_hook_before_any_model_loads(monkeypatch, tmp
 
 
 def test_missing_attribute_is_an_error_not_a_default():
-    trainer = SimpleNamespace(**{name: 0 for name in trl_seam.ATTRIBUTES if name != "_entropy_bonus_enabled"})
+    names = trl_seam.ATTRIBUTES + trl_seam.HF_GENERATION_ATTRIBUTES
+    trainer = SimpleNamespace(**{name: 0 for name in names if name != "_entropy_bonus_enabled"})
     trainer.use_vllm = False
     with pytest.raises(trl_seam.SeamError, match=r"GRPOTrainer\._entropy_bonus_enabled is not set after "
                                                  r"GRPOTrainer.__init__"):
+        trl_seam.check_trainer(trainer)
+
+
+def test_hf_generation_settings_are_required_only_without_vllm():
+    """TRL sets generation_kwargs / generation_config only for HF generation: a vLLM trainer has none."""
+    trainer = SimpleNamespace(**{name: 0 for name in trl_seam.ATTRIBUTES})
+    trainer.use_vllm, trainer.vllm_mode = True, "colocate"
+    trainer.vllm_generation = SimpleNamespace(generation_kwargs={}, llm=object())
+    trl_seam.check_trainer(trainer)
+    trainer.use_vllm = False
+    with pytest.raises(trl_seam.SeamError, match=r"GRPOTrainer\.generation_kwargs is not set"):
         trl_seam.check_trainer(trainer)
 
 
@@ -129,5 +141,5 @@ def test_docs_list_the_same_hooks():
         page = f.read()
     start = page.index("<!-- trl_seam.markdown_table() -->\n") + len("<!-- trl_seam.markdown_table() -->\n")
     assert page[start:page.index("<!-- end -->")].strip() == trl_seam.markdown_table()
-    for name in trl_seam.ATTRIBUTES + ("current_gradient_accumulation_steps",):
+    for name in trl_seam.ATTRIBUTES + trl_seam.HF_GENERATION_ATTRIBUTES + ("current_gradient_accumulation_steps",):
         assert f"`{name}`" in page, name

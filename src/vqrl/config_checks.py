@@ -7,6 +7,7 @@ It reads flags, small files and folder listings only: it must not load weights, 
 from __future__ import annotations
 
 import contextlib
+import logging
 import importlib.util
 import json
 import os
@@ -17,6 +18,8 @@ from dataclasses import fields
 from .data.records import to_float
 from .training import checkpoints
 from .training.activation_budget import parse_setting
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -58,12 +61,27 @@ def resume_setting(args) -> str | None:
     return args.resume or os.environ.get(checkpoints.RESUME_ENV)
 
 
-def resolve_resume(resume: str | None, output_dir: str) -> str | None:
-    """checkpoints.resolve_resume with its refusals as ConfigErrors."""
+def resolve_resume(resume: str | None, output_dir: str, deepspeed: bool = False) -> str | None:
+    """checkpoints.resolve_resume with its refusals as ConfigErrors. A checkpoint without optimizer state
+    (--save_only_model) resumes its weights with a fresh optimizer, except under DeepSpeed, whose resume reads its own
+    optimizer shards: that is refused with the way out (a new run from the checkpoint's weights)."""
     try:
-        return checkpoints.resolve_resume(resume, output_dir)
+        checkpoint = checkpoints.resolve_resume(resume, output_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+    if checkpoint and not checkpoints.has_optimizer_state(checkpoint):
+        if deepspeed:
+            raise ConfigError(f"{checkpoint} holds no optimizer state (written with --save_only_model), and a "
+                              "DeepSpeed run resumes only from its own optimizer shards: start a new run from its "
+                              f"weights (--model_name_or_path {checkpoint} --resume none, new --output_dir)")
+        logger.warning("%s holds no optimizer state (written with --save_only_model): resuming its weights, data "
+                       "order and step with a fresh optimizer and learning-rate schedule", checkpoint)
+    return checkpoint
+
+
+def uses_deepspeed(args) -> bool:
+    """DeepSpeed from --deepspeed or from an accelerate config (what finetune_RL.sh launches with)."""
+    return bool(getattr(args, "deepspeed", None)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
 def normalise_lists(cfg, own: set[str]) -> None:

@@ -19,7 +19,8 @@ from trl import ModelConfig, get_peft_config
 
 from .config import VQRLConfig
 from .config import parse as parse_config
-from .config_checks import ConfigError, as_config_error, check_config, resolve_resume, resume_setting
+from .config_checks import (ConfigError, as_config_error, check_config, resolve_resume, resume_setting,
+                            uses_deepspeed)
 from .data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_records, make_train_dataset
 from .data.media import VisionSpec
 from .data.prompts import PromptConfig
@@ -173,7 +174,7 @@ def train(args: VQRLConfig, model_args: ModelConfig) -> int:
     resume = resume_setting(args)
     if args.resume is None and args.resume_from_checkpoint:
         logger.info("--resume_from_checkpoint %s is read as vqrl's --resume %s", args.resume_from_checkpoint, resume)
-    checkpoint = resolve_resume(resume, args.output_dir)
+    checkpoint = resolve_resume(resume, args.output_dir, deepspeed=uses_deepspeed(args))
     if args.should_save:
         for path in checkpoints.clean_partial(args.output_dir):
             logger.warning("removed a half-written checkpoint left by a crash: %s", path)

@@ -87,10 +87,11 @@ FUNCTIONS = (
 
 # Attributes a trainer reads from TRL's GRPOTrainer after its __init__ (checked then, so a rename fails at start-up,
 # never as a silently changed default later).
-ATTRIBUTES = ("_tokenizer", "processing_class", "chat_template_kwargs", "generation_kwargs", "generation_config",
-              "num_generations", "num_generations_eval", "reward_weights", "loss_type", "top_entropy_quantile",
+ATTRIBUTES = ("_tokenizer", "processing_class", "chat_template_kwargs", "num_generations", "num_generations_eval", "reward_weights", "loss_type", "top_entropy_quantile",
               "_entropy_bonus_enabled", "aux_loss_enabled", "use_vllm", "vllm_mode", "_metrics", "_step",
               "_buffered_inputs", "is_deepspeed_enabled", "is_fsdp_enabled", "callback_handler")
+# With HF generation (TRL sets these only then): the sampling settings the base trainer extends.
+HF_GENERATION_ATTRIBUTES = ("generation_kwargs", "generation_config")
 # With vLLM rollouts: TRL's VLLMGeneration and what vllm_rollouts.attach changes on it.
 VLLM_ATTRIBUTES = ("vllm_generation",)
 VLLM_GENERATION_ATTRIBUTES = {"colocate": ("generation_kwargs", "llm"), "server": ("generation_kwargs",)}
@@ -175,7 +176,7 @@ def check_library() -> None:
 
 def check_trainer(trainer) -> None:
     """After GRPOTrainer.__init__: every attribute vqrl reads is there (SeamError naming the first missing one)."""
-    names = ATTRIBUTES + (VLLM_ATTRIBUTES if trainer.use_vllm else ())
+    names = ATTRIBUTES + (VLLM_ATTRIBUTES if trainer.use_vllm else HF_GENERATION_ATTRIBUTES)
     for name in names:
         require(trainer, name)
     if trainer.use_vllm:

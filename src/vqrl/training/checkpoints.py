@@ -184,3 +184,11 @@ def no_space_left(exc: BaseException, path: str) -> bool:
         free = free_bytes(path)
         return free is not None and free < NEARLY_FULL_BYTES
     return False
+
+
+def has_optimizer_state(path: str) -> bool:
+    """Whether a checkpoint holds optimizer state: transformers' optimizer file, or DeepSpeed's global_step* folder.
+    Checkpoints written with --save_only_model hold the weights (and trainer state) only."""
+    if any(os.path.isfile(os.path.join(path, name)) for name in ("optimizer.pt", "optimizer.bin")):
+        return True
+    return any(name.startswith("global_step") and os.path.isdir(os.path.join(path, name)) for name in os.listdir(path))
