@@ -44,6 +44,19 @@ def model64(tiny_models):
     return tiny_models("qwen2_5_vl", head_dim=64)  # vLLM's CPU attention needs head_dim >= 64
 
 
+def record_requests(llm) -> list:
+    """The rows of every call MediaLLM makes to the real vLLM engine (one list per call), filled as training runs."""
+    calls = []
+    original = llm._llm.generate
+
+    def spy(rows, *args, **kwargs):
+        calls.append(list(rows))
+        return original(rows, *args, **kwargs)
+
+    llm._llm.generate = spy
+    return calls
+
+
 def _greedy_logprobs(llm, ids, n=6):
     from vllm import SamplingParams
 
@@ -67,20 +80,14 @@ def test_vllm_rollouts_with_images_and_videos_train_and_sync_weights(model64, tm
                            max_steps=2, per_device_train_batch_size=8, num_generations=2, max_completion_length=12,
                            learning_rate=0.05, vllm_gpu_memory_utilization=0.3)
     llm = trainer.vllm_generation.llm
-    requests = []
-    original = llm._llm.generate
-
-    def spy(rows, *args, **kwargs):
-        requests.extend(rows)
-        return original(rows, *args, **kwargs)
-
-    llm._llm.generate = spy
+    calls = record_requests(llm)
     tok = trainer.processing_class.tokenizer
     probe = tok.encode("<|im_start|>user\nHow sharp is it?<|im_end|>\n<|im_start|>assistant\n")
     tokens_before, logp_before = _greedy_logprobs(llm._llm, probe)
 
     trainer.train()
     assert trainer.state.global_step == 2
+    requests = [row for call in calls for row in call]
     kinds = [sorted((r.get("multi_modal_data") or {}).keys()) for r in requests]
     assert ["image"] in kinds and ["video"] in kinds, "images and videos must both reach vLLM"
     video = next(r["multi_modal_data"]["video"] for r in requests if "video" in (r.get("multi_modal_data") or {}))
@@ -108,15 +115,7 @@ def test_use_vllm_with_every_trainer_small_micro_batches_mixed_media(model64, tm
                            per_device_train_batch_size=2, gradient_accumulation_steps=2, num_generations=2,
                            max_completion_length=12, learning_rate=0.05, vllm_gpu_memory_utilization=0.3)
     assert trainer.use_vllm and trainer.args.steps_per_generation == 2
-    llm = trainer.vllm_generation.llm
-    requests = []
-    original = llm._llm.generate
-
-    def spy(rows, *args, **kwargs):
-        requests.append(rows)
-        return original(rows, *args, **kwargs)
-
-    llm._llm.generate = spy
+    requests = record_requests(trainer.vllm_generation.llm)
     trainer.train()
     assert trainer.state.global_step == 2
     assert all(len(rows) == 4 for rows in requests), "one vLLM call per generation batch (2 prompts x 2)"
