@@ -99,6 +99,19 @@ def _mask(rng: np.random.Generator, size: int) -> Image.Image:
     return m
 
 
+def _exposure_gamma(arr: np.ndarray, target: float) -> float:
+    """The gamma g with mean luminance of arr**g equal to target (bisection on log g; the mean falls as g grows)."""
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    lo, hi = math.log(0.05), math.log(20.0)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if float((arr ** math.exp(mid) @ luma).mean()) > target:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2)
+
+
 def render_scene(seed: int, index: int, size: int = 112) -> Image.Image:
     """Scene `index` of the family `seed`: a background and 3-8 objects, each flat, gradient or textured, drawn at
     SUPERSAMPLE x and downscaled, then its luminance range stretched to the pristine range."""
@@ -115,11 +128,8 @@ def render_scene(seed: int, index: int, size: int = 112) -> Image.Image:
     lo, hi = np.percentile(luma, [1, 99])
     new_lo, new_hi = rng.uniform(*LOW_PERCENTILE), rng.uniform(*HIGH_PERCENTILE)
     arr = np.clip((arr - lo) * (new_hi - new_lo) / max(hi - lo, 1.0) + new_lo, 0, 255)
-    # "auto-exposure": a tone curve (gamma) that puts the mean luminance at a well-exposed level
-    target = float(rng.uniform(*MEAN_LUMINANCE)) / 255.0
-    mean = float((arr @ np.array([0.299, 0.587, 0.114], np.float32)).mean()) / 255.0
-    gamma = math.log(target) / math.log(min(max(mean, 0.05), 0.95))
-    arr = 255.0 * (arr / 255.0) ** gamma
+    # "auto-exposure": the tone curve (gamma) that puts the mean luminance at a well-exposed level
+    arr = 255.0 * (arr / 255.0) ** _exposure_gamma(arr / 255.0, float(rng.uniform(*MEAN_LUMINANCE)) / 255.0)
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
 
 

@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
     p.add_argument("--workers", type=int, help="processes for building the data")
+    p.add_argument("--reuse_data", help="a data folder an earlier check built with the same task flags (skips building)")
+    p.add_argument("--warm_start", help="an earlier warm-up (e.g. <out>/seed0/sft): every seed starts GRPO from it")
     task = p.add_argument_group("task (procedural scenes, see vqrl.learning.task)")
     task.add_argument("--data_seed", type=int, default=0, help="the scenes and distortions (same for every seed)")
     task.add_argument("--families", nargs="+", default=list(FAMILIES))
@@ -116,6 +118,11 @@ def stage_warmup(cfg, seed: int) -> dict:
 
     out = Path(cfg.out) / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.warm_start:
+        shutil.copytree(cfg.warm_start, out / "sft")
+        info = {"steps": 0, "seconds": 0.0, "warm_start": cfg.warm_start}
+        (out / "warmup.json").write_text(json.dumps(info, indent=1))
+        return info
     data = Path(cfg.out) / "data"
     model = make_model(out / "model_init", seed=seed, max_pixels=cfg.size * cfg.size, hidden_size=cfg.hidden_size,
                        layers=cfg.layers, head_dim=cfg.head_dim, vision_hidden_size=cfg.vision_hidden_size,
@@ -158,7 +165,7 @@ def main(argv=None) -> dict | None:
             stage_grpo(cfg, cfg.seed, cfg.trainer, cfg.deadline)
         return None
     from .report import write_report
-    from .task import build_task
+    from .task import build_task, load_task
 
     started = time.time()
     out = Path(cfg.out)
@@ -168,7 +175,11 @@ def main(argv=None) -> dict | None:
     cfg.started = started
     (out / "config.json").write_text(json.dumps(vars(cfg), indent=1))
     _setup(cfg)
-    task = build_task(task_spec(cfg), out / "data", workers=cfg.workers)
+    if cfg.reuse_data:
+        task = load_task(cfg.reuse_data, task_spec(cfg))
+        (out / "data").symlink_to(Path(cfg.reuse_data).resolve(), target_is_directory=True)
+    else:
+        task = build_task(task_spec(cfg), out / "data", workers=cfg.workers)
     b = task["baselines"]
     print(f"data: {task['splits']['train']['records']} train / {task['splits']['heldout']['records']} held-out / "
           f"{task['splits']['test']['records']} test records ({time.time() - started:.0f}s); best baseline: held-out "

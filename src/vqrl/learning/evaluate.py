@@ -18,6 +18,7 @@ from ..data.prompts import PromptConfig
 from ..eval.metrics import compute_metrics
 from ..eval.run import _score_batch, load_eval_records
 from .task import source_of
+from .warmup import THINK_TEXT
 
 MODES = ("expected", "greedy")
 KEYS = ("srcc", "plcc", "krcc", "rmse", "parse_fail_rate")
@@ -46,13 +47,18 @@ class SplitScorer:
         out = {}
         try:
             for mode, ns in self.ns.items():
-                preds = []
+                preds, texts = [], []
                 with torch.no_grad():
                     for start in range(0, len(self.records), ns.batch_size):
                         batch = self.records[start:start + ns.batch_size]
-                        preds += [s for s, _ in _score_batch(model, self.processor, batch, self.loader,
-                                                             self.prompt_cfg, ns)]
+                        scored = _score_batch(model, self.processor, batch, self.loader, self.prompt_cfg, ns)
+                        preds += [s for s, _ in scored]
+                        texts += [t for _, t in scored]
                 out[mode] = self._metrics(preds)
+                if mode == "greedy":  # is the thinking still the warm-up's fixed sentence? (what PD compares)
+                    thoughts = [_thought(t) for t in texts]
+                    out[mode]["think_is_template"] = sum(t == THINK_TEXT for t in thoughts) / max(1, len(thoughts))
+                    out[mode]["think_distinct"] = len(set(thoughts))
         finally:
             model.train(was_training)
         return out
@@ -68,7 +74,16 @@ class SplitScorer:
             within.append(compute_metrics([mos[i] for i in idx], [preds[i] for i in idx])["srcc"])
         within = [v for v in within if v is not None]
         out["srcc_within"] = sum(within) / len(within) if within else None
+        families = sorted({r["distortion"] for r in self.records if r.get("distortion")})
+        for family in families:  # one family against the pristine scenes: does the model see this distortion?
+            idx = [i for i, r in enumerate(self.records) if r.get("distortion") in (family, None)]
+            out[f"srcc_{family}"] = compute_metrics([mos[i] for i in idx], [preds[i] for i in idx])["srcc"]
         return out
+
+
+def _thought(text: str) -> str | None:
+    start, end = text.find("<think>"), text.find("</think>")
+    return text[start + len("<think>"):end].strip() if 0 <= start < end else None
 
 
 def vqrl_eval(model_dir: str | Path, data_file: str | Path, image_root: str | Path, out: str | Path, *,

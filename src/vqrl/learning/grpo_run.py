@@ -16,7 +16,8 @@ from .evaluate import SplitScorer, vqrl_eval
 
 LAST_EVALS = 3  # a run's result: the mean held-out SRCC of its last three evaluations (one lucky point cannot pass)
 LOGGED = ("reward", "reward_std", "kl", "loss", "entropy", "grad_norm", "completions/mean_length",
-          "completions/clipped_ratio")
+          "completions/clipped_ratio", "frac_reward_zero_std", "refine/p_think", "refine/p_nothink",
+          "refine/frac_earning_pd")
 
 
 def grpo_flags(cfg, trainer: str, start: Path, data: Path, out: Path, seed: int) -> list[str]:

@@ -75,7 +75,7 @@ def build_task(spec: TaskSpec, out: str | Path, workers: int = 1) -> dict:
         (out / f"{kind}.json").unlink(missing_ok=True)
     summary["baselines"] = baselines.fit_and_score(stats["train"], {s: stats[s] for s in SPLITS if s != "train"})
     (out / "task.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return _read(out / "task.json")  # as a later stage will read it (lists, not tuples)
 
 
 def load_task(out: str | Path, spec: TaskSpec | None = None) -> dict:
