@@ -112,6 +112,19 @@ def test_baseline_sign_comes_from_train_not_from_the_scored_split():
     assert r["best_heldout"] == {"name": "contrast", "srcc": pytest.approx(1.0)}
 
 
+def test_two_sided_baseline_fits_its_centre_on_train():
+    # quality falls on both sides of 10: a signed statistic cannot rank it, the distance from 10 can
+    train = ({"mean_luminance": [0, 5, 10, 15, 20] * 4, "contrast": [1.0] * 20, "sharpness": list(range(20))},
+             [1.0, 3.0, 5.0, 3.0, 1.0] * 4)
+    heldout = ({"mean_luminance": [2, 8, 10, 13, 19], "contrast": [1.0] * 5, "sharpness": [1, 2, 3, 4, 5]},
+               [1.5, 4.0, 5.0, 3.5, 1.2])
+    r = baselines.fit_and_score(train, {"heldout": heldout})
+    assert abs(r["baselines"]["mean_luminance"]["heldout"]) < 0.5
+    assert r["two_sided"]["mean_luminance"]["centre"] == pytest.approx(10.0, abs=2.5)
+    assert r["two_sided"]["mean_luminance"]["heldout"] == pytest.approx(1.0)
+    assert r["best_two_sided_heldout"]["name"] == "mean_luminance"
+
+
 # ---- report: targets ---------------------------------------------------------------------------------------------
 def _results(ends: dict[tuple[int, str], float], kl: float = 0.5) -> dict:
     task = {"baselines": {"baselines": {"contrast": {"heldout": 0.3, "test": 0.2}},

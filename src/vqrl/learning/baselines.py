@@ -55,9 +55,13 @@ def srcc(x, y) -> float:
 def fit_and_score(train: tuple[dict, list[float]], splits: dict[str, tuple[dict, list[float]]]) -> dict:
     """For each statistic: the direction (+1/-1) that ranks the TRAIN records best, then the SRCC of that signed
     statistic on each split. `best` is the statistic whose fixed-sign SRCC is highest on each split (the strictest
-    bar for a learned model: picking the best on the scored split can only flatter the baseline)."""
+    bar for a learned model: picking the best on the scored split can only flatter the baseline).
+
+    Also, as a diagnostic (`two_sided`): -|statistic - c| with c the train quantile that ranks the train records
+    best, i.e. "distance from the typical pristine value"; distortions in both directions defeat the signed
+    statistic but not this one, unless no single statistic covers all the families."""
     train_stats, train_mos = train
-    out: dict = {"baselines": {}}
+    out: dict = {"baselines": {}, "two_sided": {}}
     for name in STATISTICS:
         r_train = srcc(train_stats[name], train_mos)
         sign = 1.0 if r_train >= 0 else -1.0
@@ -65,7 +69,16 @@ def fit_and_score(train: tuple[dict, list[float]], splits: dict[str, tuple[dict,
         for split, (stats, mos) in splits.items():
             row[split] = srcc([sign * v for v in stats[name]], mos)
         out["baselines"][name] = row
+        centres = np.quantile(train_stats[name], np.linspace(0.05, 0.95, 19))
+        fits = [(srcc([-abs(v - c) for v in train_stats[name]], train_mos), float(c)) for c in centres]
+        r_fit, centre = max(fits)
+        two = {"centre": centre, "train": r_fit}
+        for split, (stats, mos) in splits.items():
+            two[split] = srcc([-abs(v - centre) for v in stats[name]], mos)
+        out["two_sided"][name] = two
     for split in splits:
         name = max(STATISTICS, key=lambda n: out["baselines"][n][split])
         out[f"best_{split}"] = {"name": name, "srcc": out["baselines"][name][split]}
+        name = max(STATISTICS, key=lambda n: out["two_sided"][n][split])
+        out[f"best_two_sided_{split}"] = {"name": name, "srcc": out["two_sided"][name][split]}
     return out

@@ -19,19 +19,20 @@ from .task import FAMILIES, TaskSpec
 
 # A flag given on the command line wins over its preset's value.
 PRESETS = {
-    # the CPU test (tests/test_learning.py): one seed, in this process, ~9 minutes on 2 busy cores
+    # the CPU test (tests/test_learning.py): one seed, in this process, ~8 minutes on 2 cores. Only the exposure pair
+    # (darker / brighter: mean luminance fails, the distance from mid-grey does not) is learnable in that budget
     "quick": dict(
-        device="cpu", threads=1, workers=1, train_sources=300, heldout_sources=8, test_sources=8, per_source=5,
-        per_source_eval=10, size=112, hidden_size=128, layers=2, head_dim=32, vision_hidden_size=32, vision_depth=2,
-        sft_steps=200, sft_lr=2e-3, sft_batch=16,
-        steps=150, refine_steps=20, lr=1e-3, lr_schedule="cosine", warmup_steps=10, num_generations=4,
+        device="cpu", threads=1, workers=1, families=["brighten", "darken"], train_sources=150, heldout_sources=8,
+        test_sources=8, per_source=5, per_source_eval=10, size=112, hidden_size=128, layers=2, head_dim=32,
+        vision_hidden_size=32, vision_depth=2, sft_steps=200, sft_lr=2e-3, sft_batch=16,
+        steps=120, refine_steps=10, lr=1e-3, lr_schedule="cosine", warmup_steps=10, num_generations=4,
         prompts_per_step=16, temperature=1.0, beta=0.1, entropy_coef=0.02, scale_rewards="group",
         max_completion_length=32, eval_every=10, parallel=0, budget=None,
     ),
     # one H200 (16 cores): 3 seeds x (standard, refine) as 6 processes sharing the GPU, in one device call; GRPO
     # stops at the step budget or when the wall-clock budget says so, leaving time for the final evaluations
     "gpu": dict(
-        device="cuda", threads=2, workers=12, train_sources=1000, heldout_sources=8, test_sources=8, per_source=5,
+        device="cuda", threads=2, workers=12, families=list(FAMILIES), train_sources=1000, heldout_sources=8, test_sources=8, per_source=5,
         per_source_eval=10, size=112, hidden_size=128, layers=2, head_dim=32, vision_hidden_size=32, vision_depth=2,
         sft_steps=200, sft_lr=2e-3, sft_batch=16,
         steps=300, refine_steps=300, lr=1e-3, lr_schedule="constant_with_warmup", warmup_steps=10,
@@ -67,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warm_start", help="an earlier warm-up (e.g. <out>/seed0/sft): every seed starts GRPO from it")
     task = p.add_argument_group("task (procedural scenes, see vqrl.learning.task)")
     task.add_argument("--data_seed", type=int, default=0, help="the scenes and distortions (same for every seed)")
-    task.add_argument("--families", nargs="+", default=list(FAMILIES))
+    task.add_argument("--families", nargs="+", help=f"distortion families (default {' '.join(FAMILIES)}; quick "
+                                                    "preset: brighten darken)")
     for name in ("train_sources", "heldout_sources", "test_sources", "per_source", "per_source_eval", "size"):
         task.add_argument(f"--{name}", type=int)
     model = p.add_argument_group("model and warm-up")
@@ -89,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     grpo.add_argument("--grpo_arg", action="append", default=[], metavar="KEY=VALUE",
                       help="any other vqrl/TRL GRPO option for every run (repeatable)")
     grpo.add_argument("--no_final_eval", action="store_true", help="skip the full `vqrl eval` of the final models")
+    grpo.add_argument("--stability_probe", action=argparse.BooleanOptionalAction, default=True,
+                      help="log per step the sampled-vs-scored log-prob gap and the largest token KL "
+                           "(vqrl.learning.stability; no extra forward pass)")
     p.add_argument("--stage", choices=["all", "warmup", "grpo"], default="all", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # a worker's seed
     p.add_argument("--trainer", help=argparse.SUPPRESS)  # a worker's trainer

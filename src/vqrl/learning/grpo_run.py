@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from .evaluate import SplitScorer, vqrl_eval
+from .stability import probing
 
 LAST_EVALS = 3  # a run's result: the mean held-out SRCC of its last three evaluations (one lucky point cannot pass)
 LOGGED = ("reward", "reward_std", "kl", "loss", "entropy", "grad_norm", "completions/mean_length",
           "completions/clipped_ratio", "frac_reward_zero_std", "refine/p_think", "refine/p_nothink",
-          "refine/frac_earning_pd")
+          "refine/frac_earning_pd", "probe/sampled_minus_scored_max", "probe/scored_logp_min", "probe/kl_token_max")
 
 
 def grpo_flags(cfg, trainer: str, start: Path, data: Path, out: Path, seed: int) -> list[str]:
@@ -59,7 +61,8 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     started = time.perf_counter()
     set_seed(seed)
     args, model_args = parse(grpo_flags(cfg, trainer_name, start, data, out, seed))
-    trainer = build_trainer(args, model_args)
+    with probing() if cfg.stability_probe else nullcontext():
+        trainer = build_trainer(args, model_args)
     scorer = SplitScorer(data / "heldout.json", data, trainer.processing_class, cfg.max_completion_length)
     points, logs = [], []
     stopped = {"early": False}
@@ -135,11 +138,17 @@ def verdict(points: list[dict]) -> dict:
 
 
 def stability(logs: list[dict]) -> dict:
-    """The largest logged per-token KL (TRL's `kl`: the mean over a step's completion tokens) and loss, and where."""
-    kls = [(r["kl"], r["step"]) for r in logs if r.get("kl") is not None]
-    losses = [(abs(r["loss"]), r["step"]) for r in logs if r.get("loss") is not None]
-    return {"kl_max": max(kls)[0] if kls else None, "kl_max_step": max(kls)[1] if kls else None,
-            "abs_loss_max": max(losses)[0] if losses else None}
+    """The largest logged per-token KL (TRL's `kl`: the mean over a step's completion tokens) and loss, and where;
+    with the probe, the largest single-token KL and sampled-vs-scored log-prob gap (vqrl.learning.stability)."""
+    def peak(key):
+        rows = [(r[key], r["step"]) for r in logs if r.get(key) is not None]
+        return max(rows) if rows else (None, None)
+
+    kl, kl_step = peak("kl")
+    return {"kl_max": kl, "kl_max_step": kl_step, "abs_loss_max": max((abs(r["loss"]) for r in logs if "loss" in r),
+                                                                    default=None),
+            "kl_token_max": peak("probe/kl_token_max")[0],
+            "sampled_minus_scored_max": peak("probe/sampled_minus_scored_max")[0]}
 
 
 def _mean_since(logs: list[dict], after: int, upto: int) -> dict:

@@ -45,6 +45,7 @@ def rows(results: dict) -> list[dict]:
                 "test_srcc": fe.get("test", {}).get("expected", {}).get("srcc"),
                 "test_greedy": fe.get("test", {}).get("greedy", {}).get("srcc"),
                 "test_baseline": base["best_test"]["srcc"],
+                "two_sided": base.get("best_two_sided_heldout", {}).get("srcc"),
                 "kl_max": run.get("kl_max"), "kl_max_step": run.get("kl_max_step"),
                 "seconds": run.get("seconds"),
             })
@@ -99,6 +100,9 @@ def markdown(table: list[dict], agg: dict, task: dict) -> str:
     lines.append("")
     lines.append("Baselines (one image statistic, direction fitted on train): " + ", ".join(
         f"{name} held-out {_f(v['heldout'])} / test {_f(v['test'])}" for name, v in b["baselines"].items()) + ".")
+    if b.get("two_sided"):
+        lines.append("Diagnostic, distance of one statistic from a centre fitted on train (-|s - c|): " + ", ".join(
+            f"{name} held-out {_f(v['heldout'])} / test {_f(v['test'])}" for name, v in b["two_sided"].items()) + ".")
     for trainer, a in agg.items():
         if "targets_met" in a:
             lines.append(f"Targets ({trainer}, every seed): " + ", ".join(

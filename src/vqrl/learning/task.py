@@ -19,10 +19,11 @@ from . import baselines
 SPLITS = ("train", "heldout", "test")
 # Scene indices of each split start here: a scene belongs to exactly one split, whatever the split sizes.
 FIRST_INDEX = {"train": 0, "heldout": 100_000, "test": 200_000}
-# Both directions of each simple statistic: darker and brighter, sharper-looking (noise) and softer (blur), less
-# contrast (contrast loss) and more local variance (noise). JPEG is left out by default: the tiny model's random
-# frozen vision tower barely sees it at 112 px (docs/learning.md has the measurements); --families can add it.
-FAMILIES = ("gaussian_blur", "gaussian_noise", "brighten", "darken", "contrast_loss")
+# Two pairs of opposite directions: darker and brighter (mean luminance), softer and grainier (sharpness), so that
+# no image statistic ranks quality in one direction, and no single statistic covers both pairs. JPEG is left out:
+# the tiny model's random frozen vision tower barely sees it at 112 px; contrast loss can be added with --families
+# (docs/learning.md has the measurements).
+FAMILIES = ("gaussian_blur", "gaussian_noise", "brighten", "darken")
 
 
 @dataclass(frozen=True)
