@@ -22,7 +22,7 @@ PRESETS = {
     # the CPU test (tests/test_learning.py): one seed, in this process, ~8 minutes on 2 cores. Only the exposure pair
     # (darker / brighter: mean luminance fails, the distance from mid-grey does not) is learnable in that budget
     "quick": dict(
-        device="cpu", threads=1, workers=1, families=["brighten", "darken"], train_sources=150, heldout_sources=8,
+        device="cpu", threads=1, workers=1, seeds=[0], families=["brighten", "darken"], train_sources=150, heldout_sources=8,
         test_sources=8, per_source=5, per_source_eval=10, size=112, hidden_size=128, layers=2, head_dim=32,
         vision_hidden_size=32, vision_depth=2, sft_steps=200, sft_lr=2e-3, sft_batch=16,
         steps=120, refine_steps=10, lr=1e-3, lr_schedule="cosine", warmup_steps=10, num_generations=4,
@@ -32,20 +32,18 @@ PRESETS = {
     # one H200 (16 cores): 3 seeds x (standard, refine) as 6 processes sharing the GPU, in one device call; GRPO
     # stops at the step budget or when the wall-clock budget says so, leaving time for the final evaluations
     "gpu": dict(
-        device="cuda", threads=2, workers=12, families=list(FAMILIES), train_sources=1000, heldout_sources=8, test_sources=8, per_source=5,
-        per_source_eval=10, size=112, hidden_size=128, layers=2, head_dim=32, vision_hidden_size=32, vision_depth=2,
+        device="cuda", threads=2, workers=12, seeds=[0, 1, 2], families=list(FAMILIES), train_sources=1000,
+        heldout_sources=8, test_sources=8, per_source=5, per_source_eval=10, size=112, hidden_size=128, layers=2, head_dim=32, vision_hidden_size=32, vision_depth=2,
         sft_steps=200, sft_lr=2e-3, sft_batch=16,
         steps=300, refine_steps=300, lr=1e-3, lr_schedule="constant_with_warmup", warmup_steps=10,
         num_generations=4, prompts_per_step=64, temperature=1.0, beta=0.1, entropy_coef=0.02, scale_rewards="group",
-        max_completion_length=32, eval_every=20, parallel=6, budget=540,
+        max_completion_length=32, eval_every=20, parallel=6, budget=480,
     ),
 }
 # --smoke: the same code path at a toy scale (2-3 steps), to check a preset end to end before spending device time
 SMOKE = dict(train_sources=12, heldout_sources=6, test_sources=6, per_source=5, per_source_eval=5, sft_steps=3,
              sft_batch=4, steps=3, refine_steps=2, prompts_per_step=2, eval_every=2, warmup_steps=0)
 RESERVE_SECONDS = 75  # of --budget, kept for the final `vqrl eval`s and the summary after GRPO stops
-
-log = logging.getLogger("vqrl.learning")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     preset.add_argument("--gpu", action="store_true", help="one-GPU preset: 3 seeds x 2 trainers in parallel")
     p.add_argument("--smoke", action="store_true", help="the preset's code path at a toy scale (2-3 steps)")
     p.add_argument("--out", default="outputs/learning_check", help="output folder (recreated)")
+    p.add_argument("--export", help="also copy the small results (summary, curves, every run's logs and metrics; no "
+                                    "images or models) into this folder, e.g. a device call's $OUT")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (model init, warm-up, GRPO sampling)")
     p.add_argument("--trainers", nargs="*", default=["standard", "refine"],
                    help="GRPO runs per seed, each from the seed's warm-up; none: the warm-up only")
@@ -100,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # a worker's GRPO stop time (time.time())
     args = p.parse_args(argv)
     args.preset = "gpu" if args.gpu else "quick"
-    values = dict(PRESETS[args.preset], seeds=[0])
+    values = dict(PRESETS[args.preset])
     if args.smoke:
         values.update(SMOKE)
     for key, value in values.items():
@@ -146,6 +146,20 @@ def stage_grpo(cfg, seed: int, trainer: str, deadline: float | None = None) -> d
 
     out = Path(cfg.out) / f"seed{seed}"
     return run_grpo(cfg, trainer, seed, out / "sft", Path(cfg.out) / "data", out / trainer, deadline=deadline)
+
+
+EXPORTED = ("results.json", "summary.md", "curves.png", "config.json", "data/task.json", "seed*/warmup.json",
+            "seed*/*.log", "seed*/*/run.json", "seed*/*/metrics.jsonl", "seed*/*/stability_probe.jsonl",
+            "seed*/*/eval/*/metrics.json", "seed*/*/eval/*/scatter_*.png")
+
+
+def export(out: Path, dest: Path) -> None:
+    """Copy the check's small artefacts (EXPORTED) from `out` to `dest`, keeping their relative paths."""
+    for pattern in EXPORTED:
+        for path in sorted(out.glob(pattern)):
+            target = dest / path.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
 
 
 def _setup(cfg) -> None:
@@ -202,6 +216,8 @@ def main(argv=None) -> dict | None:
             for trainer in cfg.trainers:
                 stage_grpo(cfg, seed, trainer, deadline)
     results = write_report(cfg, failures, time.time() - started)
+    if cfg.export:
+        export(out, Path(cfg.export))
     print("\n" + results["summary_text"])
     print(f"\nwrote {out / 'results.json'}, {out / 'summary.md'} and {out / 'curves.png'}")
     return results

@@ -47,9 +47,26 @@ def rows(results: dict) -> list[dict]:
                 "test_baseline": base["best_test"]["srcc"],
                 "two_sided": base.get("best_two_sided_heldout", {}).get("srcc"),
                 "kl_max": run.get("kl_max"), "kl_max_step": run.get("kl_max_step"),
-                "seconds": run.get("seconds"),
+                "seconds": run.get("seconds"), **_thinking(run),
             })
     return out
+
+
+def _thinking(run: dict) -> dict:
+    """What Refine's PD compares: over the last quarter of the run, the mean PD reward and think/no-think
+    probabilities of the true score, and at the last evaluations the share of greedy thoughts that are still the
+    warm-up's sentence."""
+    logs = run.get("train_log") or []
+    tail = logs[-max(1, len(logs) // 4):]
+
+    def mean(key, rows):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    points = run.get("points") or []
+    return {"pd": mean("pd", tail), "p_think": mean("refine/p_think", tail),
+            "p_nothink": mean("refine/p_nothink", tail),
+            "think_is_template": mean("greedy_think_is_template", points[1:][-3:])}
 
 
 def aggregate(table: list[dict]) -> dict:
@@ -103,6 +120,12 @@ def markdown(table: list[dict], agg: dict, task: dict) -> str:
     if b.get("two_sided"):
         lines.append("Diagnostic, distance of one statistic from a centre fitted on train (-|s - c|): " + ", ".join(
             f"{name} held-out {_f(v['heldout'])} / test {_f(v['test'])}" for name, v in b["two_sided"].items()) + ".")
+    for r in sorted(table, key=lambda r: (r["trainer"], r["seed"])):
+        if r["trainer"] == "refine" or r.get("think_is_template") is not None:
+            lines.append(f"Thinking, seed {r['seed']} {r['trainer']}: greedy thoughts equal to the warm-up's sentence "
+                         f"{_pct(r.get('think_is_template'))}" + (
+                             f"; last quarter: PD reward {_g(r['pd'])}, P(true score | think) {_g(r['p_think'])} vs "
+                             f"no-think {_g(r['p_nothink'])}" if r.get("pd") is not None else "") + ".")
     for trainer, a in agg.items():
         if "targets_met" in a:
             lines.append(f"Targets ({trainer}, every seed): " + ", ".join(
@@ -180,6 +203,10 @@ def _f(x) -> str:
 
 def _g(x) -> str:
     return "-" if x is None else f"{x:.3g}"
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 def _nan(x):
