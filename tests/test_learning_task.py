@@ -127,8 +127,8 @@ def test_two_sided_baseline_fits_its_centre_on_train():
 
 # ---- report: targets ---------------------------------------------------------------------------------------------
 def _results(ends: dict[tuple[int, str], float], kl: float = 0.5) -> dict:
-    task = {"baselines": {"baselines": {"contrast": {"heldout": 0.3, "test": 0.2}},
-                          "best_heldout": {"name": "contrast", "srcc": 0.3}, "best_test": {"name": "contrast", "srcc": 0.2}}}
+    best = {"best_heldout": {"name": "contrast", "srcc": 0.3}, "best_test": {"name": "contrast", "srcc": 0.2}}
+    task = {"baselines": {"baselines": {"contrast": {"heldout": 0.3, "test": 0.2}}, **best}}
     seeds = {}
     for (seed, trainer), end in ends.items():
         seeds.setdefault(str(seed), {"warmup": {}, "runs": {}})["runs"][trainer] = {

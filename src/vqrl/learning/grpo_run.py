@@ -36,7 +36,7 @@ def grpo_flags(cfg, trainer: str, start: Path, data: Path, out: Path, seed: int)
         "logging_steps": 1, "report_to": "none", "save_strategy": "no", "seed": seed, "data_seed": seed,
         "use_cpu": "true" if cfg.device == "cpu" else "false", "bf16": "false", "dtype": "float32",
         "heartbeat": "false", "disable_tqdm": "true", "log_completions": "false",
-        # a 2-layer model decodes 32 tokens in a fraction of a second: compiling its decode step costs more than it saves
+        # a 2-layer model decodes 32 tokens in a fraction of a second: compiling its decode step costs more than that
         "compiled_generation": "false",
     }
     for item in cfg.grpo_arg:
