@@ -149,6 +149,9 @@ def test_targets_must_hold_on_every_seed():
     assert met["held-out SRCC >= 0.8"] is False and met["held-out SRCC >= best baseline + 0.3"] is True
     spiky = report.aggregate(report.rows(_results(good, kl=11.0)))["standard"]["targets_met"]
     assert spiky["per-token KL <= 10 at every step"] is False
+    short = _results(good)
+    short["seeds"]["0"]["runs"]["refine"]["steps"] = 10  # a shorter Refine run is not judged against standard
+    assert "within_tolerance_of_standard" not in report.aggregate(report.rows(short))["refine"]
 
 
 def test_markdown_has_a_row_per_seed_and_the_mean_and_worst():

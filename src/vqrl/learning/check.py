@@ -107,8 +107,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in values.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if args.device == "cuda" and args.parallel and args.threads is None:
-        args.threads = 2
     return args
 
 
