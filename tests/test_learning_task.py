@@ -132,8 +132,8 @@ def _results(ends: dict[tuple[int, str], float], kl: float = 0.5) -> dict:
     seeds = {}
     for (seed, trainer), end in ends.items():
         seeds.setdefault(str(seed), {"warmup": {}, "runs": {}})["runs"][trainer] = {
-            "steps": 100, "srcc_start": 0.0, "srcc_end": end, "greedy_srcc_end": end - 0.1, "kl_max": kl,
-            "final_eval": {"test": {"expected": {"srcc": end - 0.05}, "greedy": {"srcc": end - 0.2}}}}
+            "steps": 100, "steps_planned": 100, "srcc_start": 0.0, "srcc_end": end, "greedy_srcc_end": end - 0.1,
+            "kl_max": kl, "final_eval": {"test": {"expected": {"srcc": end - 0.05}, "greedy": {"srcc": end - 0.2}}}}
     return {"task": task, "seeds": seeds}
 
 
@@ -150,7 +150,7 @@ def test_targets_must_hold_on_every_seed():
     spiky = report.aggregate(report.rows(_results(good, kl=11.0)))["standard"]["targets_met"]
     assert spiky["per-token KL <= 10 at every step"] is False
     short = _results(good)
-    short["seeds"]["0"]["runs"]["refine"]["steps"] = 10  # a shorter Refine run is not judged against standard
+    short["seeds"]["0"]["runs"]["refine"]["steps_planned"] = 10  # a shorter Refine run is not judged against standard
     assert "within_tolerance_of_standard" not in report.aggregate(report.rows(short))["refine"]
 
 
