@@ -118,10 +118,15 @@ class VQRLTrainer(GRPOTrainer):
         config = self.model.config
         self._image_token_id = getattr(config, "image_token_id", None)
         self._video_token_id = getattr(config, "video_token_id", None)
-        if not self.use_vllm:  # a sampled vision token would break the next forward: never sample one
-            suppress = sorted(set(self.generation_kwargs.get("suppress_tokens") or []) | set(self._vision_token_ids))
-            self.generation_kwargs["suppress_tokens"] = suppress
-            self.generation_config.suppress_tokens = suppress
+        # Vision tokens are sampled like any other (a completion that samples one is cut before it: see
+        # _cut_at_vision_tokens), never suppressed: TRL scores the softmax over the whole vocabulary, so suppressing
+        # them in sampling made the loss score another distribution than the one sampled, and the mass on the
+        # suppressed tokens ran away under the KL and entropy terms (the KL spikes of docs/learning.md). TRL 1.16
+        # suppresses the image token for HF generation by default; only a user's own suppress_tokens stay.
+        if not self.use_vllm:
+            users = (self.args.generation_kwargs or {}).get("suppress_tokens")
+            self.generation_kwargs["suppress_tokens"] = users
+            self.generation_config.suppress_tokens = users
             if self._compiled_generation():
                 # TRL turns HF generate's compile path off; decoding a 3B model is launch-bound, and a static cache
                 # with a CUDA-graph forward halves its time (docs/perf.md). Sampling itself is unchanged.
@@ -212,7 +217,8 @@ class VQRLTrainer(GRPOTrainer):
         return self.heartbeat.phase(name, self.state.global_step) if self.heartbeat is not None else nullcontext()
 
     def _cut_at_vision_tokens(self, completion_ids, logprobs):
-        """End a completion before any vision special token, so it is neither fed back nor trained on."""
+        """End a completion before any vision special token, so it is neither fed back nor trained on (the log-prob
+        forward would need image features for it). What remains was sampled from the distribution the loss scores."""
         vision = set(self._vision_token_ids)
         cut = 0
         for i, ids in enumerate(completion_ids):

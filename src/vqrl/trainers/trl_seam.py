@@ -94,7 +94,7 @@ ATTRIBUTES = ("_tokenizer", "processing_class", "chat_template_kwargs", "num_gen
 HF_GENERATION_ATTRIBUTES = ("generation_kwargs", "generation_config")
 # With vLLM rollouts: TRL's VLLMGeneration and what vllm_rollouts.attach changes on it.
 VLLM_ATTRIBUTES = ("vllm_generation",)
-VLLM_GENERATION_ATTRIBUTES = {"colocate": ("generation_kwargs", "llm"), "server": ("generation_kwargs",)}
+VLLM_GENERATION_ATTRIBUTES = {"colocate": ("llm",), "server": ()}
 
 
 def signature_text(func) -> str:

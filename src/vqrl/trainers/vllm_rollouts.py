@@ -48,13 +48,10 @@ def size_context(config) -> None:
 
 
 def attach(trainer) -> None:
-    """After TRL started vLLM: forbid vision tokens in sampling (a sampled one would break the next forward) and,
-    in colocate mode, route requests through MediaLLM."""
+    """After TRL started vLLM: in colocate mode, route requests through MediaLLM. Sampling is left as TRL sets it
+    (no bias against vision tokens: the base trainer cuts a completion before one, and the loss must score the
+    distribution vLLM samples from)."""
     generation = trainer.vllm_generation
-    generation.generation_kwargs = {
-        **(generation.generation_kwargs or {}),
-        "logit_bias": {int(t): -100.0 for t in trainer._vision_token_ids},
-    }
     if trainer.vllm_mode == "colocate":
         generation.llm = MediaLLM(generation.llm, trainer)
 
