@@ -100,6 +100,10 @@ def test_completions_are_cut_before_vision_tokens(tiny_model_dir, tmp_path):
     assert not set(trainer.generation_config.suppress_tokens or []) & set(trainer._vision_token_ids)
     cut, _ = trainer._cut_at_vision_tokens([[5, 6, image_pad, 7], [5, 6]], None)
     assert cut == [[5, 6], [5, 6]]
+    # a completion whose first token is a vision token: TRL needs a last token, so it becomes end-of-text alone
+    eos = trainer.processing_class.tokenizer.eos_token_id
+    cut, logprobs = trainer._cut_at_vision_tokens([[image_pad, 5, 6], [7, image_pad]], [[-1.0, -2.0, -3.0], [-4.0, -5.0]])
+    assert cut == [[eos], [7]] and logprobs == [[-1.0], [-4.0]]
 
 
 def test_bad_sample_policy(tiny_model_dir, tmp_path):

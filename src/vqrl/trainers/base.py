@@ -225,9 +225,12 @@ class VQRLTrainer(GRPOTrainer):
             pos = next((j for j, t in enumerate(ids) if t in vision), None)
             if pos is not None:
                 cut += 1
-                completion_ids[i] = list(ids[:pos])
+                # a completion cut to nothing becomes the end-of-text token alone (TRL needs a last token): the one
+                # token of a cut completion not sampled as scored; it earns no reward and carries its own gradient
+                keep = max(pos, 1)
+                completion_ids[i] = list(ids[:pos]) or [self._tokenizer.eos_token_id]
                 if logprobs is not None:
-                    logprobs[i] = logprobs[i][:pos]
+                    logprobs[i] = logprobs[i][:keep]
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["completions/cut_at_vision_token"].append(cut / max(len(completion_ids), 1))
         return completion_ids, logprobs
