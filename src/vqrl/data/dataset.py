@@ -230,15 +230,21 @@ class RowBuilder:
         return row
 
 
-def make_train_dataset(records: list[dict], builder: RowBuilder):
-    """A `datasets.Dataset` of record indices whose rows are built on access by `builder`."""
+def lazy_dataset(length: int, row_fn):
+    """A `datasets.Dataset` of `length` indices whose rows `row_fn(i)` builds on access: nothing heavy is stored in
+    Arrow (TRL wants a Dataset; decoded media and conversations with media never meet Arrow's schema merging)."""
     from datasets import Dataset
 
-    ds = Dataset.from_dict({"row": list(range(len(records)))})
+    ds = Dataset.from_dict({"row": list(range(length))})
 
     def transform(batch):
-        rows = [builder.row(i) for i in batch["row"]]
+        rows = [row_fn(i) for i in batch["row"]]
         return {key: [r[key] for r in rows] for key in rows[0]}
 
     ds.set_transform(transform)
     return ds
+
+
+def make_train_dataset(records: list[dict], builder: RowBuilder):
+    """A `datasets.Dataset` of record indices whose rows are built on access by `builder`."""
+    return lazy_dataset(len(records), builder.row)

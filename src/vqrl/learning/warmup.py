@@ -103,16 +103,9 @@ class RandomScoreSFT:
 
     def as_dataset(self):
         """A `datasets.Dataset` of indices whose rows are built on access (TRL skips preparing vision datasets)."""
-        from datasets import Dataset
+        from ..data.dataset import lazy_dataset
 
-        ds = Dataset.from_dict({"index": list(range(self.length))})
-
-        def transform(batch):
-            rows = [self[i] for i in batch["index"]]
-            return {key: [r[key] for r in rows] for key in rows[0]}
-
-        ds.set_transform(transform)
-        return ds
+        return lazy_dataset(self.length, self.__getitem__)
 
 
 def warmup(model_path: Path, train_file: Path, image_root: Path, out: Path, *, seed: int, steps: int, lr: float,

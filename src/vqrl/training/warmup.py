@@ -62,16 +62,10 @@ class FormatExamples:
         return {"prompt": messages, "completion": completion, "images": [image]}
 
     def as_dataset(self):
-        from datasets import Dataset
+        """A `datasets.Dataset` of indices whose rows are built on access (TRL skips preparing vision datasets)."""
+        from ..data.dataset import lazy_dataset
 
-        ds = Dataset.from_dict({"index": list(range(self.length))})
-
-        def transform(batch):
-            rows = [self[i] for i in batch["index"]]
-            return {key: [r[key] for r in rows] for key in rows[0]}
-
-        ds.set_transform(transform)
-        return ds
+        return lazy_dataset(self.length, self.__getitem__)
 
 
 def format_warmup(model_dir: str | Path, out: str | Path, steps: int = 120, batch: int = 8, lr: float = 4e-3,
