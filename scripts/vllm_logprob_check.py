@@ -27,6 +27,9 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--gpu_memory_utilization", type=float, default=0.3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--mm_encoder_attn_backend", default=None,
+                   help="vLLM's attention for the vision tower (e.g. TORCH_SDPA, HF's kernel): tells a kernel "
+                   "difference from a processing one when only media prompts show a gap")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -50,7 +53,8 @@ def main() -> int:
     encoded = {k: encode_prompt(processor, v) for k, v in prompts.items()}
 
     llm = LLM(model=a.model, dtype=a.dtype, gpu_memory_utilization=a.gpu_memory_utilization, max_model_len=4096,
-              seed=0, logprobs_mode="raw_logprobs", limit_mm_per_prompt={"image": 1, "video": 1})
+              seed=0, logprobs_mode="raw_logprobs", limit_mm_per_prompt={"image": 1, "video": 1},
+              **({"mm_encoder_attn_backend": a.mm_encoder_attn_backend} if a.mm_encoder_attn_backend else {}))
     params = SamplingParams(n=a.samples, temperature=1.0, max_tokens=a.tokens, min_tokens=a.tokens, logprobs=0,
                             seed=0)
     config = llm.llm_engine.model_config.hf_config
@@ -69,7 +73,7 @@ def main() -> int:
     model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=getattr(torch, a.dtype),
                                                         attn_implementation="sdpa").to(a.device).eval()
     config = model.config
-    result = {"dtype": a.dtype, "model": a.model}
+    result = {"dtype": a.dtype, "model": a.model, "mm_encoder_attn_backend": a.mm_encoder_attn_backend}
     for (kind, (ids, vision)), out in zip(encoded.items(), outputs):
         gaps = []
         for sample in out.outputs:
