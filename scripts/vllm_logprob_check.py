@@ -37,7 +37,7 @@ def main() -> int:
     from vllm import LLM, SamplingParams
 
     from vqrl.data.media import VisionSpec, load_image, load_video
-    from vqrl.modeling.vision import VISION_KEYS, encode_prompt, media_of, mm_token_type_ids
+    from vqrl.modeling.vision import VISION_KEYS, encode_prompt, media_of, mm_token_type_ids, vision_token_ids
     from vqrl.modeling.vllm_requests import check_expansion, media_request
 
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")
@@ -73,12 +73,17 @@ def main() -> int:
     model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=getattr(torch, a.dtype),
                                                         attn_implementation="sdpa").to(a.device).eval()
     config = model.config
+    vision_tokens = set(vision_token_ids(processor.tokenizer))
     result = {"dtype": a.dtype, "model": a.model, "mm_encoder_attn_backend": a.mm_encoder_attn_backend}
     for (kind, (ids, vision)), out in zip(encoded.items(), outputs):
         gaps = []
         for sample in out.outputs:
             tokens = list(sample.token_ids)
             sampled = torch.tensor([next(iter(d.values())).logprob for d in sample.logprobs])
+            cut = next((j for j, t in enumerate(tokens) if t in vision_tokens), len(tokens))  # as trainers cut
+            tokens, sampled = tokens[:cut], sampled[:cut]
+            if not tokens:
+                continue
             x = torch.tensor([ids + tokens], device=a.device)
             extra = {k: v.to(a.device) for k, v in vision.items() if k in VISION_KEYS}
             if extra:

@@ -222,3 +222,21 @@ def test_bench_vllm_rows_split_generation_weight_sync_and_log_the_logprob_gap(tm
         assert "vllm/logp_gap_mean_image" in r["metrics"] and "sampling/importance_sampling_ratio/mean" in r["metrics"]
         assert r["metrics"]["vllm/logp_gap_p99_image"]["max"] < 0.02
     assert rows["refine_vllm"]["split_s"]["pd"] > 0
+
+
+def test_logprob_check_script_scores_every_prompt_kind(model64, tmp_path):
+    """scripts/vllm_logprob_check.py (the GPU diagnosis of docs/perf.md) runs end to end: a tiny vocabulary makes vLLM
+    sample vision tokens, which the script must cut as the trainers do (it crashed in HF's forward before), and in
+    float32 on the CPU text, image and video agree."""
+    import json
+
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, "scripts/vllm_logprob_check.py", "--model", str(model64), "--dtype",
+                           "float32", "--device", "cpu", "--gpu_memory_utilization", "0.5", "--out", str(out)],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for kind in ("text", "image", "video"):
+        assert result[kind]["tokens"] > 0
+        assert result[kind]["p99"] < 1e-3, (kind, result[kind])
