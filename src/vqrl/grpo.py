@@ -92,9 +92,24 @@ def embedded_model() -> str:
             logger.info("no --model_name_or_path: building the embedded tiny Qwen2.5-VL in %s (once, about a "
                         "minute): random weights, then a short warm-up that teaches the answer format, not quality",
                         path)
-            # its own process: the warm-up's Trainer would pin accelerate's process-wide state to its settings
-            subprocess.run([sys.executable, "-m", "vqrl.training.warmup", path], check=True)
+            # its own process: the warm-up's Trainer would pin accelerate's process-wide state to its settings; and a
+            # single process, so without the launcher's variables (with them it joined the launch's process group as
+            # one more rank 0 and waited for the other ranks forever: `NPROC=2 bash finetune_RL.sh` hung)
+            subprocess.run([sys.executable, "-m", "vqrl.training.warmup", path], check=True,
+                           env=single_process_env(os.environ))
     return path
+
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                    "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK",
+                    "CROSS_SIZE", "LOCAL_SIZE")
+
+
+def single_process_env(env) -> dict:
+    """`env` without what torchrun / accelerate launch set for a rank of a launch (ranks, rendezvous, accelerate's
+    and DeepSpeed's distributed settings): a helper process started from a rank runs on its own."""
+    return {k: v for k, v in env.items()
+            if k not in LAUNCH_VARIABLES and not k.startswith(("TORCHELASTIC_", "ACCELERATE_", "DEEPSPEED_"))}
 
 
 def freeze_vision(model, keep_merger: bool = False) -> None:
