@@ -80,6 +80,8 @@ def test_gpu_preset_path_end_to_end(tmp_path):
         for trainer in ("standard", "refine"):
             run = results["seeds"][seed]["runs"][trainer]
             assert run["steps"] == run["steps_planned"] and set(run["final_eval"]) == {"heldout", "test"}
+            # the final model carries what it was trained with, so its `vqrl eval` uses the same prompt and budgets
+            assert os.path.isfile(os.path.join(run["final_model"], "vqrl_settings.json"))
     assert {r["trainer"] for r in results["table"]} == {"standard", "refine"} and len(results["table"]) == 4
     for name in ("summary.md", "curves.png", "results.json", "data/task.json", "seed1/refine/run.json",
                  "seed0/standard/stability_probe.jsonl"):

@@ -13,6 +13,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from ..training import saved_settings
 from .evaluate import SplitScorer, vqrl_eval
 from .stability import probing
 
@@ -107,6 +108,7 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     final = out / "final"
     trainer.save_model(str(final))
     trainer.processing_class.save_pretrained(str(final))
+    saved_settings.write(final, saved_settings.of_config(trainer.args))  # the final `vqrl eval` reads what it trained with
     train_seconds = round(time.perf_counter() - started, 1)
     del trainer
     for i, p in enumerate(points):  # reward of a point: mean over the rollouts since the previous point
