@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vqrl.modeling.vllm_requests import vllm_multi_modal_data
-from vqrl.trainers.vllm_rollouts import logp_gap_metrics, server_images
+from vqrl.trainers.vllm_rollouts import logp_gap_metrics, server_images, warn_on_logp_gap
 
 
 class OnAccelerator(torch.Tensor):
@@ -93,3 +93,20 @@ def test_each_run_of_placeholders_is_cut_to_one_token_for_vllm():
     check_expansion(ids, list(ids), 0)
     with pytest.raises(RuntimeError, match="expanded prompt 3 to 20 tokens where the processor gave 17"):
         check_expansion(ids, ids[:3] + [IMG] * 3 + ids[3:], 3)
+
+
+def test_a_large_logp_gap_is_reported_once_per_prompt_kind(caplog):
+    """A video gap like the H200's (0.20 nats; bf16 noise is ~0.03) says so once, naming the kind; noise stays quiet."""
+    warned: set[str] = set()
+    quiet = {"vllm/logp_gap_mean": 0.03, "vllm/logp_gap_mean_image": 0.03, "vllm/logp_gap_mean_video": 0.04}
+    loud = {"vllm/logp_gap_mean": 0.12, "vllm/logp_gap_mean_image": 0.03, "vllm/logp_gap_mean_video": 0.20}
+    with caplog.at_level("WARNING", logger="vqrl"):
+        warn_on_logp_gap(quiet, warned)
+        assert not caplog.records
+        for _ in range(3):
+            warn_on_logp_gap(loud, warned)
+    assert len(caplog.records) == 1 and "video prompts" in caplog.text and "0.20 nats" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vqrl"):
+        warn_on_logp_gap({"vllm/logp_gap_mean": 1.07}, set())  # text-only batches: the overall mean is theirs
+    assert len(caplog.records) == 1 and "text-only prompts" in caplog.text

@@ -113,6 +113,7 @@ class VQRLTrainer(GRPOTrainer):
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
         self._pending_media: list | None = None  # (images, videos, metas) per prompt, for vLLM's requests
         self._staging_root: str | None = None
+        self._logp_gap_warned: set[str] = set()  # prompt kinds whose vLLM log-prob gap was reported
         self.heartbeat = heartbeat
         self._vision_token_ids = V.vision_token_ids(self._tokenizer)
         config = self.model.config
@@ -242,9 +243,11 @@ class VQRLTrainer(GRPOTrainer):
             output["vision"] = self._pending_vision
             if self.use_vllm:
                 mode = "train" if self.model.training else "eval"
-                for key, value in vllm_rollouts.logp_gap_metrics(output, self._pending_vision,
-                                                                 self.accelerator).items():
+                gaps = vllm_rollouts.logp_gap_metrics(output, self._pending_vision, self.accelerator)
+                for key, value in gaps.items():
                     self._metrics[mode][key].append(value)
+                if self.accelerator.is_main_process:
+                    vllm_rollouts.warn_on_logp_gap(gaps, self._logp_gap_warned)
         finally:
             self._pending_vision = self._pending_sample_ids = self._pending_media = None
         return output

@@ -8,9 +8,17 @@ too). Weight sync, sleep mode, ZeRO-3 and LoRA merging stay TRL's.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..modeling.vllm_requests import check_expansion, media_request
+
+logger = logging.getLogger("vqrl")
+
+# Mean |log p_vLLM - log p_train| per token above which rollouts are off-policy beyond numerics: bf16 kernels give
+# ~0.03 (H200, docs/perf.md), a wrong prompt or failed weight sync ~1.
+LOGP_GAP_WARN = 0.1
 
 
 class MediaLLM:
@@ -86,3 +94,22 @@ def logp_gap_metrics(output: dict, vision: list[dict] | None, accelerator) -> di
             ordered = values.sort().values
             metrics[f"vllm/logp_gap_p99{name}"] = ordered[int(0.99 * (ordered.numel() - 1))].item()
     return metrics
+
+
+def warn_on_logp_gap(metrics: dict[str, float], warned: set[str]) -> None:
+    """Say once per prompt kind when vLLM's sampling log-probs are far from the policy's: TRL's importance-sampling
+    correction then gives those rollouts little or no weight, which no other metric makes obvious."""
+    for kind in ("image", "video", "text-only"):
+        key = "vllm/logp_gap_mean" + ("" if kind == "text-only" else f"_{kind}")
+        gap = metrics.get(key)
+        if gap is None or gap <= LOGP_GAP_WARN or kind in warned:
+            continue
+        if kind == "text-only" and any(k in warned or f"vllm/logp_gap_mean_{k}" in metrics for k in ("image", "video")):
+            continue  # the overall mean includes media prompts: reported by kind above
+        warned.add(kind)
+        logger.warning(
+            "vLLM's log-probs on %s prompts differ from the trained policy's by %.2f nats per token on average "
+            "(bf16 numerics give ~0.03): vLLM samples from other inputs or weights than the policy, and TRL's "
+            "importance-sampling correction gives these rollouts little weight.%s", kind, gap,
+            " A known gap for video with vLLM 0.26 on GPUs (docs/perf.md): prefer --use_vllm false for video data."
+            if kind == "video" else " See docs/perf.md (log-prob check).")
