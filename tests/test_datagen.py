@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vqrl.data import validate
 from vqrl.datagen import perception
 from vqrl.datagen.distortions import DISTORTIONS, FAMILIES, apply, markdown_table
 
@@ -225,7 +226,6 @@ def test_saved_local_variants_differ_from_reference_only_inside_the_box(tmp_path
 
 
 def test_every_record_passes_validate_data(generated):
-    validate = pytest.importorskip("vqrl.data.validate")
     _, out, _, _ = generated
     files = [str(out / f"{kind}.json") for kind in RECORD_FILES]
     assert validate.validate_files(files, image_root=str(out)) == []
@@ -249,5 +249,4 @@ def test_cli_and_shipped_example_set(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["make-perception-data", "--images", str(empty), "--out", str(tmp_path / "none"), "--no_progress"]) == 1
-    validate = pytest.importorskip("vqrl.data.validate")
     assert validate.validate_files([str(shipped / f"{k}.json") for k in RECORD_FILES], image_root=str(shipped)) == []
