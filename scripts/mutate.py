@@ -340,8 +340,11 @@ def copy_tree(root: Path, files: list[str], dest: Path) -> None:
 
 
 def tree_hash(root: Path, files: list[str]) -> str:
+    """Identity of what the baseline depends on: every file but this tool's own (script, list, report page)."""
     h = hashlib.sha256()
     for f in files:
+        if f in ("scripts/mutate.py", EQUIVALENT_FILE, "docs/testing.md"):
+            continue
         h.update(f.encode() + b"\0" + (root / f).read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -567,12 +570,13 @@ def select_tests(m: Mutant, base: dict, root: Path) -> tuple[list[str], str]:
 
 
 # ------------------------------------------------------------------------------------------------------ run
-def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner: Runner) -> dict:
+def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner: Runner, stop: bool = True) -> dict:
     target = tree / m.path
     original = target.read_bytes()
     try:
         target.write_bytes(m.apply(original))
-        rc, text, seconds = runner.run(pytest_cmd(["-x", *nodeids]), tree, base_env(tree), timeout)
+        rc, text, seconds = runner.run(pytest_cmd(["-x", *nodeids] if stop else nodeids), tree, base_env(tree),
+                                       timeout)
     finally:
         target.write_bytes(original)
     if runner.stopping:
@@ -585,10 +589,9 @@ def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner
         status = "killed"
     else:  # 4: usage error, 5: nothing collected
         status = "error"
-    killer = next((line[len("FAILED "):].split(" - ")[0] for line in text.splitlines()
-                   if line.startswith(("FAILED ", "ERROR "))), None)
-    if killer is None and status == "killed":
-        killer = "collection/import error" if rc == 2 else None
+    failed = [line.split(" ", 1)[1].split(" - ")[0] for line in text.splitlines()
+              if line.startswith(("FAILED ", "ERROR "))]
+    killer = ", ".join(failed) if failed else ("collection/import error" if status == "killed" and rc == 2 else None)
     return {"status": status, "seconds": round(seconds, 1), "killed_by": killer, "rc": rc,
             "log_tail": text[-2500:] if status in ("error", "survived") else ""}
 
@@ -661,6 +664,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--equivalent", default=EQUIVALENT_FILE)
     p.add_argument("--out", default="outputs/mutate")
     p.add_argument("--fresh-baseline", action="store_true", help="do not reuse a cached baseline of the same tree")
+    p.add_argument("--tests", nargs="+", default=None,
+                   help="only run selected tests whose node id starts with one of these (e.g. tests/test_x.py)")
+    p.add_argument("--no-stop", action="store_true",
+                   help="run every selected test (not -x): killed_by lists all the tests that fail")
     p.add_argument("--list", action="store_true", help="list the candidate mutants and exit")
     args = p.parse_args(argv)
 
@@ -711,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
             if m.id in equivalents and equivalents[m.id][0] == m.code:
                 return {**row, "status": "equivalent", "reason": equivalents[m.id][1]}
             nodeids, how = select_tests(m, base, ROOT)
+            if args.tests:
+                nodeids = [n for n in nodeids if n.startswith(tuple(args.tests))]
             if not nodeids:
                 return {**row, "status": "survived", "how": "no test in the default suite", "tests": []}
             seconds = {t["nodeid"]: t["seconds"] for t in base["tests"]}
@@ -719,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if runner.stopping:
                     return {**row, "status": "interrupted"}
-                res = run_mutant(m, tree, nodeids, timeout, runner)
+                res = run_mutant(m, tree, nodeids, timeout, runner, stop=not args.no_stop)
             finally:
                 free.put(tree)
             line = f"[mutate] {k + 1}/{len(chosen)} {res['status']:<11} {m.id}  ({len(nodeids)} tests, {res['seconds']} s)"

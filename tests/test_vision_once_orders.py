@@ -14,6 +14,7 @@ import torch
 import trl.trainer.grpo_trainer as trl_grpo
 
 from trainer_utils import make_trainer, write_records
+from vqrl.trainers import vision as V
 from vqrl.trainers import vision_once
 
 G = 2
@@ -365,3 +366,32 @@ def test_expand_maps_pooled_and_deepstack_rows_to_every_sequence():
     assert rows.grad[:, 0].tolist() == [2, 2, 1, 1, 1, 1]  # medium 0 used twice, the others once
     plain = vision_once._expand(SimpleNamespace(pooler_output=tuple(pooled)), [1])
     assert len(plain.pooler_output) == 1 and not hasattr(plain, "deepstack_features")
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_encode_once_features_equal_per_sequence_encoding_however_the_grid_is_passed(tiny_models, tmp_path, arch):
+    """Inside encode_once, get_image_features given the sequences' pixels' distinct part returns the features of every
+    sequence's images, equal to encoding each sequence's own pixels, with the grid passed by position or by name
+    (transformers passes it by position today); afterwards the model's own method is back."""
+    trainer = _trainer(tiny_models(arch), tmp_path)
+    batch = _reorder(_grouped_batch(trainer), _interleaved(len(RECORDS)))
+    samples = [v for v in batch["vision"] if "image_grid_thw" in v][:5]
+    base = vision_once.base_model(trainer.model)
+    per_sequence = V.collate(samples)
+    with torch.no_grad():
+        expected = base.get_image_features(per_sequence["pixel_values"], per_sequence["image_grid_thw"],
+                                           return_dict=True)
+        extra, maps = vision_once.model_kwargs(samples, device="cpu")
+        assert extra["pixel_values"].shape[0] < per_sequence["pixel_values"].shape[0]
+        with vision_once.encode_once(base, maps):
+            by_position = base.get_image_features(extra["pixel_values"], extra["image_grid_thw"])
+            by_name = base.get_image_features(extra["pixel_values"], image_grid_thw=extra["image_grid_thw"])
+    assert "get_image_features" not in base.__dict__ and "get_video_features" not in base.__dict__
+    for got in (by_position, by_name):
+        assert len(got.pooler_output) == len(expected.pooler_output) == len(per_sequence["image_grid_thw"])
+        for a, b in zip(got.pooler_output, expected.pooler_output):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(getattr(got, "deepstack_features", None) or [],
+                        getattr(expected, "deepstack_features", None) or []):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert (getattr(expected, "deepstack_features", None) is not None) == (arch == "qwen3_vl")
