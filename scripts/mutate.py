@@ -259,7 +259,7 @@ class Finder:
                 self.add(node, "bool", f"{value}->{not value}", str(not value), mod)
             elif isinstance(value, int) and 0 <= value <= SMALL_INT:
                 new = value + 1 if value == 0 else value - 1
-                self.add(node, "const", f"const {value}->{new}", str(new), mod)
+                self.add(node, "const", f"{value}->{new}", str(new), mod)
         elif isinstance(node, ast.Slice):
             for bound in (node.lower, node.upper):
                 if bound is not None and not isinstance(bound, ast.Constant):
@@ -317,8 +317,10 @@ def read_equivalents(path: Path) -> dict[str, tuple[str, str]]:
     for n, raw in enumerate(path.read_text().splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        parts = [p.strip() for p in raw.split(" | ")]
-        if len(parts) != 3 or not all(parts):
+        head, _, rest = raw.partition(" | ")
+        code, _, reason = rest.rpartition(" | ")  # the code itself may hold " | "
+        parts = [head.strip(), code.strip(), reason.strip()]
+        if not all(parts):
             raise SystemExit(f"{path}:{n}: expected 'file:line:operator | code | reason'")
         out[parts[0]] = (parts[1], parts[2])
     return out
@@ -652,8 +654,9 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--modules", nargs="+", default=list(DEFAULT_MODULES),
-                   help="parts of src/vqrl to mutate (folders or files), default: %(default)s")
+    p.add_argument("--modules", nargs="+", default=None,
+                   help=f"parts of src/vqrl to mutate (folders or files), default: {' '.join(DEFAULT_MODULES)} "
+                        "(with --mutant: the files of the ids given)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-mutants", type=int, default=80)
     p.add_argument("--mutant", nargs="+", default=None, help="run these mutant ids (see --list) instead of a sample")
@@ -671,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="list the candidate mutants and exit")
     args = p.parse_args(argv)
 
+    if args.modules is None:
+        args.modules = sorted({i.split(":")[0].split("src/vqrl/", 1)[-1] for i in args.mutant}) if args.mutant \
+            else list(DEFAULT_MODULES)
     everything = find_mutants(ROOT, args.modules)
     mutants = [m for m in everything if not args.operators or m.family in args.operators]
     sources = {path: (ROOT / path).read_bytes() for path in {m.path for m in mutants}}

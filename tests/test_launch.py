@@ -26,7 +26,9 @@ SERVER = textwrap.dedent("""
     port, out = int(sys.argv[1]), sys.argv[2]
     status, delay = int(os.environ.get("STATUS", "200")), float(os.environ.get("DELAY", "0"))
     ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " if os.environ.get("STUBBORN") else ""
-    worker = subprocess.Popen([sys.executable, "-c", f"import signal, time; {ignore}time.sleep(600)"])
+    worker = subprocess.Popen([sys.executable, "-c", f"import signal, time; {ignore}print('ready', flush=True); "
+                               "time.sleep(600)"], stdout=subprocess.PIPE)
+    worker.stdout.readline()  # its SIGTERM handling is in place
     with open(out, "w") as f:
         json.dump({"pid": os.getpid(), "worker": worker.pid, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}, f)
     time.sleep(delay)
@@ -205,3 +207,27 @@ def test_main_refuses_incomplete_command_lines(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         launch.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sigterm_to_the_launcher_stops_training_and_the_server(server_script, tmp_path):
+    """A scheduler's SIGTERM mid-training: the launcher ends training, stops the server's group and exits 130."""
+    port, info, started = _free_port(), tmp_path / "info.json", tmp_path / "training.pid"
+    train = f"import os, time; open({str(started)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    launcher = subprocess.Popen([sys.executable, "-m", "vqrl.launch", "--health_url",
+                                 f"http://127.0.0.1:{port}/health", "--timeout", "60", "--",
+                                 sys.executable, str(server_script), str(port), str(info), "--",
+                                 sys.executable, "-c", train], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            if started.exists() and started.read_text():
+                break
+            time.sleep(0.05)
+        training = int(started.read_text())
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=30) == 130
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    server = json.loads(info.read_text())
+    assert _gone(server["pid"]) and _gone(server["worker"]) and _gone(training)
+    assert "stopped vLLM server" in launcher.stderr.read()

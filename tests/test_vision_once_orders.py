@@ -167,10 +167,11 @@ def test_a_changed_reference_image_moves_only_its_own_sequences(tiny_model_dir, 
     changed = {**two, "pixel_values": two["pixel_values"].clone()}
     changed["pixel_values"][:rows_of_reference] += 1.0
     moved = {**batch, "vision": [changed if v is two else v for v in batch["vision"]]}
-    before, *_ = _logps_entropies_grads(trainer, batch, True, chunk=5)
-    after, *_ = _logps_entropies_grads(trainer, moved, True, chunk=5)
-    differs = ((after - before).abs().amax(dim=1) > 1e-6).tolist()
-    assert differs == [v is two for v in batch["vision"]]
+    for chunk in (5, len(order)):  # its sequences in two chunks, then all in one with the other prompts'
+        before, *_ = _logps_entropies_grads(trainer, batch, True, chunk=chunk)
+        after, *_ = _logps_entropies_grads(trainer, moved, True, chunk=chunk)
+        differs = ((after - before).abs().amax(dim=1) > 1e-6).tolist()
+        assert differs == [v is two for v in batch["vision"]], chunk
 
 
 # ------------------------------------------------------- the micro-batch partition: TRL's or whole groups
