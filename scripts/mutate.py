@@ -551,24 +551,28 @@ def mapped_files(root: Path, path: str) -> set[str]:
 
 
 def select_tests(m: Mutant, base: dict, root: Path) -> tuple[list[str], str]:
-    """The baseline tests to run against a mutant, fastest first, and how they were chosen."""
+    """The baseline tests to run against a mutant, and how they were chosen: first the tests that executed its
+    line (or whose file's fixtures did), fastest first; then the rest of their files and of the files mapped to
+    its module, fastest first. A test can depend on a line without executing it: a model or file built once by
+    an earlier test and cached, or code that runs at import time; the second group covers those. With -x, a mutant
+    is usually killed within the first group; a survivor has run them all."""
     tests = base["tests"]
-    chosen: set[int] = set()
+    covering: set[int] = set()
     setup_files: set[str] = set()
     for n in range(m.line, m.end_line + 1):
         hit = base["lines"].get(f"{m.path}:{n}")
         if hit:
-            chosen |= set(hit["call"])
+            covering |= set(hit["call"])
             setup_files |= {tests[i]["file"] for i in hit["setup"]}  # fixtures serve the whole file
-    chosen |= {i for i, t in enumerate(tests) if t["file"] in setup_files}
-    how = "covering"
-    if m.module_level or not chosen:
-        files = mapped_files(root, m.path)
-        chosen |= {i for i, t in enumerate(tests) if t["file"] in files}
-        how = "module-level: mapped + covering" if m.module_level else "not covered: mapped"
-    # fastest first: most mutants die in the first test that reaches them, and -x stops there
-    order = sorted((i for i in chosen if tests[i]["outcome"] == "passed"), key=lambda i: (tests[i]["seconds"], i))
-    return [tests[i]["nodeid"] for i in order], how
+    covering |= {i for i, t in enumerate(tests) if t["file"] in setup_files}
+    files = {tests[i]["file"] for i in covering} | mapped_files(root, m.path)
+    rest = {i for i, t in enumerate(tests) if t["file"] in files} - covering
+    how = "module-level" if m.module_level else "covered" if covering else "not covered"
+
+    def fastest(group):
+        return sorted((i for i in group if tests[i]["outcome"] == "passed"), key=lambda i: (tests[i]["seconds"], i))
+
+    return [tests[i]["nodeid"] for i in fastest(covering) + fastest(rest)], how
 
 
 # ------------------------------------------------------------------------------------------------------ run

@@ -1,7 +1,11 @@
-"""Heartbeat edge cases with a controlled clock (the fault-injection tests in test_watchdog.py cover the rest): the
-rate limit's boundary, min_interval 0, and a phase's start time that must not outlive the phase."""
+"""Heartbeat edge cases (the fault-injection tests in test_watchdog.py cover the rest): the rate limit's boundary and
+min_interval 0 with a controlled clock, a phase's start time that must not outlive the phase, and a phase that ends
+only when its beating thread has."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 from vqrl.training import heartbeat as hb_module
 from vqrl.training.heartbeat import Heartbeat, read_heartbeat
@@ -45,3 +49,33 @@ def test_phase_start_is_reported_during_the_phase_only(tmp_path):
     hb.beat(2, "train")
     after = read_heartbeat(path)
     assert after["step"] == 2 and "phase_started" not in after
+
+
+def test_a_phase_ends_only_after_its_beating_thread_has(tmp_path, monkeypatch):
+    """The phase thread's interval runs out just as the block ends, and the thread is slow to act on it: leaving
+    `with hb.phase(...)` still waits for that last beat, so no stale phase beat lands after the block (it would
+    overwrite the next step's beat and carry a phase that has ended)."""
+    real_event = threading.Event
+
+    class LateTimeout(real_event):
+        def wait(self, timeout=None):
+            if getattr(self, "raced", False):
+                return super().wait(timeout)
+            self.raced = True
+            super().wait()  # the block ends (set) ...
+            time.sleep(0.2)  # ... while this thread, descheduled, has yet to see that
+            return False  # its interval had run out
+
+    made = []
+    monkeypatch.setattr(hb_module.threading, "Event", lambda: made.append(1) or (LateTimeout if len(made) == 1
+                                                                                     else real_event)())
+    hb = Heartbeat(tmp_path / "heartbeat.json", min_interval=0.0)
+    writes, real_write = [], hb._write
+    hb._write = lambda record: writes.append((threading.current_thread().name, time.monotonic())) or \
+        real_write(record)
+    with hb.phase("save", 5, interval=60.0):
+        pass
+    ended = time.monotonic()
+    time.sleep(0.5)
+    late = [t for name, t in writes if name.startswith("heartbeat-")]
+    assert late and max(late) <= ended

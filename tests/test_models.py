@@ -230,7 +230,7 @@ def test_tiny_models_are_pinned(arch, built, loaded):
     assert config.tie_word_embeddings is False
     assert {k: getattr(config.text_config, k) for k in TEXT} == TEXT
     rope = config.text_config.rope_scaling or config.text_config.rope_parameters
-    assert rope["mrope_section"] == mrope and all(type(x) is int for x in mrope)
+    assert rope["mrope_section"] == mrope and all(type(x) is int for x in rope["mrope_section"])
     assert {k: getattr(config.vision_config, k) for k in vision} == vision
     assert model.lm_head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
     for proc in (processor.image_processor, processor.video_processor):
@@ -247,3 +247,22 @@ def test_tiny_model_into_a_new_nested_folder_and_again_over_it(built, tmp_path):
     first = safetensors_bytes(out)
     make_tiny_model("qwen2_vl", out)  # rebuilding over an existing model is allowed and gives the same bytes
     assert safetensors_bytes(out) == first == safetensors_bytes(built("qwen2_vl"))
+
+
+def test_sizes_with_an_explicit_hidden_size_are_whole_numbers():
+    from vqrl.models.tiny import _sizes
+
+    for arch, head_dim, hidden, expected in (("qwen2_vl", 64, 256, (256, 4, [8, 12, 12])),
+                                             ("qwen3_vl", 64, 128, (128, 2, [12, 10, 10])),
+                                             ("qwen2_5_vl", 16, None, (64, 4, [2, 3, 3]))):
+        got = _sizes(arch, head_dim, hidden)
+        assert got == expected and all(type(x) is int for x in (got[0], got[1], *got[2])), (arch, got)
+
+
+def test_processor_never_allows_less_than_one_merged_token():
+    """A pixel floor below one merged token (28x28, Qwen3-VL 32x32) is raised to it."""
+    from vqrl.models.tiny import build_processor
+
+    tok = train_tokenizer()
+    assert build_processor("qwen3_vl", tok, min_pixels=100).image_processor.size.shortest_edge == 32 * 32
+    assert build_processor("qwen3_vl", tok, min_pixels=4096).image_processor.size.shortest_edge == 4096

@@ -134,11 +134,13 @@ def test_tests_are_chosen_by_coverage_else_by_the_module_map():
         return mutate.Mutant(id="x", path="src/vqrl/rewards/scoring.py", line=line, end_line=line, op="o",
                              family="compare", start=0, end=0, replacement="", module_level=module_level, code="")
 
-    assert mutate.select_tests(mutant(10), base, ROOT) == (["tests/test_b.py::t", "tests/test_a.py::slow"],
-                                                           "covering")
-    # a line run by a fixture's setup: every test of that file, fastest first
-    assert mutate.select_tests(mutant(11), base, ROOT)[0] == ["tests/test_a.py::fast", "tests/test_a.py::slow"]
-    # not executed by any test, or run at import time: the test files mapped to the module
-    assert mutate.select_tests(mutant(12), base, ROOT) == (["tests/test_rewards.py::t"], "not covered: mapped")
-    assert mutate.select_tests(mutant(10, module_level=True), base, ROOT)[0] == [
-        "tests/test_rewards.py::t", "tests/test_b.py::t", "tests/test_a.py::slow"]
+    # the tests that ran the line, fastest first, then the rest of their files and of the module's mapped files
+    assert mutate.select_tests(mutant(10), base, ROOT) == (
+        ["tests/test_b.py::t", "tests/test_a.py::slow", "tests/test_a.py::fast", "tests/test_rewards.py::t"],
+        "covered")
+    # a line run by a fixture's setup: every test of that file first
+    assert mutate.select_tests(mutant(11), base, ROOT)[0] == [
+        "tests/test_a.py::fast", "tests/test_a.py::slow", "tests/test_rewards.py::t"]
+    # not executed by any test: the test files mapped to the module
+    assert mutate.select_tests(mutant(12), base, ROOT) == (["tests/test_rewards.py::t"], "not covered")
+    assert mutate.select_tests(mutant(10, module_level=True), base, ROOT)[1] == "module-level"
