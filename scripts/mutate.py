@@ -171,7 +171,8 @@ class Finder:
             return
         elif isinstance(node, ast.Return):
             if node.value is not None:
-                if not (isinstance(node.value, ast.Constant) and (node.value.value is None or node.value.value is False)):
+                value = node.value.value if isinstance(node.value, ast.Constant) else ...
+                if value is not None and value is not False:  # `return False` -> `return None`: the same falsy
                     self.add(node, "return-none", "return-None", "return None", mod)
                 if _boolean(node.value):
                     self.add(node, "return-not", "return-not", f"return not ({ast.unparse(node.value)})", mod)
@@ -741,8 +742,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_mutant(m, tree, nodeids, timeout, runner, stop=not args.no_stop)
             finally:
                 free.put(tree)
-            line = f"[mutate] {k + 1}/{len(chosen)} {res['status']:<11} {m.id}  ({len(nodeids)} tests, {res['seconds']} s)"
-            print(line, flush=True)
+            print(f"[mutate] {k + 1}/{len(chosen)} {res['status']:<11} {m.id}  ({len(nodeids)} tests, "
+                  f"{res['seconds']} s)", flush=True)
             return {**row, **res, "how": how, "tests": nodeids}
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

@@ -1,6 +1,6 @@
 """Heartbeat edge cases (the fault-injection tests in test_watchdog.py cover the rest): the rate limit's boundary and
-min_interval 0 with a controlled clock, a phase's start time that must not outlive the phase, and a phase that ends
-only when its beating thread has."""
+min_interval 0 with a controlled clock, a phase's start time that must not outlive the phase, a phase that ends
+only when its beating thread has, and one warning (not one per beat) for a heartbeat that cannot be written."""
 
 from __future__ import annotations
 
@@ -79,3 +79,16 @@ def test_a_phase_ends_only_after_its_beating_thread_has(tmp_path, monkeypatch):
     time.sleep(0.5)
     late = [t for name, t in writes if name.startswith("heartbeat-")]
     assert late and max(late) <= ended
+
+
+def test_an_unwritable_heartbeat_warns_once_not_at_every_beat(tmp_path):
+    import warnings
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    hb = Heartbeat(blocker / "heartbeat.json", min_interval=0.0)  # its folder is a file: every write fails
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [hb.beat(step) for step in range(5)] == [False] * 5
+    assert [str(w.message).split(":")[0] for w in caught] == ["heartbeat"]
+    assert caught[0].category is RuntimeWarning and str(blocker / "heartbeat.json") in str(caught[0].message)
