@@ -578,12 +578,29 @@ def select_tests(m: Mutant, base: dict, root: Path) -> tuple[list[str], str]:
 
 # ------------------------------------------------------------------------------------------------------ run
 def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner: Runner, stop: bool = True) -> dict:
+    """Run the tests against the mutant; the file is restored whatever happens. A mutant can make tests vanish (an
+    empty parametrization): the plain suite would not notice that, so those are dropped and the rest run again."""
     target = tree / m.path
     original = target.read_bytes()
+    vanished: list[str] = []
+    seconds = 0.0
     try:
         target.write_bytes(m.apply(original))
-        rc, text, seconds = runner.run(pytest_cmd(["-x", *nodeids] if stop else nodeids), tree, base_env(tree),
-                                       timeout)
+        for _ in range(2):
+            rc, text, took = runner.run(pytest_cmd(["-x", *nodeids] if stop else nodeids), tree, base_env(tree),
+                                        timeout)
+            seconds += took
+            missing = [line.split("not found: ", 1)[1].strip() for line in text.splitlines()
+                       if line.startswith("ERROR: not found: ")]
+            missing = [os.path.relpath(x, tree) if os.path.isabs(x.split("::")[0]) else x for x in missing]
+            gone = [n for n in nodeids if any(n == x or n.startswith(x + "[") for x in missing)]
+            if rc != 4 or not gone:
+                break
+            vanished += gone
+            nodeids = [n for n in nodeids if n not in gone]
+            if not nodeids:
+                rc, text = 0, text + "\n[mutate] every selected test vanished under the mutant"
+                break
     finally:
         target.write_bytes(original)
     if runner.stopping:
@@ -597,9 +614,9 @@ def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner
     else:  # 4: usage error, 5: nothing collected
         status = "error"
     failed = [line.split(" ", 1)[1].split(" - ")[0] for line in text.splitlines()
-              if line.startswith(("FAILED ", "ERROR "))]
+              if line.startswith(("FAILED ", "ERROR ")) and not line.startswith("ERROR: ")]
     killer = ", ".join(failed) if failed else ("collection/import error" if status == "killed" and rc == 2 else None)
-    return {"status": status, "seconds": round(seconds, 1), "killed_by": killer, "rc": rc,
+    return {"status": status, "seconds": round(seconds, 1), "killed_by": killer, "rc": rc, "vanished": vanished,
             "log_tail": text[-2500:] if status in ("error", "survived") else ""}
 
 
@@ -642,6 +659,8 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> tuple[Path, Path
         md += ["", f"## {title}", ""]
         for r in rows:
             why = f" — {r['reason']}" if r.get("reason") else f" ({len(r.get('tests', []))} tests, {r['how']})"
+            if r.get("vanished"):
+                why += f"; {len(r['vanished'])} tests vanished under it (an empty parametrization)"
             md.append(f"- `{r['id']}`{why}")
             md += [f"  `{line}`" for line in r["diff"].splitlines()[:6]]
     if meta.get("stale_equivalents"):

@@ -121,6 +121,36 @@ def test_the_mutated_file_is_restored_even_on_ctrl_c(tmp_path):
     assert target.read_bytes() == SOURCE.encode()
 
 
+class _Scripted:
+    """A runner that answers each call with the next (exit code, output, seconds) and records the commands."""
+
+    stopping = False
+
+    def __init__(self, answers):
+        self.answers, self.commands = list(answers), []
+
+    def run(self, cmd, cwd, env, timeout):
+        self.commands.append(cmd)
+        return self.answers.pop(0)
+
+
+def test_tests_a_mutant_makes_vanish_are_dropped_and_the_rest_rerun(tmp_path):
+    tree = tmp_path / "tree"
+    target = tree / "src" / "vqrl" / "m.py"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(SOURCE.encode())
+    m = next(m for m in mutate.Finder("src/vqrl/m.py", SOURCE.encode()).run() if m.op == "Lt->LtE")
+    runner = _Scripted([(4, f"ERROR: not found: {tree}/tests/test_q.py::test_a\n(no match in any of [...])", 1.0),
+                        (1, "FAILED tests/test_q.py::test_b - assert 1 == 2", 2.0)])
+    result = mutate.run_mutant(m, tree, ["tests/test_q.py::test_a[x]", "tests/test_q.py::test_b"], 60, runner)
+    assert result["status"] == "killed" and result["killed_by"] == "tests/test_q.py::test_b"
+    assert result["vanished"] == ["tests/test_q.py::test_a[x]"] and result["seconds"] == 3.0
+    assert runner.commands[1][-2:] == ["-x", "tests/test_q.py::test_b"]
+    assert target.read_bytes() == SOURCE.encode()
+    survivor = _Scripted([(4, f"ERROR: not found: {tree}/tests/test_q.py::test_a", 1.0)])
+    assert mutate.run_mutant(m, tree, ["tests/test_q.py::test_a[x]"], 60, survivor)["status"] == "survived"
+
+
 def test_tests_are_chosen_by_coverage_else_by_the_module_map():
     base = {"tests": [{"nodeid": "tests/test_a.py::slow", "file": "tests/test_a.py", "outcome": "passed", "seconds": 5},
                       {"nodeid": "tests/test_a.py::fast", "file": "tests/test_a.py", "outcome": "passed", "seconds": 1},

@@ -56,6 +56,11 @@ def test_qwen_vocabulary_has_the_special_tokens_at_qwens_ids(qwen_tok):
     assert pieces[-4:] == ["3", ".", "6", "2"]  # Qwen splits digits one per token, as the Refine reward needs
 
 
+def test_the_shipped_shapes_are_found():
+    assert shapes.SHAPES_DIR == Path(__file__).resolve().parents[1] / "configs" / "models"
+    assert SHAPES == ["qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_vl_2b", "qwen2_vl_7b", "qwen3_vl_4b", "qwen3_vl_8b"]
+
+
 @pytest.mark.parametrize("name", SHAPES)
 def test_shipped_shapes_agree_with_the_vocabulary(name):
     config = shapes.load_shape_config(name)
@@ -106,6 +111,15 @@ def test_qwen3_random_model_processor_allows_1280_merged_tokens(tmp_path, qwen_t
     monkeypatch.setattr(shapes, "qwen_tokenizer", lambda: qwen_tok)
     _, processor = shapes.random_model(str(_shrunk("qwen3_vl_4b", tmp_path)), dtype=torch.float32, device="cpu")
     assert processor.image_processor.size.longest_edge == 1280 * 32 * 32
+
+
+@pytest.mark.parametrize("argv, missing", [(["--shape", "qwen2_5_vl_3b"], "--out"), (["--out", "x"], "--shape")])
+def test_random_model_cli_needs_a_shape_and_an_output(argv, missing, capsys):
+    from vqrl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["random-model", *argv])
+    assert exc.value.code == 2 and f"the following arguments are required: {missing}" in capsys.readouterr().err
 
 
 def test_random_model_cli_writes_a_safetensors_checkpoint_that_reloads(tmp_path, qwen_tok, monkeypatch, capsys):
