@@ -327,6 +327,30 @@ def read_equivalents(path: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+def resolve_equivalents(entries: dict[str, tuple[str, str]], mutants: list[Mutant]) -> tuple[dict, list, list]:
+    """Map list entries onto today's mutants: by id when its line still holds the same code, else (the file was
+    edited above it) the one mutant of that file with the same operator on a line with the same code. Returns
+    ({mutant id: reason}, [(entry, its id now)] for moved ones, [entries found nowhere]) for the files searched."""
+    by_id = {m.id: m for m in mutants}
+    searched = {m.path for m in mutants}
+    found, moved, stale = {}, [], []
+    for key, (code, reason) in entries.items():
+        path, _, rest = key.partition(":")
+        if path not in searched:
+            continue
+        if key in by_id and by_id[key].code == code:
+            found[key] = reason
+            continue
+        op = rest.split(":", 1)[1].split("#")[0]
+        same = [m for m in mutants if m.path == path and m.code == code and m.op == op]
+        if len(same) == 1:
+            found[same[0].id] = reason
+            moved.append((key, same[0].id))
+        else:
+            stale.append(key)
+    return found, moved, stale
+
+
 # ----------------------------------------------------------------------------------------- tree and coverage
 def tree_files(root: Path) -> list[str]:
     out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
@@ -664,8 +688,11 @@ def write_report(out: Path, meta: dict, results: list[dict]) -> tuple[Path, Path
             md.append(f"- `{r['id']}`{why}")
             md += [f"  `{line}`" for line in r["diff"].splitlines()[:6]]
     if meta.get("stale_equivalents"):
-        md += ["", "## Stale entries in the equivalence list (line moved or changed)", ""]
+        md += ["", "## Stale entries in the equivalence list (their line changed or is gone; ignored)", ""]
         md += [f"- `{s}`" for s in meta["stale_equivalents"]]
+    if meta.get("moved_equivalents"):
+        md += ["", "## Moved entries in the equivalence list (applied; update their line numbers)", ""]
+        md += [f"- `{old}` is now `{new}`" for old, new in meta["moved_equivalents"]]
     md += ["", "## Killed", ""] + [f"- `{r['id']}` by `{r['killed_by']}` ({r['seconds']} s)"
                                     for r in results if r["status"] == "killed"]
     (out / "report.md").write_text("\n".join(md) + "\n")
@@ -718,13 +745,11 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [by_id[i] for i in args.mutant]
     else:
         chosen = sample(mutants, sources, args.seed, args.max_mutants)
-    equivalents = read_equivalents(ROOT / args.equivalent)
-    all_ids = {m.id: m for m in everything}
-    searched = {m.path for m in everything}
-    stale = [k for k, (code, _) in equivalents.items()
-             if k.split(":")[0] in searched and (k not in all_ids or all_ids[k].code != code)]
+    equivalents, moved, stale = resolve_equivalents(read_equivalents(ROOT / args.equivalent), everything)
+    for old, new in moved:
+        print(f"[mutate] equivalence entry {old} is now {new}: update {args.equivalent}", file=sys.stderr)
     for s in stale:
-        print(f"[mutate] stale equivalence entry (line moved or changed): {s}", file=sys.stderr)
+        print(f"[mutate] stale equivalence entry (its line changed or is gone), ignored: {s}", file=sys.stderr)
 
     out = (ROOT / args.out).resolve()
     files = tree_files(ROOT)
@@ -745,8 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         def one(k: int, m: Mutant) -> dict:
             row = {"id": m.id, "path": m.path, "line": m.line, "operator": m.op, "code": m.code,
                    "diff": diff(m, sources[m.path])}
-            if m.id in equivalents and equivalents[m.id][0] == m.code:
-                return {**row, "status": "equivalent", "reason": equivalents[m.id][1]}
+            if m.id in equivalents:
+                return {**row, "status": "equivalent", "reason": equivalents[m.id]}
             nodeids, how = select_tests(m, base, ROOT)
             if args.tests:
                 nodeids = [n for n in nodeids if n.startswith(tuple(args.tests))]
@@ -783,7 +808,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in copies:
             shutil.rmtree(c, ignore_errors=True)
     meta = {"seed": args.seed, "modules": args.modules, "max_mutants": args.max_mutants,
-            "candidates": len(mutants), "seconds": round(time.monotonic() - started, 1), "stale_equivalents": stale}
+            "candidates": len(mutants), "seconds": round(time.monotonic() - started, 1), "stale_equivalents": stale,
+            "moved_equivalents": moved}
     report_json, report_md = write_report(out, meta, results)
     print(f"[mutate] report: {report_md} and {report_json}")
     print((report_md.read_text().split("\n\n")[1]))

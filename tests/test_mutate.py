@@ -96,11 +96,22 @@ def test_equivalence_list_is_parsed_and_checked(tmp_path):
     bad.write_text("src/vqrl/a.py:3:Lt->LtE | no reason\n")
     with pytest.raises(SystemExit, match=r"bad.txt:1: expected 'file:line:operator \| code \| reason'"):
         mutate.read_equivalents(bad)
+    # every shipped entry still finds its mutant (by id, or by operator and code after edits above it)
     shipped = mutate.read_equivalents(ROOT / mutate.EQUIVALENT_FILE)
-    everything = {m.id: m for m in mutate.find_mutants(ROOT, ["trainers", "training", "rewards", "data", "eval",
-                                                                "watchdog.py", "datagen", "models", "launch.py"])}
-    for key, (code, _) in shipped.items():  # every entry still names the line it was written for
-        assert key in everything and everything[key].code == code, key
+    everything = mutate.find_mutants(ROOT, ["trainers", "training", "rewards", "data", "eval", "watchdog.py",
+                                            "datagen", "models", "launch.py"])
+    found, moved, stale = mutate.resolve_equivalents(shipped, everything)
+    assert not stale and len(found) == len(shipped)
+
+
+def test_an_equivalence_entry_follows_its_line_when_the_file_above_changes():
+    entries = {"src/vqrl/m.py:10:Lt->LtE": ('y = "—" if x < LIMIT and not flag else None', "because"),
+               "src/vqrl/m.py:12:Eq->NotEq": ("if i == 2:", "the line changed")}
+    shifted = ("# a new line\n" * 3 + SOURCE).encode()
+    found, moved, stale = mutate.resolve_equivalents(entries, mutate.Finder("src/vqrl/m.py", shifted).run())
+    assert found == {"src/vqrl/m.py:13:Lt->LtE": "because"}
+    assert moved == [("src/vqrl/m.py:10:Lt->LtE", "src/vqrl/m.py:13:Lt->LtE")]
+    assert stale == ["src/vqrl/m.py:12:Eq->NotEq"]
 
 
 class _Interrupting:
