@@ -34,9 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODULES = ("rewards", "trainers", "training", "watchdog.py", "data", "eval")
 EQUIVALENT_FILE = "tests/mutation_equivalent.txt"
 
-# Test files that exercise each part of src/ (globs, longest matching prefixes all apply). Used for code that runs at
-# import time (module constants, defaults, decorators) and for lines no traced test executes; otherwise the tests
-# that executed the mutated line in the baseline run are the ones run. Files naming the module are added too.
+# Test files that exercise each part of src/ (globs; every matching prefix applies; test files naming the module
+# are added). A mutant runs the tests that executed its line first, then the rest of these files (select_tests).
 TEST_MAP = {
     "src/vqrl/rewards/": ["test_rewards*.py", "test_refine*.py", "test_recipes*.py"],
     "src/vqrl/trainers/": ["test_trainer*.py", "test_equivalence*.py", "test_vision_once*.py", "test_refine*.py",
@@ -47,7 +46,7 @@ TEST_MAP = {
     "src/vqrl/data/": ["test_data*.py", "test_trainer.py", "test_eval_run*.py"],
     "src/vqrl/eval/": ["test_eval*.py", "test_converters*.py", "test_refine*.py"],
     "src/vqrl/datagen/": ["test_datagen*.py"],
-    "src/vqrl/models/": ["test_models*.py"],
+    "src/vqrl/models/": ["test_models*.py", "test_shapes*.py"],
     "src/vqrl/launch.py": ["test_launch*.py"],
     "src/vqrl/grpo.py": ["test_trainer*.py", "test_recipes*.py", "test_resume*.py"],
 }
@@ -70,7 +69,7 @@ class Mutant:
     path: str  # relative to the repository root
     line: int
     end_line: int
-    op: str  # e.g. "Lt->LtE", "remove-call", "const 1->0"
+    op: str  # e.g. "Lt->LtE", "remove-call", "1->0" (a constant)
     family: str  # one of OPERATORS
     start: int  # byte offsets of the replaced segment
     end: int
@@ -116,7 +115,7 @@ class Finder:
 
     def __init__(self, path: str, source: bytes):
         self.path, self.source = path, source
-        self.lines = source.decode().splitlines()
+        self.lines = [line.decode() for line in source.splitlines()]  # the line breaks Python counts
         self.starts = [0]
         for line in source.splitlines(keepends=True):
             self.starts.append(self.starts[-1] + len(line))
