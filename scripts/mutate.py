@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODULES = ("rewards", "trainers", "training", "watchdog.py", "data", "eval")
+DEFAULT_MODULES = ("rewards", "trainers", "modeling", "training", "watchdog.py", "data", "eval")
 EQUIVALENT_FILE = "tests/mutation_equivalent.txt"
 
 # Test files that exercise each part of src/ (globs; every matching prefix applies; test files naming the module
@@ -39,11 +39,18 @@ EQUIVALENT_FILE = "tests/mutation_equivalent.txt"
 TEST_MAP = {
     "src/vqrl/rewards/": ["test_rewards*.py", "test_refine*.py", "test_recipes*.py"],
     "src/vqrl/trainers/": ["test_trainer*.py", "test_equivalence*.py", "test_vision_once*.py", "test_refine*.py",
-                           "test_resume*.py", "test_recipes*.py"],
-    "src/vqrl/training/": ["test_resume*.py", "test_checkpoint*.py", "test_training*.py", "test_trainer.py"],
+                           "test_resume*.py", "test_recipes*.py", "test_data_order*.py", "test_trl_seam*.py",
+                           "test_vllm_rollouts*.py"],
+    "src/vqrl/training/": ["test_resume*.py", "test_checkpoint*.py", "test_training*.py", "test_trainer.py",
+                           "test_disk_full*.py", "test_saved_settings*.py", "test_activation_budget*.py",
+                           "test_data_order*.py"],
     "src/vqrl/training/heartbeat.py": ["test_watchdog*.py", "test_heartbeat*.py"],
     "src/vqrl/watchdog.py": ["test_watchdog*.py"],
-    "src/vqrl/data/": ["test_data*.py", "test_trainer.py", "test_eval_run*.py"],
+    "src/vqrl/modeling/": ["test_trainer*.py", "test_equivalence*.py", "test_vision_once*.py", "test_refine*.py",
+                           "test_eval_run*.py", "test_vllm_rollouts*.py"],
+    "src/vqrl/data/": ["test_data*.py", "test_trainer.py", "test_eval_run*.py", "test_training_data*.py",
+                       "test_media_prefetch*.py", "test_video_decode*.py"],
+    "src/vqrl/data/converters.py": ["test_converters*.py"],
     "src/vqrl/eval/": ["test_eval*.py", "test_converters*.py", "test_refine*.py"],
     "src/vqrl/datagen/": ["test_datagen*.py"],
     "src/vqrl/models/": ["test_models*.py", "test_shapes*.py"],

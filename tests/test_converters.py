@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vqrl.data.records import check_record
-from vqrl.eval import converters as C
+from vqrl.data import converters as C
 
 
 def touch(root: Path, *rels: str) -> None:
@@ -460,3 +460,111 @@ def test_cli_error_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("vqrl convert: error: KADID-10k: label file not found") and "\n" not in err
     assert "dmos.csv" in err and not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------- real layouts (#20)
+
+
+def test_konvid_label_file_beside_the_videos(tmp_path):
+    touch(tmp_path, "KoNViD_1k_videos/3339962845.mp4")
+    (tmp_path / "KoNViD_1k_videos/KoNViD_1k_mos.csv").write_text("flickr_id,mos\n3339962845,4.64\n")
+    (rec,) = C.convert("konvid", tmp_path)
+    assert rec["video"] == "KoNViD_1k_videos/3339962845.mp4" and rec["solution"] == 4.64
+    assert rec["meta"]["source"] == "KoNViD_1k_videos/KoNViD_1k_mos.csv"
+    assert_valid([rec], tmp_path)
+
+
+@pytest.mark.parametrize("where", ["", "KoNViD_1k_metadata/", "KoNViD_1k_videos/"])
+def test_konvid_attributes_file_alone(tmp_path, where):
+    """Copies that kept only KoNViD_1k_attributes.csv (column MOS, and file_name for older video names)."""
+    touch(tmp_path, "KoNViD_1k_videos/3339962845.mp4", "KoNViD_1k_videos/2999049224_original_centercrop_960x540_8s.mp4")
+    (tmp_path / where).mkdir(parents=True, exist_ok=True)
+    (tmp_path / where / "KoNViD_1k_attributes.csv").write_text(
+        ",flickr_id,file_name,MOS,SD,blur\n"
+        "0,3339962845,3339962845_original_centercrop_960x540_8s.mp4,4.64,0.5,0.1\n"
+        "1,2999049224,2999049224_original_centercrop_960x540_8s.mp4,1.22,0.6,0.3\n")
+    recs = C.convert("konvid", tmp_path)
+    assert [(r["video"], r["solution"]) for r in recs] == [
+        ("KoNViD_1k_videos/3339962845.mp4", 4.64),  # <flickr_id>.mp4 where it exists
+        ("KoNViD_1k_videos/2999049224_original_centercrop_960x540_8s.mp4", 1.22)]  # else the file_name column
+    assert recs[0]["meta"]["source"] == f"{where}KoNViD_1k_attributes.csv"
+    assert_valid(recs, tmp_path)
+
+
+def test_koniq_unpacked_into_a_folder_of_the_archives_name(tmp_path):
+    (tmp_path / "koniq10k_scores_and_distributions.csv").write_text(KONIQ_SCORES)
+    touch(tmp_path, "koniq10k_1024x768/1024x768/10004473376.jpg", "koniq10k_1024x768/1024x768/10007357496.jpg",
+          "koniq10k_1024x768/1024x768/10050349236.jpg")
+    recs = C.convert("koniq", tmp_path)
+    assert [r["image"] for r in recs][0] == "koniq10k_1024x768/1024x768/10004473376.jpg"
+    assert_valid(recs, tmp_path)
+
+
+def test_pipal_copies_with_dist_imgs(tmp_path):
+    (tmp_path / "Train_Label").mkdir()
+    (tmp_path / "Train_Label/A0001.txt").write_text("A0001_00_00.bmp,1520.0\nA0001_10_03.bmp,1000.0\n")
+    touch(tmp_path, "Dist_Imgs/A0001_00_00.bmp", "Dist_Imgs/A0001_10_03.bmp", "Ref_Imgs/A0001.bmp")
+    recs = C.convert("pipal", tmp_path)
+    assert sorted(r["image"] for r in recs) == ["Dist_Imgs/A0001_00_00.bmp", "Dist_Imgs/A0001_10_03.bmp"]
+    assert recs[0]["meta"]["reference"] == "Ref_Imgs/A0001.bmp"
+    assert_valid(recs, tmp_path)
+
+
+def _set_xlsx_dimension(path: Path, ref: str) -> None:
+    """Rewrite the sheets' stored size (<dimension ref=...>), as some writers leave it wrong."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            if name.startswith("xl/worksheets/sheet"):
+                data = re.sub(rb'<dimension ref="[^"]*" ?/>', f'<dimension ref="{ref}"/>'.encode(), data)
+            z.writestr(name, data)
+
+
+def test_xlsx_with_a_wrong_stored_sheet_size_is_read_whole(tmp_path):
+    xlsx = tmp_path / "Annotations/MOS and Image attribute scores.xlsx"
+    write_xlsx(xlsx, {"Sheet1": [["Image name", "MOS"], ["00001.jpg", 48.86], ["00002.jpg", 62.5]]})
+    _set_xlsx_dimension(xlsx, "A1")
+    touch(tmp_path, "TestImage/00001.jpg", "TestImage/00002.jpg")
+    recs = C.convert("spaq", tmp_path)  # read-only openpyxl trusted "A1" and saw one cell: "no header row"
+    assert [r["meta"]["mos_raw"] for r in recs] == [48.86, 62.5]
+
+
+def test_cli_refuses_a_device_or_pipe_as_out_and_leaves_it(tmp_path, capsys):
+    """`vqrl convert --out /dev/full` reported success and replaced the device node with a file."""
+    import os
+    import stat
+
+    from vqrl.cli import main
+
+    (tmp_path / "KoNViD_1k_mos.csv").write_text("flickr_id,mos\n1,4.0\n")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for out in (fifo, tmp_path):
+        assert main(["convert", "konvid", "--root", str(tmp_path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"vqrl convert: error: --out {out} is not a regular file (a device, pipe or folder): "
+                       "give a file path")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # /dev/full is checked the same way (not here: a regression
+    # would replace the machine's device node)
+
+
+def test_cli_reports_a_full_disk_and_keeps_the_old_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from vqrl.cli import main
+
+    (tmp_path / "KoNViD_1k_mos.csv").write_text("flickr_id,mos\n1,4.0\n")
+    out = tmp_path / "konvid.json"
+    out.write_text("[]\n")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C.json, "dump", full)
+    assert main(["convert", "konvid", "--root", str(tmp_path), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"vqrl convert: error: cannot write {out}: no space left on device"
+    assert out.read_text() == "[]\n" and not (tmp_path / "konvid.json.tmp").exists()

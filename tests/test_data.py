@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,8 @@ from PIL import Image
 from vqrl.data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_records, make_train_dataset
 from vqrl.data.media import VisionSpec, load_image, load_video, video_frame_indices
 from vqrl.data.prompts import (NO_THINK_INSTRUCTION, REFERENCE_NOTE, THINK_INSTRUCTION, PromptConfig, QUESTIONS,
-                               prompt_text)
-from vqrl.data.records import DataError, check_record, mix, read_records
+                               build_messages, prompt_text)
+from vqrl.data.records import TASK_TYPES, DataError, check_record, mix, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -120,7 +121,9 @@ def test_content_after_the_closing_bracket_is_not_silently_dropped(tmp_path):
     text = json.dumps([scoring("a.jpg")]) + "\n" + json.dumps([scoring("b.jpg")]) + "\n"
     (tmp_path / "d.json").write_text(text)
     result = read_records(tmp_path / "d.json")
-    assert len(result.records) == 2 or result.problems
+    assert [r["image"] for r in result.records] == ["a.jpg"]
+    (problem,) = result.problems
+    assert problem.index is None and "line 2 column 1: content after the closing ']'" in problem.reason
 
 
 # --------------------------------------------------------------------------------------------------- check_record
@@ -174,7 +177,7 @@ def test_check_record_unknown_type_and_missing_fields(image_dir):
 
 def test_check_record_reports_a_non_string_type_instead_of_crashing(image_dir):
     reasons = check_record({"image": "ok.jpg", "solution": 3, "type": ["scoring_image"]}, image_dir)
-    assert reasons and "type" in reasons[0]
+    assert reasons == [f"unknown type ['scoring_image'] (known: {', '.join(TASK_TYPES)})"]
 
 
 def test_check_record_choice_letters(image_dir):
@@ -248,6 +251,15 @@ def test_mix_rejects_bad_weights():
 def run_validate(*args):
     return subprocess.run([sys.executable, "-m", "vqrl.cli", "validate-data", *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def validate_in_process(capsys, *args):
+    """`vqrl validate-data ARGS` in this process (a subprocess spends ~10 s importing torch): (code, stdout, stderr)."""
+    from vqrl.cli import main
+
+    code = main(["validate-data", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_validate_data_reports_every_problem_with_its_index(tmp_path):
@@ -399,9 +411,9 @@ def test_load_video_respects_the_total_pixel_budget():
 def test_load_video_rejects_a_corrupt_file(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(os.urandom(4096))
-    with pytest.raises(Exception):
+    with pytest.raises(av.error.InvalidDataError, match="Invalid data"):
         load_video(str(bad), VisionSpec())
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError):
         load_video(str(tmp_path / "absent.mp4"), VisionSpec())
 
 
@@ -477,13 +489,13 @@ def test_load_checked_records_skip_keeps_the_good_ones(mixed_file, tmp_path):
     records = load_checked_records(cfg)
     assert [r["_index"] for r in records] == [0, 2, 4]
     assert all(os.path.isfile(r.get("image") or r.get("video")) for r in records)  # paths resolved to the roots
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="on_bad_sample must be 'error' or 'skip', got 'ignore'"):
         load_checked_records(DataConfig(files=[mixed_file], on_bad_sample="ignore"))
 
 
 def test_load_checked_records_with_only_bad_records_fails_clearly(tmp_path):
     path = write_json(tmp_path / "d.json", [scoring("nope.jpg")])
-    with pytest.raises(DataError, match="no usable records"):
+    with pytest.raises(DataError, match=r"every image record is bad \(1 of 1"):
         load_checked_records(DataConfig(files=[path], image_root=str(tmp_path), on_bad_sample="skip"))
 
 
@@ -545,7 +557,7 @@ def test_no_decodable_record_raises_data_error(tmp_path):
     records = load_checked_records(DataConfig(files=[write_json(tmp_path / "d.json", [scoring("a.jpg")])],
                                               image_root=str(tmp_path)))
     (tmp_path / "a.jpg").unlink()
-    with pytest.raises(DataError, match="no record could be decoded"):
+    with pytest.raises(DataError, match="1 of 1 records failed to decode during training"):
         _builder(records).row(0)
 
 
@@ -612,3 +624,311 @@ def test_media_sized_by_the_processor_spec_is_not_resized_again(tokenizer, arch)
     assert grid[0] * 2 == frames.shape[0]
     assert [grid[1] * patch, grid[2] * patch] == list(frames.shape[-2:])
     assert video_tokens(frames.shape[0], meta["height"], meta["width"], spec) == grid[0] * grid[1] * grid[2] // 4
+
+
+# ------------------------------------------------------------------------------------- nothing silently wrong (#20)
+
+
+def write_audio_only_mp4(path) -> str:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(5):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def write_zero_frame_mp4(path) -> str:
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    container.start_encoding()  # a header, and not one frame
+    container.close()
+    return str(path)
+
+
+def test_file_labels_tell_same_named_files_apart():
+    from vqrl.data.records import file_labels
+
+    assert file_labels(["/d/koniq.json", "/d/spaq.jsonl"]) == ["koniq", "spaq"]  # unique stems stay as they were
+    assert file_labels(["/d/koniq/train.json", "/d/spaq/train.json", "/d/x/test.json"]) == [
+        "koniq/train", "spaq/train", "test"]
+    assert file_labels(["/a/x/train.json", "/b/x/train.json"]) == ["a/x/train", "b/x/train"]
+    assert file_labels(["/d/a.json", "/d/a.json"]) == ["a", "a#2"]
+
+
+def test_same_named_data_files_give_distinct_sample_ids_and_rows(tmp_path):
+    """koniq/train.json and spaq/train.json used to give both of their first records the id train:0, and the trainer
+    encodes one prompt per sample_id: one record was shown the other's image."""
+    for name, color in (("koniq", (250, 0, 0)), ("spaq", (0, 0, 250))):
+        (tmp_path / name).mkdir()
+        save_image(tmp_path / name / "0.png", color=color)
+        write_json(tmp_path / name / "train.json", [scoring(f"{name}/0.png", 2.0 if name == "koniq" else 4.0)])
+    files = [str(tmp_path / "koniq" / "train.json"), str(tmp_path / "spaq" / "train.json")]
+    records = load_checked_records(DataConfig(files=files, image_root=str(tmp_path)))
+    assert [r["sample_id"] for r in records] == ["koniq/train:0", "spaq/train:0"]
+    builder = _builder(records)
+    rows = [builder.row(i) for i in range(2)]
+    assert [r["sample_id"] for r in rows] == ["koniq/train:0", "spaq/train:0"]
+    reds = [np.asarray(r["prompt"][-1]["content"][0]["image"])[..., 0].mean() for r in rows]
+    assert reds[0] > 200 and reds[1] < 50 and [r["solution"] for r in rows] == [2.0, 4.0]
+
+
+def test_explicit_sample_ids_repeated_across_files_become_distinct(tmp_path, caplog):
+    save_image(tmp_path / "a.png")
+    a = write_json(tmp_path / "a.json", [scoring("a.png", sample_id="x"), scoring("a.png", sample_id="y")])
+    b = write_json(tmp_path / "b.json", [scoring("a.png", sample_id="x")])
+    with caplog.at_level("WARNING"):
+        records = load_checked_records(DataConfig(files=[a, b], image_root=str(tmp_path), weights=[2, 1]))
+    assert [r["sample_id"] for r in records] == ["x", "y", "x#1", "y#1", "x#2"]
+    assert "1 record(s) share their sample_id with another record" in caplog.text  # b's x, not a's weight repeats
+    assert f"{a}:0 and {b}:0" in caplog.text
+
+
+def test_an_empty_list_is_a_problem_not_a_pass(tmp_path, capsys):
+    path = write_json(tmp_path / "d.json", [])
+    (problem,) = read_records(path).problems
+    assert str(problem) == f"{path}: the list holds no records ([])"
+    code, out, _ = validate_in_process(capsys, path)
+    assert code == 1 and out == f"{path}: the list holds no records ([])\n"
+
+
+def test_records_wrapped_in_an_object_say_so(tmp_path):
+    path = write_json(tmp_path / "d.json", {"data": [scoring("a.jpg"), scoring("b.jpg")]})
+    result = read_records(path)
+    assert result.records == []
+    (problem,) = result.problems
+    assert problem.index is None and "holding a list under 'data', not a list of records" in problem.reason
+    assert "jq '.data' d.json" in problem.reason
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(scoring("a.jpg"), indent=2))
+    (problem,) = read_records(one).problems
+    assert "one JSON object spread over several lines" in problem.reason
+    (tmp_path / "ok.jsonl").write_text(json.dumps(scoring("a.jpg")) + "\n")  # one-line JSONL stays fine
+    assert len(read_records(tmp_path / "ok.jsonl").records) == 1
+
+
+def test_an_image_list_is_named_as_such(image_dir):
+    (reason,) = check_record(scoring(["ok.jpg", "ok.jpg"]), image_dir)
+    assert reason == "field 'image' is a list of 2; a record takes one image path (a string): write one record per file"
+    (reason,) = check_record(scoring(7), image_dir)
+    assert reason == "field 'image' must be a path (a string), got int 7"
+    (reason,) = check_record({**scoring("ok.jpg"), "reference": ["ok.jpg"]}, image_dir)
+    assert "field 'reference' is a list of 1" in reason
+
+
+def test_16_bit_grey_png_loads_scaled_not_white(tmp_path):
+    values = np.tile(np.linspace(0, 65535, 56).astype(np.uint16), (56, 1))
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    img = np.asarray(load_image(str(tmp_path / "g16.png"), VisionSpec()))
+    assert img.shape == (56, 56, 3)
+    np.testing.assert_allclose(img[0, :, 0], np.round(values[0] / 257), atol=1)
+    assert abs(img.mean() - 127.5) < 2  # PIL's own convert gives ~254 (clipped to white)
+
+
+def test_float_tiff_on_0_1_loads_scaled_and_others_are_refused(tmp_path):
+    values = np.tile(np.linspace(0, 1, 56, dtype=np.float32), (56, 1))
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    img = np.asarray(load_image(str(tmp_path / "f.tif"), VisionSpec()))
+    np.testing.assert_allclose(img[0, :, 1], np.round(values[0] * 255), atol=1)
+    assert abs(img.mean() - 127.5) < 2  # PIL's own convert gives ~0 (black)
+    from vqrl.data.media import MediaError
+
+    Image.fromarray(values * 1000).save(tmp_path / "hdr.tif")
+    with pytest.raises(MediaError, match=r"floating-point grey image with values in \[0, 1000\]"):
+        load_image(str(tmp_path / "hdr.tif"), VisionSpec())
+    Image.fromarray(np.full((8, 8), 400000, dtype=np.int32)).save(tmp_path / "i32.tif")
+    with pytest.raises(MediaError, match="32-bit integer grey image .* outside the 16-bit range"):
+        load_image(str(tmp_path / "i32.tif"), VisionSpec())
+
+
+@pytest.mark.parametrize("bad", [dict(max_pixels=-5), dict(min_pixels=0), dict(video_max_frames=0),
+                                 dict(video_max_frames=1), dict(video_fps=0), dict(max_pixels=100, min_pixels=200)])
+def test_vision_budgets_that_would_silently_change_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)) if "min_pixels" not in bad or len(bad) == 1 else "below"):
+        VisionSpec(**bad)
+    assert VisionSpec(video_max_frames=2).video_max_frames == 2
+
+
+def test_video_max_frames_message_says_why():
+    with pytest.raises(ValueError, match="at least 2, got 0: Qwen-VL encodes video frames in pairs"):
+        VisionSpec(video_max_frames=0)
+
+
+def test_validate_data_names_bad_bit_depths_and_videos_without_frames(tmp_path, capsys):
+    Image.fromarray(np.full((8, 8), 5.0, dtype=np.float32)).save(tmp_path / "hdr.tif")
+    write_audio_only_mp4(tmp_path / "audio.mp4")
+    write_zero_frame_mp4(tmp_path / "empty.mp4")
+    path = write_json(tmp_path / "d.json", [scoring("hdr.tif"),
+                                            {"video": "audio.mp4", "solution": 3.0, "type": "scoring_video"},
+                                            {"video": "empty.mp4", "solution": 3.0, "type": "scoring_video"}])
+    code, out, _ = validate_in_process(capsys, path, "--image_root", tmp_path, "--video_root", tmp_path)
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert len(lines) == 3, out
+    assert lines[0].startswith(f"{path}:0: unusable image") and "floating-point grey image" in lines[0]
+    assert lines[1] == (f"{path}:1: unusable video {tmp_path / 'audio.mp4'}: "
+                        "no video stream in the file (streams: audio)")
+    assert lines[2].startswith(f"{path}:2: unusable video") and "no video stream in the file" in lines[2]
+    assert "IndexError" not in out
+    from vqrl.data.media import MediaError
+
+    with pytest.raises(MediaError, match=r"no video stream in the file \(streams: audio\)"):
+        load_video(str(tmp_path / "audio.mp4"), VisionSpec())
+
+
+def test_validate_data_refuses_settings_training_would_refuse(tmp_path, capsys):
+    path = write_json(tmp_path / "d.json", [scoring("a.jpg")])
+    code, out, err = validate_in_process(capsys, path, "--video_max_frames", "0")
+    assert code == 2 and out == "" and err.startswith("vqrl validate-data: video_max_frames must be at least 2, got 0")
+    code, _, err = validate_in_process(capsys, path, "--max_pixels", "-5")
+    assert code == 2 and "max_pixels must be at least 1, got -5" in err
+    code, _, err = validate_in_process(capsys, path, "--max_prompt_length", "100")
+    assert code == 2 and "--max_prompt_length needs --model" in err
+
+
+@pytest.fixture
+def broken_images(tmp_path):
+    """Two good images, a truncated JPEG and a text file named .jpg: each passes a file-exists check."""
+    shutil.copy(os.path.join(EXAMPLES, "images", "camera.jpg"), tmp_path / "a.jpg")
+    shutil.copy(os.path.join(EXAMPLES, "images", "coffee.jpg"), tmp_path / "b.jpg")
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.jpg").write_text("this is not an image\n")
+    records = [scoring("a.jpg"), scoring("cut.jpg"), scoring("b.jpg"), scoring("text.jpg"), scoring("a.jpg", 2.0)]
+    return write_json(tmp_path / "d.json", records)
+
+
+def test_training_decodes_every_image_before_step_1(broken_images, tmp_path):
+    """The README says training runs validate-data's checks: a truncated JPEG and a text file named .jpg used to
+    pass (only existence was checked) and were swapped for other records mid-run."""
+    with pytest.raises(DataError) as info:
+        load_checked_records(DataConfig(files=[broken_images], image_root=str(tmp_path)))
+    message = str(info.value)
+    assert message.startswith("2 bad record(s)")
+    assert f"{broken_images}:1: unreadable image {tmp_path / 'cut.jpg'}: OSError: image file is truncated" in message
+    assert f"{broken_images}:3: unreadable image {tmp_path / 'text.jpg'}: UnidentifiedImageError" in message
+    records = load_checked_records(DataConfig(files=[broken_images], image_root=str(tmp_path), on_bad_sample="skip"))
+    assert [r["_index"] for r in records] == [0, 2, 4]
+    # the same problems, word for word, as validate-data reports
+    from vqrl.data.validate import validate_files
+
+    assert [str(p) for p in validate_files([broken_images], str(tmp_path))] == message.splitlines()[1:]
+
+
+def test_skip_refuses_a_setup_where_every_image_fails(tmp_path):
+    shutil.copy(VIDEOS[0], tmp_path / "v.mp4")
+    records = [scoring("missing1.jpg"), scoring("missing2.jpg"),
+               {"video": "v.mp4", "solution": 3.0, "type": "scoring_video"},
+               {"video": "v.mp4", "solution": 4.0, "type": "scoring_video"},
+               {"video": "v.mp4", "solution": 2.0, "type": "scoring_video"}]
+    path = write_json(tmp_path / "d.json", records)
+    cfg = DataConfig(files=[path], image_root=str(tmp_path / "wrong_root"), video_root=str(tmp_path),
+                     on_bad_sample="skip")
+    with pytest.raises(DataError, match=r"setup looks wrong.*every image record is bad \(2 of 2: check --image_root"
+                                        r".*; e\.g\. .*d\.json:0: image file not found"):
+        load_checked_records(cfg)
+
+
+def test_skip_refuses_more_than_half_bad_and_a_file_with_no_good_record(tmp_path):
+    save_image(tmp_path / "ok.png")
+    many = write_json(tmp_path / "many.json", [scoring("ok.png"), scoring("ok.png", 9), scoring("ok.png", "x")])
+    with pytest.raises(DataError, match=r"2 of 3 records are bad \(more than 50%\)"):
+        load_checked_records(DataConfig(files=[many], image_root=str(tmp_path), on_bad_sample="skip"))
+    good = write_json(tmp_path / "good.json", [scoring("ok.png")] * 4)
+    empty = write_json(tmp_path / "empty.json", [])
+    with pytest.raises(DataError, match=f"no usable record in {empty}"):
+        load_checked_records(DataConfig(files=[good, empty], image_root=str(tmp_path), on_bad_sample="skip"))
+    half = write_json(tmp_path / "half.json", [scoring("ok.png"), scoring("ok.png", 9)])  # 50%: isolated, skipped
+    assert len(load_checked_records(DataConfig(files=[half], image_root=str(tmp_path), on_bad_sample="skip"))) == 1
+
+
+def test_media_that_stop_decoding_for_most_records_mid_run_stop_the_run(tmp_path):
+    for name in "abcd":
+        save_image(tmp_path / f"{name}.png")
+    path = write_json(tmp_path / "d.json", [scoring(f"{n}.png") for n in "abcd"])
+    records = load_checked_records(DataConfig(files=[path], image_root=str(tmp_path)))
+    builder = _builder(records)
+    for name in "abc":
+        (tmp_path / f"{name}.png").unlink()  # the storage went away
+    with pytest.raises(DataError, match="3 of 4 records failed to decode during training"):
+        builder.row(0)
+
+
+def test_distributed_media_checks_share_the_work_and_the_answer(tmp_path, monkeypatch):
+    """Under torch.distributed each rank decodes every world-th record and all ranks get every answer, so they keep
+    the same records."""
+    import torch.distributed as dist
+
+    from vqrl.data import checks
+
+    save_image(tmp_path / "ok.png")
+    records = [{**scoring(str(tmp_path / ("ok.png" if i % 3 else "gone.png"))), "i": i} for i in range(7)]
+    checked = []
+    real = checks.media_reasons
+    monkeypatch.setattr(checks, "media_reasons", lambda rec, *a: (checked.append(rec["i"]), real(rec, *a))[1])
+    other_rank = {0: ["from rank 0"]}
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine: out.__setitem__(slice(None), [other_rank, mine]))
+    found = checks.check_media(records)
+    assert sorted(checked) == [1, 3, 5]  # rank 1 of 2
+    assert sorted(found) == [0, 3] and found[0] == ["from rank 0"] and "gone.png" in found[3][0]
+
+
+# ------------------------------------------------------------------------- prompt length counts the vision tokens
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_prompt_length_check_counts_vision_tokens(tokenizer, tmp_path, arch):
+    """validate-data and training refuse a prompt whose text fits but whose image does not: the count is the real
+    prompt length (the processor's own encoding, as the trainer makes it), vision tokens included."""
+    from vqrl.data.validate import validate_files
+    from vqrl.models.tiny import build_processor
+    from vqrl.modeling import vision as V
+
+    proc = build_processor(arch, tokenizer)
+    spec = VisionSpec.for_processor(proc)
+    save_image(tmp_path / "small.png", (32, 32))
+    save_image(tmp_path / "big.png", (400, 300))
+    path = write_json(tmp_path / "d.json", [scoring("small.png"), scoring("big.png")])
+    records = read_records(path).records
+    true = []
+    for rec in records:
+        img = load_image(str(tmp_path / rec["image"]), spec)
+        ids, _ = V.encode_prompt(proc, build_messages(rec, [{"type": "image", "image": img}], PromptConfig()))
+        true.append(len(ids))
+    assert true[1] - true[0] >= 40  # the images differ in tokens, the texts do not
+    for limit in (true[0], true[1] - 1):  # the small prompt fits, the big one does not
+        problems = validate_files([path], str(tmp_path), processor=proc, max_prompt_length=limit)
+        assert [p.index for p in problems] == [1], (limit, true)
+        assert "over max_prompt_length" in problems[0].reason
+    assert problems[0].reason.startswith(f"prompt is ~{true[1]} tokens with its image/video tokens")
+    assert validate_files([path], str(tmp_path), processor=proc, max_prompt_length=true[1]) == []
+    # training applies the same check to the same records
+    with pytest.raises(DataError, match=r"d.json:1: prompt is ~\d+ tokens"):
+        load_checked_records(DataConfig(files=[path], image_root=str(tmp_path)), spec, proc, PromptConfig(),
+                             max_prompt_length=true[0])
+
+
+def test_prompt_length_of_a_video_record_is_the_processors(tokenizer, tmp_path):
+    from vqrl.data.checks import prompt_tokens
+    from vqrl.data.media import probe_video, video_tokens
+    from vqrl.models.tiny import build_processor
+    from vqrl.modeling import vision as V
+
+    proc = build_processor("qwen2_5_vl", tokenizer)
+    spec = VisionSpec.for_processor(proc)
+    rec = {"video": VIDEOS[0], "type": "scoring_video", "solution": 3.0}
+    frames, meta = load_video(VIDEOS[0], spec)
+    part = {"type": "video", "video": frames, "video_metadata": meta}
+    ids, _ = V.encode_prompt(proc, build_messages(rec, [part], PromptConfig()))
+    n, h, w, fps = probe_video(VIDEOS[0])
+    tokens = video_tokens(len(video_frame_indices(n, fps, spec)), h, w, spec)
+    assert prompt_tokens(rec, proc, PromptConfig(), tokens) == len(ids)

@@ -11,7 +11,7 @@ import torch
 import trl
 
 from trainer_utils import make_trainer, write_records
-from vqrl.trainers import vision as V
+from vqrl.modeling import vision as V
 
 G = 4
 IMAGES = [
@@ -238,7 +238,7 @@ def test_compiled_generation_choice(tiny_model_dir, tmp_path):
 
 def test_teacher_forced_probs_encode_once(tiny_model_dir, tmp_path):
     """Refine's PD pass: sharing each record's encoding across its G sequences gives the same probabilities."""
-    from vqrl.eval.inference import teacher_forced_probs
+    from vqrl.modeling.teacher_forcing import teacher_forced_probs
 
     trainer = _trainer(tiny_model_dir, tmp_path, IMAGES)
     inputs = _fixed_batch(trainer, 2)

@@ -1,16 +1,27 @@
-"""`vqrl eval`: expected scores by hand from the logits, resuming a half-done run, per-dataset outputs."""
+"""`vqrl eval`: expected scores by hand from the logits, sample-mode means, resuming a half-done run (only under the
+same model and settings), per-dataset outputs, and what a user's bad inputs and a full disk do to it."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import errno
 import json
 import os
+import shutil
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainer_utils import EXAMPLES, write_records
+from vqrl.eval import predictions as store
 from vqrl.eval import run as eval_run
+from vqrl.eval.predictions import EvalError
+from vqrl.rewards.parsing import parse_score
+
+EXAMPLE_DATA = [os.path.join(EXAMPLES, "RL_examples.json"), os.path.join(EXAMPLES, "RL_examples_eval.json")]
 
 
 def _args(model, data, out, **kw):
@@ -23,6 +34,46 @@ def _args(model, data, out, **kw):
     return parser.parse_args(argv)
 
 
+def rows_of(out) -> list[dict]:
+    with open(os.path.join(out, "predictions.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def preds_of(out) -> dict[str, str]:
+    return {r["sample_id"]: r["prediction"] for r in rows_of(out)}
+
+
+def images(tmp_path, n=4) -> list[dict]:
+    """n scoring records on the example photos, with distinct MOS."""
+    names = ["coffee", "rocket", "camera", "astronaut", "chelsea", "grass"]
+    return [{"image": os.path.join(EXAMPLES, "images", f"{names[i % 6]}.jpg"), "type": "scoring_image",
+             "solution": 1.5 + 0.5 * i} for i in range(n)]
+
+
+@pytest.fixture
+def scripted_generate(monkeypatch):
+    """Replace generation with completions we choose: texts[i] are the K completions of the i-th prompt of a call.
+    Records every call's keyword arguments."""
+    calls, script = [], {}
+
+    def fake(model, processor, prompt_ids, visions, max_new_tokens, do_sample, temperature=1.0,
+             num_return_sequences=1):
+        calls.append(dict(n=len(prompt_ids), do_sample=do_sample, temperature=temperature, k=num_return_sequences))
+        tok = processor.tokenizer
+        out = []
+        for ids in prompt_ids:
+            texts = script["texts"].pop(0)
+            assert len(texts) == num_return_sequences
+            out += [tok.encode(t, add_special_tokens=False) for t in texts]
+        return out
+
+    monkeypatch.setattr(eval_run.inference, "generate", fake)
+    return calls, script
+
+
+# ------------------------------------------------------------------------------------------------------------ scores
+
+
 def test_expected_score_matches_a_hand_computation(tiny_model_dir):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -30,7 +81,7 @@ def test_expected_score_matches_a_hand_computation(tiny_model_dir):
     from vqrl.data.media import VisionSpec
     from vqrl.data.prompts import SCORE_PREFIX, PromptConfig, build_messages
     from vqrl.eval.inference import expected_scores
-    from vqrl.trainers import vision as V
+    from vqrl.modeling import vision as V
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
     processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")
@@ -52,12 +103,45 @@ def test_expected_score_matches_a_hand_computation(tiny_model_dir):
         assert 1.0 <= value <= 5.0
 
 
-def test_interrupted_evaluation_resumes_to_the_same_metrics(tiny_model_dir, tmp_path, monkeypatch):
-    data = [os.path.join(EXAMPLES, "RL_examples.json"), os.path.join(EXAMPLES, "RL_examples_eval.json")]
-    full = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "full", mode="expected", no_think=True))
+def test_sample_mode_is_the_mean_of_the_k_scores_that_parse(tiny_model_dir, tmp_path, scripted_generate):
+    calls, script = scripted_generate
+    data = write_records(tmp_path / "d.json", images(tmp_path, 3))
+    script["texts"] = [
+        ["<think>a</think><answer>Score: 2</answer>", "<answer>Score: 4.5</answer>", "no answer at all"],
+        ["nothing", "still nothing", "<think>x</think>"],
+        ["<answer>Score: 1.25</answer>", "<answer>Score: 3</answer>", "<answer>Score: 5</answer>"],
+    ]
+    eval_run.evaluate(_args(tiny_model_dir, [data], tmp_path / "out", mode="sample", num_samples=3, temperature=0.7))
+    rows = rows_of(tmp_path / "out")
+    assert [r["prediction"] for r in rows] == ["3.250000", "", "3.083333"]  # (2+4.5)/2; none parse; (1.25+3+5)/3
+    assert rows[0]["completion"] == "<think>a</think><answer>Score: 2</answer>"  # the first sample is kept
+    assert calls == [dict(n=3, do_sample=True, temperature=0.7, k=3)]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["d"]
+    assert metrics["n"] == 3 and metrics["n_valid"] == 2 and metrics["parse_fail_rate"] == pytest.approx(1 / 3)
 
+
+def test_greedy_predictions_are_the_parsed_completions(tiny_model_dir, tmp_path):
+    data = write_records(tmp_path / "d.json", [
+        {"image": "images/coffee.jpg", "type": "scoring_image", "solution": 3.0, "dataset": "a"},
+        {"image": "images/rocket.jpg", "type": "scoring_image", "solution": 4.0, "dataset": "b"},
+    ])
+    metrics = eval_run.evaluate(_args(tiny_model_dir, [data], tmp_path / "g", mode="greedy"))
+    rows = rows_of(tmp_path / "g")
+    assert [(r["dataset"], float(r["mos"])) for r in rows] == [("a", 3.0), ("b", 4.0)]
+    for r in rows:
+        score = parse_score(r["completion"])
+        assert r["prediction"] == ("" if score is None else f"{score:.6f}") and r["error"] == ""
+    assert set(metrics) == {"a", "b", "overall"}  # grouped by the records' `dataset` field
+    assert metrics["overall"]["n"] == 2 and metrics["a"]["n"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------------ resume
+
+
+def test_interrupted_evaluation_resumes_to_the_same_predictions(tiny_model_dir, tmp_path, monkeypatch):
+    full = eval_run.evaluate(_args(tiny_model_dir, EXAMPLE_DATA, tmp_path / "full", mode="expected", no_think=True))
     calls = {"n": 0}
-    original = eval_run._score_batch
+    original = eval_run.score_records
 
     def crash_after_two_batches(*a, **k):
         calls["n"] += 1
@@ -65,27 +149,261 @@ def test_interrupted_evaluation_resumes_to_the_same_metrics(tiny_model_dir, tmp_
             raise KeyboardInterrupt("simulated interruption")
         return original(*a, **k)
 
-    monkeypatch.setattr(eval_run, "_score_batch", crash_after_two_batches)
+    monkeypatch.setattr(eval_run, "score_records", crash_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
-        eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "cut", mode="expected", no_think=True))
-    rows = (tmp_path / "cut" / "predictions.csv").read_text().splitlines()
-    assert len(rows) == 1 + 6  # header + two batches of 3
-    monkeypatch.setattr(eval_run, "_score_batch", original)
-    resumed = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "cut", mode="expected", no_think=True))
-    assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
-    assert set(resumed) == {"RL_examples", "RL_examples_eval", "overall"}
-    assert resumed["overall"]["n"] == 16
+        eval_run.evaluate(_args(tiny_model_dir, EXAMPLE_DATA, tmp_path / "cut", mode="expected", no_think=True))
+    expected = preds_of(tmp_path / "full")
+    half = preds_of(tmp_path / "cut")
+    assert len(half) == 6 and all(float(half[k]) == pytest.approx(float(expected[k]), abs=1e-5) for k in half)
+    monkeypatch.setattr(eval_run, "score_records", original)
+    resumed = eval_run.evaluate(_args(tiny_model_dir, EXAMPLE_DATA, tmp_path / "cut", mode="expected", no_think=True))
+    got = preds_of(tmp_path / "cut")
+    assert got.keys() == expected.keys() and len(got) == 16
+    assert all(float(got[k]) == pytest.approx(float(expected[k]), abs=1e-5) for k in got)
+    assert set(resumed) == {"RL_examples", "RL_examples_eval", "overall"} and resumed["overall"]["n"] == 16
     for name in resumed:
+        assert resumed[name]["srcc"] == pytest.approx(full[name]["srcc"], abs=1e-6)
         assert (tmp_path / "cut" / f"scatter_{name}.png").exists()
 
 
-def test_greedy_and_sample_modes_write_completions(tiny_model_dir, tmp_path):
-    data = write_records(tmp_path / "d.json", [
-        {"image": "images/coffee.jpg", "type": "scoring_image", "solution": 3.0, "dataset": "a"},
-        {"image": "images/rocket.jpg", "type": "scoring_image", "solution": 4.0, "dataset": "b"},
-    ])
-    for mode in ("greedy", "sample"):
-        metrics = eval_run.evaluate(_args(tiny_model_dir, [data], tmp_path / mode, mode=mode, num_samples=2))
-        assert set(metrics) == {"a", "b", "overall"}  # grouped by the records' `dataset` field
-        text = (tmp_path / mode / "predictions.csv").read_text()
-        assert text.count("\n") == 3
+def test_resume_under_another_model_or_mode_is_refused(tiny_model_dir, tmp_path, capsys):
+    """It used to 'resume' and print the first model's metrics as the second's."""
+    data = [write_records(tmp_path / "d.json", images(tmp_path, 3))]
+    out = tmp_path / "out"
+    first = eval_run.evaluate(_args(tiny_model_dir, data, out, mode="expected", no_think=True))
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_model_dir, other)
+    with pytest.raises(EvalError, match=r"predictions made with other settings \(model: .*other_model"):
+        eval_run.evaluate(_args(str(other), data, out, mode="expected", no_think=True))
+    with pytest.raises(EvalError, match=r"mode: 'expected' -> 'greedy'"):
+        eval_run.evaluate(_args(tiny_model_dir, data, out, mode="greedy", no_think=True))
+    with pytest.raises(EvalError, match=r"think: False -> True"):
+        eval_run.evaluate(_args(tiny_model_dir, data, out, mode="expected"))
+    # the same settings resume (nothing to do), and --overwrite starts over with the new ones
+    assert eval_run.evaluate(_args(tiny_model_dir, data, out, mode="expected", no_think=True)) == first
+    assert eval_run.run(_args(str(other), data, out, mode="expected", no_think=True)) == 2
+    assert "use another --out, or --overwrite" in capsys.readouterr().err
+    eval_run.evaluate(_args(str(other), data, out, mode="expected", no_think=True, overwrite=True))
+    assert json.loads((out / "settings.json").read_text())["model"] == str(other)
+    assert len(rows_of(out)) == 3
+
+
+def test_a_retrained_model_in_the_same_folder_is_another_model(tiny_model_dir, tmp_path):
+    model = tmp_path / "final"
+    shutil.copytree(tiny_model_dir, model)
+    data = [write_records(tmp_path / "d.json", images(tmp_path, 2))]
+    eval_run.evaluate(_args(str(model), data, tmp_path / "out", mode="expected", no_think=True))
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(EvalError, match=r"other settings \(model_files changed\)"):
+        eval_run.evaluate(_args(str(model), data, tmp_path / "out", mode="expected", no_think=True))
+
+
+def test_predictions_without_settings_are_not_resumed(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text(",".join(store.FIELDS) + "\nx,d,p,3.0,2.0,,\n")
+    with pytest.raises(EvalError, match="settings.json beside it is missing"):
+        eval_run.evaluate(_args(tiny_model_dir, [write_records(tmp_path / "d.json", images(tmp_path, 1))], out,
+                                mode="expected", no_think=True))
+
+
+def test_changed_data_under_a_resume_is_refused(tiny_model_dir, tmp_path):
+    recs = images(tmp_path, 2)
+    data = [write_records(tmp_path / "d.json", recs)]
+    eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+    recs[1]["solution"] = 4.9
+    write_records(tmp_path / "d.json", recs)
+    with pytest.raises(EvalError, match=r"row for sample 'd:1' is for .* \(MOS 2.0\), but the data now says .* 4.9"):
+        eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+
+
+def test_metrics_count_only_the_records_of_this_run(tiny_model_dir, tmp_path):
+    a = write_records(tmp_path / "a.json", images(tmp_path, 3))
+    b = write_records(tmp_path / "b.json", images(tmp_path, 2))
+    eval_run.evaluate(_args(tiny_model_dir, [a, b], tmp_path / "out", mode="expected", no_think=True))
+    only_a = eval_run.evaluate(_args(tiny_model_dir, [a], tmp_path / "out", mode="expected", no_think=True))
+    assert set(only_a) == {"a"} and only_a["a"]["n"] == 3  # b's rows stay in the file but are not counted
+    assert len(rows_of(tmp_path / "out")) == 5
+
+
+# --------------------------------------------------------------------------------------------------- data identity
+
+
+def test_same_named_files_are_two_datasets(tiny_model_dir, tmp_path):
+    """koniq/train.json and spaq/train.json used to share ids train:0.. : the datasets merged and rows were lost."""
+    recs = images(tmp_path, 4)
+    koniq = write_records(tmp_path / "koniq" / "train.json", recs[:2])
+    spaq = write_records(tmp_path / "spaq" / "train.json", recs[2:])
+    metrics = eval_run.evaluate(_args(tiny_model_dir, [koniq, spaq], tmp_path / "out", mode="expected", no_think=True))
+    assert {k: v["n"] for k, v in metrics.items()} == {"koniq/train": 2, "spaq/train": 2, "overall": 4}
+    assert sorted(r["sample_id"] for r in rows_of(tmp_path / "out")) == [
+        "koniq/train:0", "koniq/train:1", "spaq/train:0", "spaq/train:1"]
+    assert (tmp_path / "out" / "scatter_koniq_train.png").exists()
+
+
+def test_repeated_sample_ids_are_refused_not_merged(tiny_model_dir, tmp_path):
+    recs = images(tmp_path, 3)
+    recs[0]["sample_id"] = recs[2]["sample_id"] = "img-7"
+    data = write_records(tmp_path / "d.json", recs)
+    with pytest.raises(EvalError, match=r"1 sample_id\(s\) repeated .*'img-7' at .*d.json:0, .*d.json:2"):
+        eval_run.evaluate(_args(tiny_model_dir, [data], tmp_path / "out", mode="expected", no_think=True))
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+# ----------------------------------------------------------------------------------------------------- bad inputs
+
+
+def test_an_unreadable_image_costs_its_record_on_every_run(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "text.jpg").write_text("not an image\n")
+    recs = images(tmp_path, 4)
+    recs[1]["image"] = str(tmp_path / "text.jpg")
+    data = [write_records(tmp_path / "d.json", recs)]
+    for _ in range(2):  # the second run retries the broken record, and still finishes
+        metrics = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+        assert metrics["d"]["n"] == 3 and metrics["d"]["n_unreadable"] == 1 and metrics["d"]["n_skipped"] == 0
+        assert "unreadable: " in capsys.readouterr().err
+    rows = {r["sample_id"]: r for r in rows_of(tmp_path / "out")}
+    assert rows["d:1"]["prediction"] == "" and "UnidentifiedImageError" in rows["d:1"]["error"]
+    assert all(rows[k]["prediction"] and not rows[k]["error"] for k in ("d:0", "d:2", "d:3"))
+
+
+def test_a_file_that_fails_during_inference_costs_its_record(tiny_model_dir, tmp_path, monkeypatch):
+    from vqrl.data.dataset import MediaLoader
+
+    recs = images(tmp_path, 4)
+    data = [write_records(tmp_path / "d.json", recs)]
+    parts = MediaLoader.parts
+
+    def flaky(self, rec):
+        if rec["sample_id"] == "d:2":
+            raise OSError("Input/output error")
+        return parts(self, rec)
+
+    monkeypatch.setattr(MediaLoader, "parts", flaky)
+    metrics = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+    assert metrics["d"]["n"] == 3 and metrics["d"]["n_unreadable"] == 1
+    assert rows_of(tmp_path / "out")[2]["error"] == "unreadable media: OSError: Input/output error"
+
+
+def test_every_image_unreadable_is_a_setup_error_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
+    recs = images(tmp_path, 3)
+    for i, r in enumerate(recs):
+        (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8\xff junk")
+        r["image"] = str(tmp_path / f"{i}.jpg")
+    monkeypatch.setattr(eval_run, "_evaluate_hf", lambda *a: pytest.fail("the model must not load"))
+    with pytest.raises(EvalError, match=r"setup looks wrong.*every image record is bad \(3 of 3"):
+        eval_run.evaluate(_args(tiny_model_dir, [write_records(tmp_path / "d.json", recs)], tmp_path / "out",
+                                mode="expected", no_think=True))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(video_max_frames=0), "--video_max_frames must be at least 2, got 0"),
+    (dict(num_samples=0), "--num_samples must be at least 1"),
+    (dict(backend="vllm", mode="expected"), "supports --no_think only"),
+])
+def test_bad_settings_are_refused_before_anything_loads(tiny_model_dir, tmp_path, capsys, flags, message):
+    assert eval_run.run(_args(tiny_model_dir, EXAMPLE_DATA, tmp_path / "out", **flags)) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_model_that_is_neither_a_folder_nor_reachable_is_named_first(tmp_path, monkeypatch):
+    import transformers
+
+    def offline(name, *a, **k):  # what from_pretrained raises for an unknown hub id without a network
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load the files of {name}.\nCheck ...")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    with pytest.raises(EvalError, match=r"^--model outputs/nothing: no such folder, and not loadable as a hub model "
+                                        r"\(We couldn't connect to 'https://huggingface.co' .* outputs/nothing\.\)$"):
+        eval_run.evaluate(_args("outputs/nothing", ["does-not-matter.json"], tmp_path / "out"))
+
+
+@pytest.mark.parametrize("what", ["missing", "no_config", "no_weights"])
+def test_a_model_folder_that_is_not_a_model_is_named(tiny_model_dir, tmp_path, what):
+    model = tmp_path / "m"
+    if what != "missing":
+        shutil.copytree(tiny_model_dir, model)
+        for f in model.glob("config.json" if what == "no_config" else "*.safetensors"):
+            f.unlink()
+    message = {"missing": "no such folder", "no_config": "no config.json", "no_weights": "no \\*.safetensors"}[what]
+    with pytest.raises(EvalError, match=f"--model {model}: {message}"):
+        eval_run.evaluate(_args(str(model), EXAMPLE_DATA, tmp_path / "out"))
+
+
+# ------------------------------------------------------------------------------------------- crashes and full disks
+
+
+def test_a_cut_off_last_row_is_predicted_again(tiny_model_dir, tmp_path, capsys):
+    """A crash mid-write used to leave a row whose prediction was cut (2.41 read as 2.4) and resumed as it was."""
+    data = [write_records(tmp_path / "d.json", images(tmp_path, 4))]
+    eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+    expected = preds_of(tmp_path / "out")
+    path = tmp_path / "out" / "predictions.csv"
+    text = path.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    cut = text[: len(text) - len(last) + last.index(",3.0,") + 8]  # ...,3.0,2.5 (the prediction cut short)
+    path.write_text(cut)
+    eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+    assert preds_of(tmp_path / "out") == expected
+    assert "dropped 1 cut-off or invalid row(s)" in capsys.readouterr().err
+    assert path.read_text().endswith("\n") and len(rows_of(tmp_path / "out")) == 4
+
+
+def test_a_zero_byte_predictions_file_is_started_over(tiny_model_dir, tmp_path):
+    """A full disk can leave predictions.csv empty; every later run then failed on it."""
+    data = [write_records(tmp_path / "d.json", images(tmp_path, 2))]
+    eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+    expected = preds_of(tmp_path / "out")
+    (tmp_path / "out" / "predictions.csv").write_text("")
+    metrics = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+    assert preds_of(tmp_path / "out") == expected and metrics["d"]["n"] == 2
+
+
+def test_a_full_disk_says_so_and_leaves_a_resumable_file(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    data = [write_records(tmp_path / "d.json", images(tmp_path, 6))]
+    real = store._write_all
+    writes = {"n": 0}
+
+    def fills_up(fd, payload):
+        writes["n"] += 1
+        if writes["n"] == 2:  # the second batch: half of it reaches the disk, then it is full
+            os.write(fd, payload[: len(payload) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, payload)
+
+    monkeypatch.setattr(store, "_write_all", fills_up)
+    assert eval_run.run(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True)) == 2
+    err = capsys.readouterr().err
+    assert "vqrl eval: error: no space left on device writing" in err and "run the same command again" in err
+    assert (tmp_path / "out" / "predictions.csv").read_text().endswith("\n")
+    assert len(rows_of(tmp_path / "out")) == 3  # the first batch, whole; none of the second
+    monkeypatch.setattr(store, "_write_all", real)
+    metrics = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
+    assert metrics["d"]["n"] == 6 and len(rows_of(tmp_path / "out")) == 6
+
+
+def _rows(texts):
+    return [{"sample_id": f"d:{i}", "dataset": "d", "path": f"/x/{i}.jpg", "mos": f"{1 + i % 4}.5",
+             "prediction": "" if i % 3 == 2 else f"{2 + i / 10:.6f}", "completion": t, "error": ""}
+            for i, t in enumerate(texts)]
+
+
+@given(texts=st.lists(st.text(alphabet=st.sampled_from('ab ,"\n\r<>:.5é'), max_size=12), min_size=1, max_size=5),
+       cut=st.floats(0, 1))
+@settings(max_examples=150, deadline=None)
+def test_any_cut_of_the_predictions_file_reads_as_whole_original_rows(tmp_path_factory, texts, cut):
+    """Wherever a crash or a full disk cuts predictions.csv, what is read back is some of the rows as written,
+    never a row with a shortened value; appending after a repair gives a file that reads whole."""
+    path = str(tmp_path_factory.mktemp("p") / "predictions.csv")
+    rows = _rows(texts)
+    store.append(path, rows)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: int(cut * len(data))])
+    got, _ = store.read(path)
+    originals = {r["sample_id"]: r for r in rows}
+    assert all(row == originals[sid] for sid, row in got.items())
+    store.rewrite(path, list(got.values()))
+    store.append(path, [r for r in rows if r["sample_id"] not in got])
+    assert store.read(path) == (originals, 0)

@@ -1,11 +1,16 @@
-"""Reward library: pinned values per reward, fidelity_rank against the formula, registry, and robustness."""
+"""Reward library: pinned values per reward; the seed's and Q-Insight's rules against our own re-implementations of
+their code (property tests); fidelity_rank against the formula; registry; robustness."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import math
 import pickle
+import re
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from vqrl.rewards import REWARDS, RewardFunc, build_reward_funcs, completion_text, extract_answer, parse_score
-from vqrl.rewards.parsing import column
+from vqrl.rewards import (REWARDS, RewardFunc, build_reward_funcs, completion_text, extract_answer, parse_score,
+                          reward_options)
+from vqrl.rewards import ranking
+from vqrl.rewards.parsing import column, think_end
 
 SEED = "<think>The image is sharp, well exposed, with natural colours.</think><answer>Score: 4.40</answer>"
 
@@ -97,20 +104,24 @@ def test_seed_example_conversational():
 
 
 FORMAT_CASES = [
-    # completion, row, format, format_strict
+    # completion, row, format, format_strict (the seed's: searched anywhere, non-empty think, literal tags, d.dd)
     (SEED, {"solution": 4.4}, 1, 1),
     ("<think>x</think>\n<answer>\nScore: 3.62\n</answer>\n", {"solution": 4.4}, 1, 1),
-    ("<think></think><answer>Score: 3.62</answer>", {"solution": 4.4}, 1, 1),
+    ("<think></think><answer>Score: 3.62</answer>", {"solution": 4.4}, 1, 0),  # the seed needs a non-empty think
     ("<think>x</think><answer>3.6</answer>", {"solution": 4.4}, 1, 0),  # strict wants Score: d.dd
     ("<think>x</think><answer>Score: 3.6</answer>", {"solution": 4.4}, 1, 0),
-    ("<think>x</think><answer>Score: ٣.٦٢</answer>", {"solution": 4.4}, 0, 0),
+    ("<think>x</think><answer>Score: ٣.٦٢</answer>", {"solution": 4.4}, 0, 1),  # the seed's \\d is Unicode
     ("  <Think>x</THINK> <answer>4</answer>  ", {"solution": 4.4}, 1, 0),
-    ("<think>x</think><answer>Score: 3.62</answer>\n\n", {"solution": 4.4}, 1, 0),  # seed `$`: one newline only
+    ("<think>x</ think><answer>Score: 3.62</answer>", {"solution": 4.4}, 1, 0),
+    ("<think>x</think><answer>Score: 3.62</answer>\n\n", {"solution": 4.4}, 1, 1),
     ("<answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 0),
     ("<think>x</think> so <answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 0),
-    ("<think>x</think><answer>Score: 3.62</answer> extra", {"solution": 4.4}, 0, 0),
-    ("<think>x<think>y</think><answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 1),  # seed's .*? allows nesting
+    ("<think>x</think><answer>Score: 3.62</answer> extra", {"solution": 4.4}, 0, 1),  # searched, not anchored
+    ("I see. <think>x</think><answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 1),
+    ("<think>x<think>y</think><answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 1),  # seed's .+? allows nesting
+    ("<think>x</think><answer>Score: 1.00</answer><answer>Score: 3.62</answer>", {"solution": 4.4}, 0, 1),
     ("<think>x</think><answer>Score: 3.62", {"solution": 4.4}, 0, 0),
+    ("<think>x</think><answer>Score: 3.625</answer>", {"solution": 4.4}, 1, 0),
     ("<think>x</think><answer>great</answer>", {"solution": 4.4}, 0, 0),
     ("<think>x</think><answer>B</answer>", {"solution": "B", "type": "choice_image"}, 1, 0),
     ("<think>x</think><answer>  </answer>", {"solution": "B", "type": "choice_image"}, 0, 0),
@@ -181,6 +192,13 @@ DISTORTION_CASES = [
     ("", {"distortion": "noise", "severity": 1}, 0.0),
     ("{not json", {"distortion": "noise", "severity": 1}, 0.0),
     ('{"distortion": "noise", "severity": 1}', {"solution": 4.2}, 0.0),  # not a distortion row
+    # Q-Insight's answer keys and label words
+    ('{"distortion_class": "blur", "severity": "serious"}', {"distortion": "blur", "severity": "serious"}, 1.0),
+    ('{"distortion_class": "blur", "severity": "obvious"}', {"distortion": "blur", "severity": "serious"}, 0.25),
+    ('{"distortion_class": "noise", "severity": "serious"}', {"distortion": "blur", "severity": "serious"}, 0.0),
+    ('{"distortion_class": "null", "severity": "null"}', {"distortion": "null", "severity": "null"}, 1.0),
+    ("Distortion class: blur; severity: catastrophic", {"distortion": "blur", "severity": "catastrophic"}, 1.0),
+    ("blur, severity: serious", {"distortion": "blur", "severity": "catastrophic"}, 0.25),
 ]
 
 
@@ -252,6 +270,179 @@ def test_unknown_kwargs_and_trl_extras_are_ignored():
     assert out == [1.0]
 
 
+ANSWER_STRICT_CASES = [
+    # completion, solution, answer_strict (the seed's accuracy reward)
+    (SEED, 4.4008, 1),
+    ("<think>x</think><answer>Score: 4.90</answer>", 4.4, 1),   # 4.9 - 4.4 == 0.5 in floats: counts
+    ("<think>x</think><answer>Score: 2.20</answer>", 1.7, 0),   # 0.5000000000000002 in floats: the seed says no
+    ("<think>x</think><answer>Score: 4.40</answer>", "4.4", 1),  # float(str(solution))
+    ("<think></think><answer>Score: 4.40</answer>", 4.4, 0),    # empty think
+    (" <think>x</think><answer>Score: 4.40</answer>", 4.4, 0),  # re.match: nothing before <think>
+    ("<think>x</think><answer>Score: 4.40</answer> trailing text", 4.4, 1),
+    ("<think>x</think><answer>Score: 1.00</answer> <answer>Score: 4.40</answer>", 4.4, 1),  # the last answer
+    ("<think>x</think><answer>Score: 4.40</answer> <answer>Score: 1.00</answer>", 4.4, 0),
+    ("<think>x</think><answer>Score: 4.40</answer> <answer>4.0</answer>", 4.4, 1),  # not the seed's shape: skipped
+    ("<think>x</Think><answer>Score: 4.40</answer>", 4.4, 0),   # literal tags
+    ("<think>x</think><answer>4.40</answer>", 4.4, 0),
+    ("<think>x</think><answer>Score: ٤.٤٠</answer>", 4.4, 1),   # Unicode digits, as Python's \d and float()
+    ("<think>x</think><answer>Score: 4.40</answer>", None, 0),  # the seed would crash: 0
+    ("<think>x</think><answer>Score: 4.40</answer>", "B", 0),
+    ("<think>x</think><answer>Score: 4.40</answer>", float("nan"), 0),
+    ("<answer>Score: 4.40</answer>", 4.4, 0),                    # the format gate: no think, no reward
+]
+
+
+@pytest.mark.parametrize("completion, solution, expected", ANSWER_STRICT_CASES)
+def test_answer_strict(completion, solution, expected):
+    assert call("answer_strict", completion, solution=solution) == expected
+    assert seed_accuracy_reference(completion, solution) == expected
+
+
+def test_answer_strict_less_is_qinsight_strict_test():
+    less, le = build_reward_funcs(["answer", "answer"], answer_threshold=0.35, answer_strict_less=True)[0], \
+        build_reward_funcs(["answer"], answer_threshold=0.35)[0]
+    # 4.05 - 3.70 is 0.34999999999999964 in floats; in decimals it is the threshold itself: < says no, <= says yes.
+    at_threshold = "<think>t</think><answer>Score: 4.05</answer>"
+    assert less([at_threshold], solution=[3.70]) == [0.0] and le([at_threshold], solution=[3.70]) == [1.0]
+    assert less([at_threshold], solution=[3.71]) == [1.0]
+    assert less([at_threshold], solution=[4.40]) == [0.0]
+
+
+# ---------------------------------------------------------------- the seed's and Q-Insight's rules, re-implemented
+# Written from reading jzhws/VisualQualityAssessment-RL-Trainer src/open_r1/grpo.py (format_reward, answer_reward)
+# and bytedance/Q-Insight src/open-r1-multimodal/src/open_r1/qinsight_multi_task.py (score_reward): backtracking
+# regular expressions as the sources run them, no attention to speed.
+SEED_PATTERN = r"<think>(.+?)</think>\s*<answer>\s*Score:\s*(\d{1}\.\d{2})\s*</answer>"
+SEED_ANSWER = r"<answer>\s*Score:\s*(\d{1}\.\d{2})\s*</answer>"
+
+
+def seed_format_reference(text):
+    return 1 if re.search(SEED_PATTERN, text, re.DOTALL) else 0
+
+
+def seed_accuracy_reference(text, solution):
+    """1/0 as the seed computes it; where the seed would raise (a MOS float() refuses), 0 as we document."""
+    if not re.match(SEED_PATTERN, text, re.DOTALL):
+        return 0
+    pred = float(list(re.finditer(SEED_ANSWER, text, re.DOTALL))[-1].groups()[-1])
+    try:
+        mos = float(str(solution))
+    except ValueError:
+        return 0
+    return 1 if abs(pred - mos) <= 0.5 else 0
+
+
+def qinsight_distortion_reference(text, truth_class, truth_severity):
+    match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    if not match:
+        return 0.0
+    found = re.search(r"\"distortion_class\"\s*:\s*\"([^\"]+)\".*?\"severity\"\s*:\s*\"([^\"]+)\"",
+                      match.group(1).strip(), re.DOTALL)
+    reward = 0.0
+    if found and found.group(1).strip() == truth_class:
+        reward += 0.25
+        if found.group(2).strip() == truth_severity:
+            reward += 0.75
+    return reward
+
+
+SEED_FRAGMENTS = ["<think>", "</think>", "</Think>", "</ think>", "<Think>", "<think></think>", "<answer>",
+                  "</answer>", "<Answer>", "</ answer>", "Score:", "Score: ", "score:", " ", "\n", "\t", "\u00a0",
+                  "\u2003", "4", "4.40", "3.62", ".", "٣", "𝟒", "x", "think", "<", ">", "/", "Score: 4.4",
+                  "Score: 4.400", "<answer>Score: 4.40</answer>", "<think>t</think>"]
+# A seed-shaped completion as parts: (valid part, variants). A draw mutates at most three parts, so most draws are
+# near the rule's boundary instead of far from it.
+SEED_PARTS = [
+    ("", [" ", "x", "<think>a</think>", "\n", "<answer>Score: 4.40</answer>"]),
+    ("<think>", ["<Think>", "< think>", "", "<think><think>"]),
+    ("looks sharp", ["", "\n", "a</think>b", "<answer>Score: 1.00</answer>", "</ think>", "x" * 3]),
+    ("</think>", ["</Think>", "</ think>", "</think></think>", "", "</think >"]),
+    ("", [" ", "\n", "\u00a0", "x", "\n\n"]),
+    ("<answer>", ["<Answer>", "< answer>", "", "<answer><answer>"]),
+    ("", [" ", "\n", "\u2003", "x"]),
+    ("Score:", ["score:", "Score", "Score: Score:", ""]),
+    (" ", ["", "\n", "  ", "\u00a0", "x"]),
+    ("4", ["٤", "𝟒", "44", "", "-4", "x"]),
+    (".", [",", "", ".."]),
+    ("40", ["4", "400", "٤٠", "4x", ""]),
+    ("", [" ", "\n", "\u2003", "x"]),
+    ("</answer>", ["</Answer>", "</answer >", "", "</answer></answer>"]),
+    ("", ["\n", " trailing", "<answer>Score: 1.00</answer>", "<answer>Score: 4.90</answer>", "\n\n"]),
+]
+
+
+@st.composite
+def seed_like(draw):
+    mutated = draw(st.sets(st.integers(0, len(SEED_PARTS) - 1), max_size=3))
+    return "".join(draw(st.sampled_from(variants)) if i in mutated else valid
+                   for i, (valid, variants) in enumerate(SEED_PARTS))
+
+
+seed_texts = st.one_of(seed_like(), seed_like(), st.lists(st.sampled_from(SEED_FRAGMENTS), max_size=24).map("".join),
+                       st.text(max_size=60))
+mos_values = st.one_of(st.floats(1, 5), st.sampled_from([4.4, 4.9, 3.9, 3.89, 4.0, 1.0, 5.0, "4.4", 3.9000000000000004]),
+                       st.none(), st.sampled_from(["B", "", float("nan"), float("inf"), True, [4.4]]))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(seed_texts, mos_values)
+def test_format_strict_and_answer_strict_are_the_seeds_rules(text, mos):
+    assert call("format_strict", text, solution=mos) == seed_format_reference(text)
+    assert call("answer_strict", text, solution=mos) == seed_accuracy_reference(text, mos)
+
+
+def test_format_strict_is_linear_on_adversarial_input():
+    texts = ["<think>" * 200_000, "<think>x" + "</think> " * 100_000, "<think>x</think>" + " " * 500_000 + "<answer>"]
+    start = time.perf_counter()
+    assert REWARDS["format_strict"](texts, solution=[4.0] * 3) == [0.0] * 3
+    assert REWARDS["answer_strict"](texts, solution=[4.0] * 3) == [0.0] * 3
+    assert time.perf_counter() - start < 2.0
+
+
+QINSIGHT_CLASSES = ["noise", "compression", "blur", "darken", "null"]
+QINSIGHT_SEVERITIES = ["slight", "moderate", "obvious", "serious", "catastrophic", "null"]
+
+
+def test_distortion_equals_qinsight_on_its_answers():
+    """On Q-Insight's own answers (its JSON keys and label words, one answer per completion), every combination of
+    answered and true labels: `distortion` gives Q-Insight's reward. It is more lenient elsewhere (case, spacing,
+    numbers, our keys), see docs/rewards.md."""
+    combos = itertools.product(QINSIGHT_CLASSES, QINSIGHT_SEVERITIES, QINSIGHT_CLASSES, QINSIGHT_SEVERITIES)
+    layouts = itertools.cycle(itertools.product(["", " ", "\n"], [False, True]))
+    for (pred_class, pred_severity, truth_class, truth_severity), (pad, fenced) in zip(combos, layouts):
+        body = json.dumps({"distortion_class": pred_class, "severity": pred_severity})
+        answer = f"```json\n{body}\n```" if fenced else body
+        text = f"<think>\nlooks {pred_class}\n</think>\n<answer>{pad}{answer}{pad}</answer>"
+        ours = call("distortion", text, type="distortion_image", distortion=truth_class, severity=truth_severity)
+        assert ours == qinsight_distortion_reference(text, truth_class, truth_severity), text
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.integers(100, 500), st.floats(1, 5))
+def test_answer_thresholds_equal_seed_and_qinsight_tests(pred_hundredths, mos):
+    """answer (<= 0.5, the seed) and answer_strict_less (< 0.35, Q-Insight) against the sources' comparisons, away
+    from the threshold itself (there we decide in decimals, the sources in binary floats: docs/rewards.md)."""
+    pred = pred_hundredths / 100
+    text = f"<think>t</think><answer>Score: {pred:.2f}</answer>"
+    qinsight = build_reward_funcs(["answer"], answer_threshold=0.35, answer_strict_less=True)[0]
+    if abs(abs(pred - mos) - 0.35) > 1e-9:
+        assert qinsight([text], solution=[mos]) == [1.0 if abs(pred - mos) < 0.35 else 0.0]
+    if abs(abs(pred - mos) - 0.5) > 1e-9:
+        assert call("answer", text, solution=mos) == (1.0 if abs(pred - mos) <= 0.5 else 0.0)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<think>a</think><answer>4</answer>", "<think>a</think>"),
+    ("<think>a</Think><answer>Score: 4.40</answer>", "<think>a</Think>"),
+    ("<think>a</ think >b</think>", "<think>a</ think >"),  # the first close tag, as `format` reads it
+    ("<think>a <answer>Score: 4.40</answer>", None),
+    (None, None),
+])
+def test_think_end_is_formats_close_tag(text, expected):
+    end = think_end(text)
+    assert (text[:end] if end is not None else None) == expected
+
+
 # ---------------------------------------------------------------- fidelity_rank
 
 def reference_fidelity(scores, mos, G, eps=1e-6):
@@ -316,8 +507,18 @@ def test_fidelity_rank_equal_mos_and_equal_scores():
     assert got == pytest.approx([1.0, 1.0])  # both ordered right with certainty
 
 
-def test_fidelity_rank_single_image_gives_zero():
-    assert REWARDS["fidelity_rank"]([answer_text(3.0)] * 4, solution=[3.0] * 4, num_generations=4) == [0.0] * 4
+def test_fidelity_rank_single_image_gives_zero_and_warns_once(caplog, monkeypatch):
+    monkeypatch.setattr(ranking, "_warned_single_image", False)
+    with caplog.at_level(logging.WARNING, logger="vqrl.rewards.ranking"):
+        REWARDS["fidelity_rank"]([answer_text(3.0)] * 8, solution=[3.0] * 4 + [4.0] * 4, num_generations=4)
+        assert caplog.records == []  # two images: nothing to say
+        for _ in range(3):
+            got = REWARDS["fidelity_rank"]([answer_text(3.0)] * 4, solution=[3.0] * 4, num_generations=4)
+            assert got == [0.0] * 4
+    assert [r.getMessage() for r in caplog.records if "single image" in r.getMessage()] == [
+        "fidelity_rank: this step holds a single image over all 1 process(es), so every reward is 0 (nothing to rank "
+        "against); hold several images per step: per_device_train_batch_size x steps_per_generation x processes >= "
+        "2 x num_generations"]
 
 
 def test_fidelity_rank_needs_groups():
@@ -343,8 +544,8 @@ def user_reward(completions, **kwargs):
 
 
 def test_registry_names_and_trl_metric_names():
-    assert set(REWARDS) == {"format", "format_strict", "format_nothink", "answer", "score_l1", "score_gauss", "fidelity_rank",
-                            "distortion", "choice", "iou"}
+    assert set(REWARDS) == {"format", "format_strict", "format_nothink", "answer", "answer_strict", "score_l1",
+                            "score_gauss", "fidelity_rank", "distortion", "choice", "iou"}
     for name, func in REWARDS.items():
         assert func.__name__ == name
     funcs = build_reward_funcs(list(REWARDS), answer_threshold=0.35)
@@ -352,7 +553,9 @@ def test_registry_names_and_trl_metric_names():
     from trl.trainer.utils import get_callable_name, is_async_callable
     assert [get_callable_name(f) for f in funcs] == list(REWARDS)
     assert not any(is_async_callable(f) for f in funcs)
-    assert pickle.loads(pickle.dumps(funcs[2]))([SEED], solution=[4.0]) == [0.0]  # 0.4 off > 0.35
+    answer = funcs[list(REWARDS).index("answer")]
+    assert pickle.loads(pickle.dumps(answer))([SEED], solution=[4.0]) == [0.0]  # 0.4 off > 0.35
+    assert pickle.loads(pickle.dumps(answer))([SEED], solution=[4.1]) == [1.0]
 
 
 def test_user_function_by_module_path():
@@ -381,11 +584,25 @@ def test_bad_reward_names(entry, message):
 def test_bad_options(options):
     with pytest.raises(ValueError, match="must be a finite number"):
         build_reward_funcs(["answer"], **options)
+    with pytest.raises(ValueError, match="answer_strict_less='yes' must be true or false"):
+        build_reward_funcs(["answer"], answer_strict_less="yes")
+
+
+def test_reward_options_come_from_the_config():
+    config = SimpleNamespace(answer_threshold=0.35, answer_strict_less=True, gauss_sigma=None, other=1)
+    assert reward_options(config) == {"answer_threshold": 0.35, "answer_strict_less": True}
+    (answer,) = build_reward_funcs(["answer"], **reward_options(config))
+    assert answer.options == {"answer_threshold": 0.35, "answer_strict_less": True}
+    from vqrl.config import VQRLConfig
+
+    fields = VQRLConfig.__dataclass_fields__
+    assert {"answer_threshold", "answer_strict_less", "gauss_sigma"} <= set(fields)
 
 
 # ---------------------------------------------------------------- robustness
 
-RANGES = {name: {0.0, 1.0} for name in ("format", "format_strict", "answer", "choice")}
+RANGES = {name: {0.0, 1.0} for name in ("format", "format_strict", "format_nothink", "answer", "answer_strict",
+                                        "choice")}
 RANGES["distortion"] = {0.0, 0.25, 1.0}
 
 
@@ -523,7 +740,7 @@ def test_mixed_stage1_batch_each_reward_grades_its_own_task():
     completions = [f"<think>t</think><answer>{a}</answer>" for a in answers]
     columns = {key: [row[key] for row in rows] for key in rows[0]}
     expected = {"distortion": [1, 0, 0, 0], "choice": [0, 1, 0, 0], "iou": [0, 0, 1, 0], "answer": [0, 0, 0, 1],
-                "format": [1, 1, 1, 1], "format_strict": [0, 0, 0, 1]}
+                "answer_strict": [0, 0, 0, 1], "format": [1, 1, 1, 1], "format_strict": [0, 0, 0, 1]}
     for name, values in expected.items():
         logged = []
         assert REWARDS[name](completions, log_metric=lambda k, v: logged.append(v), **columns) == values, name

@@ -1,9 +1,11 @@
 """fidelity_rank under torch.distributed: two gloo processes, each holding an uneven slice that cuts a group in two,
-must each get exactly their slice of the single-process rewards over the whole batch."""
+must each get exactly their slice of the single-process rewards over the whole batch; the one-image warning looks at
+the whole batch too (one image per process is two images: no warning; one image cut in two: a warning on each)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from datetime import timedelta
 
@@ -11,7 +13,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vqrl.rewards import REWARDS
+from vqrl.rewards import REWARDS, ranking
 
 SCORES = [3.5, 3.9, None, 4.2, 2.0, 2.5, 2.25, None, 4.0, 4.0, 3.0, 3.75]
 MOS = [4.1] * 4 + [2.3] * 4 + [3.6] * 4
@@ -39,6 +41,15 @@ def worker(rank, world_size, port, out_dir):
             lo, hi = slices[rank]
             for by in ("num_generations", "sample_id"):
                 results[f"{split}/{by}"] = ranked(lo, hi, by)
+        warnings = []
+        handler = logging.Handler()
+        handler.emit = lambda record: warnings.append(record.getMessage())
+        logging.getLogger("vqrl.rewards.ranking").addHandler(handler)
+        for generations, (lo, hi) in ((4, (4 * rank, 4 * rank + 4)), (8, (4 * rank, 4 * rank + 4))):
+            ranking._warned_single_image = False
+            REWARDS["fidelity_rank"](COMPLETIONS[lo:hi], solution=[MOS[0]] * 4, num_generations=generations)
+            results[f"warned/{generations}"] = [w.split(":")[0] for w in warnings]
+            warnings.clear()
         with open(f"{out_dir}/{rank}.json", "w") as f:
             json.dump(results, f)
     finally:
@@ -59,6 +70,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
 
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    for rank in range(2):
+        assert results[rank]["warned/4"] == []  # an image on each process: two images to rank
+        assert results[rank]["warned/8"] == ["fidelity_rank"]  # one image of 8 completions, cut in two
     for split, slices in SPLITS.items():
         for by in ("num_generations", "sample_id"):
             for rank, (lo, hi) in enumerate(slices):

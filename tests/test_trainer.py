@@ -123,22 +123,25 @@ def test_rewards_see_the_solution_of_their_own_prompt(tiny_model_dir, tmp_path, 
 
 
 def test_completions_are_cut_before_vision_tokens(tiny_model_dir, tmp_path):
-    """Generation never samples a vision special token, and a completion that holds one anyway (vLLM, a custom
-    sampler) ends just before it, its sampling log-probs with it; the cut fraction is logged."""
+    """Vision special tokens are not suppressed in sampling (the loss scores the whole vocabulary); a completion
+    that holds one ends just before it, its sampling log-probs with it; the cut fraction is logged."""
     data = write_records(tmp_path / "d.json", IMAGE_RECORDS)
     trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"])
     tok = trainer._tokenizer
     special = [tok.convert_tokens_to_ids(t) for t in
                ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")]
     assert trainer._vision_token_ids == sorted(special)
-    assert set(special) <= set(trainer.generation_config.suppress_tokens)
+    # never suppressed in sampling: the loss scores the softmax over the whole vocabulary
+    assert not set(trainer.generation_config.suppress_tokens or []) & set(special)
     image_pad, start = trainer._image_token_id, special[0]
+    eos = tok.eos_token_id
     trainer.model.train()
     ids = [[105, 106, image_pad, 107], [105, 106], [start, 109], [108, 109, 110, start, image_pad]]
     logprobs = [[-1.0, -2.0, -3.0, -4.0], [-1.0, -2.0], [-5.0, -6.0], [-7.0, -8.0, -9.0, -1.0, -2.0]]
     cut, cut_logprobs = trainer._cut_at_vision_tokens(ids, logprobs)
-    assert cut == [[105, 106], [105, 106], [], [108, 109, 110]]
-    assert cut_logprobs == [[-1.0, -2.0], [-1.0, -2.0], [], [-7.0, -8.0, -9.0]]
+    # a completion whose first token is a vision token: TRL needs a last token, so it becomes end-of-text alone
+    assert cut == [[105, 106], [105, 106], [eos], [108, 109, 110]]
+    assert cut_logprobs == [[-1.0, -2.0], [-1.0, -2.0], [-5.0], [-7.0, -8.0, -9.0]]
     assert trainer._metrics["train"]["completions/cut_at_vision_token"] == [0.75]
     assert trainer._cut_at_vision_tokens([[105, 106]], None) == ([[105, 106]], None)
 

@@ -5,6 +5,8 @@ They must stay fast (tiny timeouts) and must leave no process behind.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -19,7 +21,7 @@ import psutil
 import pytest
 
 from vqrl.training.heartbeat import Heartbeat, heartbeat_path, read_heartbeat
-from vqrl.watchdog import backoff_delay, find_output_dir, resume_command, split_argv
+from vqrl.watchdog import Watchdog, backoff_delay, build_parser, find_output_dir, resume_command, split_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +107,8 @@ def _watchdog_cmd(out: Path, options: list[str], command: list[str], entry=None)
     return [sys.executable, *entry, "--output_dir", str(out), *options, "--", *command]
 
 
-def run_watchdog(out, options, command, timeout=40, entry=None):
+def run_watchdog(out, options, command, timeout=15, entry=None):
+    """The watchdog as a subprocess. Every run here takes 1-3 s; the timeout only bounds a broken watchdog."""
     return subprocess.run(_watchdog_cmd(out, options, command, entry), capture_output=True, text=True,
                           timeout=timeout, env=_env())
 
@@ -395,3 +398,174 @@ def test_command_that_cannot_start(tmp_path):
 def test_missing_command_is_a_usage_error(tmp_path):
     res = run_watchdog(tmp_path, FAST, [])
     assert res.returncode == 2 and "after `--`" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------------ configuration errors
+
+CONFIG_ERROR_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from vqrl.training.heartbeat import report_config_error
+    with open(os.path.join(sys.argv[1], "attempts.jsonl"), "a") as f:
+        f.write("{}\\n")
+    if sys.argv[2] == "heartbeat":  # what vqrl.grpo does under a launcher that turns exit 2 into 1
+        report_config_error("configuration error: --trainer foo: unknown trainer")
+        sys.exit(1)
+    print("vqrl: configuration error: --max_pixels -5: must be positive", file=sys.stderr)
+    sys.exit(2)
+    """
+)
+
+
+@pytest.mark.parametrize("how, code", [("exit2", 2), ("heartbeat", 1)])
+def test_a_configuration_error_is_never_retried(tmp_path, how, code):
+    out = tmp_path / "run"
+    out.mkdir()
+    child = tmp_path / "child.py"
+    child.write_text(CONFIG_ERROR_CHILD)
+    t0 = time.monotonic()
+    res = run_watchdog(out, [*FAST, "--backoff", "5", "--max_restarts", "10"],
+                       [sys.executable, str(child), str(out), how], timeout=20)
+    assert res.returncode == 2, res.stderr
+    assert time.monotonic() - t0 < 10  # no back-off: a 5 s wait would already show
+    assert len(attempts(out)) == 1
+    evs = events(out)
+    assert [e["event"] for e in evs] == ["start", "exit", "give_up"]
+    give_up = evs[-1]
+    assert give_up["exit_code"] == code and give_up["watchdog_exit"] == 2
+    assert "configuration error" in give_up["reason"]
+    if how == "heartbeat":
+        assert "--trainer foo: unknown trainer" in give_up["reason"]
+    assert "giving up" in res.stderr and "configuration error" in res.stderr
+
+
+def test_a_stale_configuration_error_heartbeat_does_not_stop_restarts(tmp_path):
+    """Only this attempt's heartbeat counts: one left by an earlier run must not turn a crash into a give-up."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "heartbeat.json").write_text(json.dumps({"step": None, "phase": "config_error", "reason": "old",
+                                                    "time": time.time(), "pid": 1}))
+    res = run_watchdog(out, [*FAST, "--max_restarts", "2"], [sys.executable, "-c", "import sys; sys.exit(1)"],
+                       timeout=20)
+    assert res.returncode == 1
+    evs = events(out)
+    assert len(kinds(evs, "start")) == 3 and "--max_restarts 2" in evs[-1]["reason"]
+
+
+# ------------------------------------------------------------------------------------------------ in-process, bounded
+# The watchdog's rules driven in this process, each under a hard deadline (SIGALRM), so a broken rule fails in
+# seconds instead of waiting out a subprocess timeout.
+
+
+class Deadline(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    def expire(signum, frame):
+        raise Deadline(f"the watchdog did not finish within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def watch(out: Path, options: list[str], command: list[str], seconds: float = 8.0) -> tuple[int, list[dict], str]:
+    """Run a Watchdog in this process; returns (exit code, events, what it printed)."""
+    opts = build_parser().parse_args(["--output_dir", str(out), *FAST, *options])
+    err = io.StringIO()
+    env = _env()
+    with deadline(seconds), _environ(env):
+        code = Watchdog(opts, command, stderr=err).run()
+    return code, events(out), err.getvalue()
+
+
+@contextlib.contextmanager
+def _environ(env: dict):
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _child(tmp_path: Path, body: str) -> list[str]:
+    """A fake trainer: `body` runs with `out` (the output folder), `hb` (its heartbeat) and `attempt` defined."""
+    path = tmp_path / "child.py"
+    path.write_text(textwrap.dedent('''
+        import os, subprocess, sys, time
+        from vqrl.training.heartbeat import Heartbeat, heartbeat_path
+        out = sys.argv[1]
+        hb = Heartbeat(heartbeat_path(out), min_interval=0.0)
+        attempt = int(os.environ["VQRL_WATCHDOG_ATTEMPT"])
+    ''') + textwrap.dedent(body))
+    return [sys.executable, str(path), str(tmp_path / "run")]
+
+
+def test_inprocess_a_live_run_that_stops_beating_is_killed_as_hung(tmp_path):
+    cmd = _child(tmp_path, """
+        hb.beat(1, "train")
+        time.sleep(60)  # alive, silent
+    """)
+    t0 = time.monotonic()
+    code, evs, err = watch(tmp_path / "run", ["--hang_timeout", "0.6", "--max_restarts", "0"], cmd)
+    assert code == 1
+    assert [e["event"] for e in evs] == ["start", "hang", "kill", "exit", "give_up"]
+    assert 0.6 <= kinds(evs, "hang")[0]["age"] < 2.0 and kinds(evs, "hang")[0]["step"] == 1
+    assert kinds(evs, "exit")[0]["exit_code"] == -signal.SIGTERM
+    assert time.monotonic() - t0 < 5
+
+
+def test_inprocess_progress_resets_the_backoff_and_no_progress_doubles_it(tmp_path):
+    # attempts 1-3 each reach a new step then crash; attempts 4-6 crash at once (no progress); 7 succeeds
+    cmd = _child(tmp_path, """
+        if attempt <= 3:
+            hb.beat(attempt, "train")
+            time.sleep(0.1)
+            sys.exit(1)
+        if attempt <= 6:
+            sys.exit(1)
+        hb.beat(9, "train")
+    """)
+    code, evs, err = watch(tmp_path / "run", ["--backoff", "0.05", "--max_backoff", "1", "--same_step_limit", "0"], cmd)
+    assert code == 0, err
+    assert [e["delay"] for e in kinds(evs, "backoff")] == [0.05, 0.05, 0.05, 0.1, 0.2, 0.4]
+    assert [e["progressed"] for e in kinds(evs, "restart")] == [True, True, True, False, False, False]
+
+
+def test_inprocess_give_up_rules(tmp_path):
+    crash = _child(tmp_path, "sys.exit(5)\n")
+    code, evs, err = watch(tmp_path / "run", ["--max_restarts", "2"], crash)
+    assert code == 1 and len(kinds(evs, "start")) == 3 and "--max_restarts 2" in evs[-1]["reason"]
+
+    same_step = _child(tmp_path, """
+        hb.beat(4, "train")
+        time.sleep(0.1)
+        sys.exit(1)
+    """)
+    code, evs, err = watch(tmp_path / "run2", ["--same_step_limit", "2", "--max_restarts", "9"], same_step)
+    assert code == 1 and len(kinds(evs, "start")) == 2 and "2 times in a row at step 4" in evs[-1]["reason"]
+
+    config = _child(tmp_path, "sys.exit(2)\n")
+    code, evs, err = watch(tmp_path / "run3", ["--max_restarts", "9"], config)
+    assert code == 2 and len(kinds(evs, "start")) == 1 and "configuration error" in evs[-1]["reason"]
+
+
+def test_inprocess_the_whole_process_group_goes_even_after_success(tmp_path):
+    cmd = _child(tmp_path, """
+        g = subprocess.Popen(["sleep", "60"])  # left behind in the run's group
+        open(os.path.join(out, "grandchild"), "w").write(str(g.pid))
+        hb.beat(1, "train")
+    """)
+    code, evs, err = watch(tmp_path / "run", [], cmd)
+    assert code == 0
+    assert not alive(int((tmp_path / "run" / "grandchild").read_text()))
+    assert [k["reason"] for k in kinds(evs, "kill")] == ["cleanup after exit"]

@@ -3,7 +3,7 @@
 Issue 7's "Done when": a run SIGKILLed at random moments (one of them while a checkpoint is being written) ends
 at max_steps with the sample order of an uninterrupted run and each step logged once; a run frozen with SIGSTOP
 is caught by the hang timeout, killed and resumed; a command that always fails makes the watchdog give up with a
-reason; after every restart no process of the old run's group is left.
+reason; a configuration error is not retried at all; after every restart no process of the old run's group is left.
 
 Each attempt runs as `bash -c 'sleep 600 & exec python -m vqrl.grpo ...'`: the trainer keeps the attempt's pid
 (the process-group leader the watchdog logs) and a `sleep` sidecar lives in its group. Killing only the trainer
@@ -295,19 +295,27 @@ FAIL_RESTARTS = 2
 @pytest.fixture(scope="module")
 def background(tiny_model_dir, tmp_path_factory):
     """Runs that need no watching start at once and overlap the killed run (start-up is one busy core for ~8 s):
-    the uninterrupted reference, and the watchdog around a command that always fails."""
+    the uninterrupted reference, the watchdog around a run that crashes at its first step every time, and the
+    watchdog around a run with a configuration error behind a launcher that turns exit 2 into 1."""
     base = tmp_path_factory.mktemp("reference")
     out, record = base / "run", base / "record.jsonl"
     log = open(base / "trainer.log", "w")
     ref = subprocess.Popen(trainer_argv(tiny_model_dir, out), env=_env(record), stdout=log, stderr=subprocess.STDOUT)
 
     fbase = tmp_path_factory.mktemp("failing")
-    fout, missing = fbase / "run", fbase / "missing.json"  # the trainer exits 2: data error
+    fout = fbase / "run"  # the reward raises at step 1: exit 1, every attempt
     opts = ["--backoff", "0.1", "--grace", "2", "--poll", "0.2", "--max_restarts", str(FAIL_RESTARTS),
-            "--startup_timeout", "240"]
-    failing = Supervised(fout, opts, with_sidecar(trainer_argv(tiny_model_dir, fout, [str(missing)])),
-                         _env(fbase / "record.jsonl")).start()
-    handles = {"reference": (ref, out, record, base / "trainer.log"), "failing": (failing, missing)}
+            "--same_step_limit", "0", "--startup_timeout", "240"]
+    argv = trainer_argv(tiny_model_dir, fout) + ["--reward_funcs", "crashing:reward"]
+    failing = Supervised(fout, opts, with_sidecar(argv), _env(fbase / "record.jsonl")).start()
+
+    cbase = tmp_path_factory.mktemp("config")
+    cout, missing = cbase / "run", cbase / "missing.json"  # a configuration error: the data file does not exist
+    launcher = ["bash", "-c", '"$@" || exit 1', "launcher"]  # what accelerate / torchrun do to exit code 2
+    config = Supervised(cout, opts, launcher + trainer_argv(tiny_model_dir, cout, [str(missing)]),
+                        _env(cbase / "record.jsonl")).start()
+    handles = {"reference": (ref, out, record, base / "trainer.log"), "failing": failing,
+               "config": (config, missing)}
     try:
         yield handles
     finally:
@@ -316,6 +324,7 @@ def background(tiny_model_dir, tmp_path_factory):
             ref.kill()
             ref.wait()
         failing.close()
+        config.close()
 
 
 @pytest.fixture(scope="module")
@@ -335,9 +344,16 @@ def reference(background, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def failing_run(background):
-    failing, missing = background["failing"]
+    failing = background["failing"]
     failing.finish(timeout=400)
-    return {"run": failing, "missing": missing}
+    return {"run": failing}
+
+
+@pytest.fixture(scope="module")
+def config_error_run(background):
+    run, missing = background["config"]
+    run.finish(timeout=400)
+    return {"run": run, "missing": missing}
 
 
 @pytest.fixture(scope="module")
@@ -527,22 +543,35 @@ def test_sigstop_freeze_is_detected_within_hang_timeout_killed_and_resumed(refer
 
 @pytest.mark.slow
 def test_always_failing_command_gives_up_after_max_restarts(failing_run):
-    run, missing = failing_run["run"], failing_run["missing"]
+    run = failing_run["run"]
     log, evs = run.log(), run.events()
     assert run.rc == 1, log[-3000:]
     n = FAIL_RESTARTS + 1  # the first try and the restarts
     assert [e["attempt"] for e in evs if e["event"] == "start"] == list(range(1, n + 1))
-    assert [e["exit_code"] for e in evs if e["event"] == "exit"] == [2] * n
-    assert log.count("vqrl: data error") == n and str(missing) in log  # the trainer's own reason, each time
+    assert [e["exit_code"] for e in evs if e["event"] == "exit"] == [1] * n
+    assert log.count("injected crash in the reward function") >= n  # the trainer's own reason, each time
     give_up = evs[-1]
-    assert give_up["event"] == "give_up" and give_up["watchdog_exit"] == 1 and give_up["exit_code"] == 2
+    assert give_up["event"] == "give_up" and give_up["watchdog_exit"] == 1 and give_up["exit_code"] == 1
     assert f"--max_restarts {FAIL_RESTARTS}" in give_up["reason"]
     # the readable last line says why, and with which exit code the run kept failing
     last = [line for line in log.splitlines() if line.startswith("[watchdog]")][-1]
     assert re.search(rf"giving up: {FAIL_RESTARTS} restarts within the last .* s already "
-                     rf"\(--max_restarts {FAIL_RESTARTS}\); last exit code 2", last), last
+                     rf"\(--max_restarts {FAIL_RESTARTS}\); last exit code 1", last), last
     assert all(not c["survivors"] for c in run.restart_checks), run.restart_checks
-    assert not (run.out.parent / "record.jsonl").exists()  # it never trained
+
+
+@pytest.mark.slow
+def test_a_configuration_error_behind_a_launcher_is_not_retried(config_error_run):
+    """The trainer refuses a missing data file before loading the model (exit 2); the launcher turns that into 1;
+    its heartbeat still tells the watchdog, which gives up at once with the reason instead of restarting."""
+    run, missing = config_error_run["run"], config_error_run["missing"]
+    log, evs = run.log(), run.events()
+    assert run.rc == 2, log[-3000:]
+    assert [e["event"] for e in evs] == ["start", "exit", "give_up"]
+    assert evs[1]["exit_code"] == 1
+    assert f"--data_files {missing}: no such file" in evs[-1]["reason"]
+    assert log.count(f"vqrl: configuration error: --data_files {missing}: no such file") == 1
+    assert "Loading weights" not in log and not (run.out.parent / "record.jsonl").exists()
 
 
 @pytest.mark.slow

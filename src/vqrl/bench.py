@@ -19,7 +19,11 @@ from contextlib import contextmanager
 
 import torch
 
-PHASES = ("generate", "logprobs_nograd", "pd")
+PHASES = ("generate", "weight_sync", "logprobs_nograd", "pd")
+TRAINERS = {  # bench name -> (vqrl trainer, vLLM rollouts); "trl" is plain trl.GRPOTrainer
+    "standard": ("standard", False), "vllm": ("vllm", True), "refine": ("refine", False),
+    "refine_vllm": ("refine", True),
+}
 
 
 def _sync():
@@ -28,11 +32,13 @@ def _sync():
 
 
 class StepTimer:
-    """Wall time per optimizer step, split into generation, no-grad log-prob passes, PD passes and the rest."""
+    """Wall time per optimizer step, split into generation, vLLM weight sync, no-grad log-prob passes, PD passes and
+    the rest. A phase inside another (weight sync inside generation) is counted in its own column only."""
 
     def __init__(self):
         self.steps: list[dict] = []
         self.current: dict | None = None
+        self._open: list[str] = []
 
     def begin(self):
         _sync()
@@ -53,11 +59,16 @@ class StepTimer:
             return
         _sync()
         t = time.perf_counter()
+        self._open.append(name)
         try:
             yield
         finally:
             _sync()
-            self.current[name] += time.perf_counter() - t
+            self._open.pop()
+            elapsed = time.perf_counter() - t
+            self.current[name] += elapsed
+            if self._open:
+                self.current[self._open[-1]] -= elapsed
 
 
 def instrument(trainer, timer: StepTimer) -> None:
@@ -79,6 +90,14 @@ def instrument(trainer, timer: StepTimer) -> None:
 
     trainer._generate_single_turn = timed_gen
     trainer._get_per_token_logps_and_entropies = timed_logps
+    if getattr(trainer, "use_vllm", False):
+        sync = trainer.vllm_generation.sync_weights
+
+        def timed_sync(*a, **k):
+            with timer.phase("weight_sync"):
+                return sync(*a, **k)
+
+        trainer.vllm_generation.sync_weights = timed_sync
     if hasattr(trainer, "_forward_probs"):
         pd = trainer._forward_probs
 
@@ -98,20 +117,75 @@ def instrument(trainer, timer: StepTimer) -> None:
     trainer.add_callback(Cb())
 
 
-def synthetic_images(n: int, size: int, seed: int = 0):
-    """Distinct photographs (the shipped examples, cropped and resized) so no two prompts share pixels."""
+# Sizes and aspect ratios of real IQA data (KonIQ 1024x768, SPAQ phone photos in both orientations, LIVE-C 500x500,
+# KADID 512x384, crops), for `--image_sizes mixed`: each is then fitted to the pixel budget by Qwen's own resize rule.
+MIXED_SIZES = ((1024, 768), (768, 1024), (500, 500), (512, 384), (1280, 720), (720, 1280), (900, 600), (600, 900),
+               (1600, 1200), (384, 512), (640, 360), (1000, 1000))
+
+
+def image_sizes(n: int, size: int, kind: str, seed: int = 0) -> list[tuple[int, int]]:
+    """(width, height) of each prompt's image: all size x size, or a fixed, seeded draw from MIXED_SIZES."""
+    if kind == "square":
+        return [(size, size)] * n
+    rng = random.Random(seed)
+    return [rng.choice(MIXED_SIZES) for _ in range(n)]
+
+
+def synthetic_images(n: int, size: int, seed: int = 0, kind: str = "square", factor: int = 28):
+    """Distinct photographs (the shipped examples, cropped and resized) so no two prompts share pixels; with
+    kind="mixed", of mixed sizes and aspect ratios, each already at its Qwen size under a size x size budget (so plain
+    TRL and vqrl see the same pixels and the same number of visual tokens)."""
     from PIL import Image
+
+    from .data.media import _resize_dims
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "images")
     files = sorted(f for f in os.listdir(root) if f.endswith(".jpg"))
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for i, (width, height) in enumerate(image_sizes(n, size, kind, seed)):
         img = Image.open(os.path.join(root, files[i % len(files)])).convert("RGB")
         w, h = img.size
         box = rng.randint(0, w // 8), rng.randint(0, h // 8)
-        out.append(img.crop((box[0], box[1], box[0] + 7 * w // 8, box[1] + 7 * h // 8)).resize((size, size)))
+        img = img.crop((box[0], box[1], box[0] + 7 * w // 8, box[1] + 7 * h // 8))
+        if kind != "square":
+            height, width = _resize_dims(height, width, factor, factor * factor, size * size)
+        out.append(img.resize((width, height)))
     return out
+
+
+def synthetic_videos(n: int, workdir: str, seconds: float, width: int, height: int, fps: int = 30) -> list[str]:
+    """Distinct clips of realistic size (a pan across a shipped photograph, H.264, 1-second GOPs), written once."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "images")
+    files = sorted(f for f in os.listdir(root) if f.endswith(".jpg"))
+    folder = os.path.join(workdir, f"videos_{width}x{height}_{seconds:g}s")
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = os.path.join(folder, f"{i}.mp4")
+        paths.append(path)
+        if os.path.exists(path):
+            continue
+        photo = np.asarray(Image.open(os.path.join(root, files[i % len(files)])).convert("RGB")
+                           .resize((width * 2, height)))
+        frames = int(seconds * fps)
+        with av.open(path + ".part", "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"g": str(fps), "preset": "veryfast"}
+            for t in range(frames):
+                x = int((width - 1) * t / max(frames - 1, 1))
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(photo[:, x:x + width]), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(path + ".part", path)
+    return paths
 
 
 def random_reward(completions, **kwargs):
@@ -119,11 +193,12 @@ def random_reward(completions, **kwargs):
     return [random.random() for _ in completions]
 
 
-def common_config(a, out_dir: str) -> dict:
+def common_config(a, out_dir: str, vllm: bool = False) -> dict:
+    forced = {"min_tokens" if vllm else "min_new_tokens": a.completion_length}  # vLLM's SamplingParams name
     return dict(
         output_dir=out_dir, max_steps=a.steps + a.warmup, per_device_train_batch_size=a.micro_batch,
         gradient_accumulation_steps=(a.prompts * a.generations) // a.micro_batch, num_generations=a.generations,
-        max_completion_length=a.completion_length, generation_kwargs={"min_new_tokens": a.completion_length},
+        max_completion_length=a.completion_length, generation_kwargs=forced,
         beta=a.beta, gradient_checkpointing=a.gradient_checkpointing, bf16=a.dtype == "bfloat16",
         learning_rate=1e-6, logging_steps=1, save_strategy="no", report_to="none", seed=0,
         use_cpu=a.device == "cpu", disable_tqdm=True,
@@ -148,14 +223,18 @@ def build(kind: str, a, workdir: str):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
+    from .training.metrics import ResourceLogger
+
     path = saved_model(a, workdir)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, a.dtype), device_map=a.device,
                                                         attn_implementation="sdpa")
     processor = AutoProcessor.from_pretrained(path, padding_side="left")
     if a.freeze_vision_tower:
         model.model.visual.requires_grad_(False)
-    images = synthetic_images(a.prompts, a.image_size)
+    images = synthetic_images(a.prompts, a.image_size, kind=a.image_sizes)
     question = "How would you rate the overall visual quality of this image? Think first, then answer."
+    if kind == "trl" and a.video:
+        raise ValueError("plain TRL 1.16 drops video from its loss: --video measures vqrl's trainers only")
     if kind == "trl":
         from datasets import Dataset
 
@@ -165,8 +244,10 @@ def build(kind: str, a, workdir: str):
             "image": images,
         })
         cfg = GRPOConfig(**common_config(a, os.path.join(workdir, kind)))
-        return GRPOTrainer(model=model, reward_funcs=[random_reward], args=cfg, train_dataset=ds,
-                           processing_class=processor)
+        trainer = GRPOTrainer(model=model, reward_funcs=[random_reward], args=cfg, train_dataset=ds,
+                              processing_class=processor)
+        trainer.add_callback(ResourceLogger(cfg.output_dir))  # peak memory read the same way as ours
+        return trainer
     from trl import ModelConfig
 
     from .config import VQRLConfig
@@ -175,17 +256,27 @@ def build(kind: str, a, workdir: str):
     img_dir = os.path.join(workdir, "images")
     os.makedirs(img_dir, exist_ok=True)
     records = []
-    for i, img in enumerate(images):
+    if a.video:
+        width, height = (int(x) for x in a.video_size.split("x"))
+        for path in synthetic_videos(a.prompts, workdir, a.video_seconds, width, height):
+            records.append({"video": path, "solution": round(random.uniform(1, 5), 2), "type": "scoring_video",
+                            "question": question.replace("image", "video")})
+    for i, img in enumerate([] if a.video else images):
         img.save(os.path.join(img_dir, f"{i}.png"))
         records.append({"image": f"{i}.png", "solution": round(random.uniform(1, 5), 2), "type": "scoring_image",
                         "question": question})
     data = os.path.join(workdir, "bench.json")
     with open(data, "w") as f:
         json.dump(records, f)
-    cfg = VQRLConfig(**common_config(a, os.path.join(workdir, kind)), trainer=kind, data_files=[data],
-                     image_root=[img_dir], reward_funcs=["vqrl.bench:random_reward"],
-                     max_pixels=a.image_size * a.image_size, heartbeat=False,
-                     freeze_vision_tower=a.freeze_vision_tower)
+    trainer_name, use_vllm = TRAINERS[kind]
+    vllm_options = dict(vllm_mode="colocate", vllm_gpu_memory_utilization=a.vllm_gpu_memory_utilization,
+                        vllm_enable_sleep_mode=a.vllm_sleep) if use_vllm else {}
+    cfg = VQRLConfig(**common_config(a, os.path.join(workdir, kind), vllm=use_vllm), trainer=trainer_name,
+                     use_vllm=use_vllm, data_files=[data], image_root=[img_dir],
+                     reward_funcs=["vqrl.bench:random_reward"], max_pixels=a.image_size * a.image_size,
+                     video_max_frames=a.video_frames, video_root=[img_dir],
+                     heartbeat=False, freeze_vision_tower=a.freeze_vision_tower,
+                     checkpoint_layers=a.checkpoint_layers, **vllm_options)
     return build_trainer(cfg, ModelConfig(), model=model, processor=processor)
 
 
@@ -207,14 +298,19 @@ def run_one(kind: str, a, workdir: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     trainer = build(kind, a, workdir)
     instrument(trainer, timer)
+    visual = visual_tokens(trainer)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     trainer.train()
     seen = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]  # TRL: prompt + completion
     tokens = int((seen[-1] - seen[a.warmup - 1]) / (len(seen) - a.warmup)) if len(seen) > a.warmup >= 1 else int(
         seen[-1] / len(seen))
-    peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan")
-    result = summarize(kind, timer, a, n_params, tokens, peak)
+    result = summarize(kind, timer, a, n_params, tokens, peak_memory_gb(trainer.args.output_dir))
     result["params"] = n_params
+    budget = getattr(trainer, "activation_budget", None)
+    if budget is not None:
+        result["activation_budget"] = budget.log
+    result["metrics"] = last_metrics(trainer.state.log_history, a.warmup)
+    result["visual_tokens_per_prompt"] = visual
     del trainer
     gc.collect()
     if torch.cuda.is_available():
@@ -222,14 +318,59 @@ def run_one(kind: str, a, workdir: str) -> dict:
     return result
 
 
+def visual_tokens(trainer) -> list[int]:
+    """Visual tokens of each prompt the run trains on (what a video row must match for its image row), counted from
+    the prompts as the trainer builds them (plain TRL's rows carry their image in a column beside the prompt)."""
+    from .modeling.vision import encode_prompt
+
+    processor = trainer.processing_class
+    ids = {processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")}
+    counts = []
+    for row in (trainer.train_dataset[i] for i in range(len(trainer.train_dataset))):
+        if "image" in row:
+            text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+            tokens = processor(text=[text], images=[row["image"]], return_tensors="pt")["input_ids"][0].tolist()
+        else:
+            tokens = encode_prompt(processor, row["prompt"])[0]
+        counts.append(sum(t in ids for t in tokens))
+    return counts
+
+
+def peak_memory_gb(output_dir: str) -> float:
+    """The run's peak allocated GPU memory, from the per-step rows every trainer here writes (ResourceLogger resets
+    torch's peak counter after each step, so reading the counter after training would see only the last moments)."""
+    from .training.metrics import RESOURCES_FILE
+
+    path = os.path.join(output_dir, RESOURCES_FILE.format(rank=0))
+    if not os.path.exists(path):
+        return float("nan")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return max((r["peak_allocated_gb"] * 2**30 / 1e9 for r in rows if "peak_allocated_gb" in r), default=float("nan"))
+
+
+def last_metrics(history: list[dict], warmup: int) -> dict:
+    """Means over the timed steps of the sampling-correctness metrics (vLLM's log-prob gap, TRL's importance
+    ratios) and KL, where the run logged them."""
+    keys = ("vllm/", "sampling/", "kl", "activation_budget/")
+    rows = [r for r in history if "step" in r and r["step"] > warmup] or history
+    out = {}
+    for key in sorted({k for r in rows for k in r if k.startswith(keys)}):
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if values:
+            out[key] = {"mean": statistics.fmean(values), "max": max(values), "per_step": values}
+    return out
+
+
 def print_table(results: list[dict]) -> None:
-    head = f"{'trainer':<10}{'step s':>9}{'gen s':>8}{'logp s':>8}{'pd s':>7}{'bwd+opt s':>11}{'tok/s':>9}{'peak GB':>9}{'MFU':>7}"
+    head = (f"{'trainer':<12}{'step s':>8}{'gen s':>7}{'sync s':>7}{'logp s':>7}{'pd s':>6}{'bwd+opt s':>10}"
+            f"{'tok/s':>8}{'peak GB':>8}{'MFU':>7}")
     print(head)
     for r in results:
         s = r["split_s"]
-        print(f"{r['trainer']:<10}{r['step_s']:>9.2f}{s['generate']:>8.2f}{s['logprobs_nograd']:>8.2f}{s['pd']:>7.2f}"
-              f"{s['backward_optimizer_other']:>11.2f}{r['tokens_per_s']:>9.0f}{r['peak_memory_gb']:>9.1f}"
-              f"{r['mfu'] * 100:>6.1f}%")
+        print(f"{r['trainer']:<12}{r['step_s']:>8.2f}{s['generate']:>7.2f}{s['weight_sync']:>7.2f}"
+              f"{s['logprobs_nograd']:>7.2f}{s['pd']:>6.2f}{s['backward_optimizer_other']:>10.2f}"
+              f"{r['tokens_per_s']:>8.0f}{r['peak_memory_gb']:>8.1f}{r['mfu'] * 100:>6.1f}%")
     base = next((r for r in results if r["trainer"] == "trl"), None)
     if base:
         for r in results:
@@ -240,23 +381,39 @@ def print_table(results: list[dict]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="qwen2_5_vl_3b", help="a shape in configs/models/ or a JSON path")
     parser.add_argument("--trainers", nargs="+", default=["trl", "standard", "refine"],
-                        choices=["trl", "standard", "refine"])
+                        choices=["trl", *TRAINERS], help="refine_vllm: the Refine trainer with vLLM rollouts")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per trainer")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed first steps")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed first steps (compilation, vLLM start-up, the activation budget's measurement)")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--micro_batch", type=int, default=16)
-    parser.add_argument("--image_size", type=int, default=448)
+    parser.add_argument("--image_size", type=int, default=448, help="square images; with --image_sizes mixed, the "
+                        "pixel budget is image_size^2")
+    parser.add_argument("--image_sizes", choices=["square", "mixed"], default="square",
+                        help="mixed: a fixed, seeded mix of real IQA sizes and aspect ratios")
+    parser.add_argument("--video", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        help="true: vqrl's trainers on video records instead of images (plain TRL cannot train on video)")
+    parser.add_argument("--video_size", default="1280x720")
+    parser.add_argument("--video_seconds", type=float, default=10.0)
+    parser.add_argument("--video_frames", type=int, default=16, help="frames sampled per video")
     parser.add_argument("--completion_length", type=int, default=256)
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--gradient_checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     parser.add_argument("--freeze_vision_tower", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
                         help="plain TRL trains the vision tower; keep False for a like-for-like comparison")
+    parser.add_argument("--checkpoint_layers", default="all",
+                        help="vqrl trainers: auto | all | N (plain TRL always recomputes every layer)")
+    parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3)
+    parser.add_argument("--vllm_sleep", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        help="vLLM sleep mode: frees its memory between generations (for the 7B on one GPU)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak_tflops", type=float, default=788.0, help="MFU denominator (H200 bf16, measured)")
     parser.add_argument("--workdir", default=None, help="keep the saved random model here and reuse it next time")
     parser.add_argument("--label", default=None, help="a name for this configuration in the JSON")
+    parser.add_argument("--isolate", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                        help="each trainer in its own process (several trainers; a failing one is recorded)")
     parser.add_argument("--out", default="outputs/bench.json")
 
 
@@ -266,15 +423,50 @@ def _keep(path: str):
     yield path
 
 
+def _argv(args: argparse.Namespace, **changes) -> list[str]:
+    """The command line that reproduces `args` (with changes), for running one trainer in its own process."""
+    argv = []
+    for key, value in {**vars(args), **changes}.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
+
+
+def run_isolated(kind: str, args: argparse.Namespace, workdir: str) -> dict:
+    """One trainer in a fresh process: a vLLM engine or compiled graphs of an earlier row can neither leak memory
+    into nor slow down the next, and peak memory is this trainer's own. A crash is recorded, not fatal."""
+    import subprocess
+
+    out = os.path.join(workdir, f"row_{kind}.json")
+    cmd = [sys.executable, "-m", "vqrl.cli", "bench", *_argv(args, trainers=[kind], out=out, workdir=workdir,
+                                                              isolate=False, label=None)]
+    proc = subprocess.run(cmd, check=False)
+    if proc.returncode != 0 or not os.path.exists(out):
+        return {"trainer": kind, "error": f"exit code {proc.returncode}"}
+    with open(out) as f:
+        return json.load(f)["results"][0]
+
+
 def run(args: argparse.Namespace) -> int:
     results = []
     with (tempfile.TemporaryDirectory() if not args.workdir else _keep(args.workdir)) as workdir:
+        if len(args.trainers) > 1 and args.isolate:
+            saved_model(args, workdir)  # written once, read by every row
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         for kind in args.trainers:
             print(f"[bench] {kind} on {args.model}: {args.prompts} prompts x {args.generations} generations, "
                   f"{args.completion_length} completion tokens", file=sys.stderr, flush=True)
-            results.append(run_one(kind, args, workdir))
+            isolated = len(args.trainers) > 1 and args.isolate
+            results.append(run_isolated(kind, args, workdir) if isolated else run_one(kind, args, workdir))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    print_table(results)
+    results = [r for r in results if "error" not in r] + [r for r in results if "error" in r]
+    for r in results:
+        if "error" in r:
+            print(f"[bench] {r['trainer']} FAILED: {r['error']}", file=sys.stderr)
+    print_table([r for r in results if "error" not in r])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"settings": vars(args), "results": results,

@@ -16,7 +16,7 @@ COMMANDS = {
     "tiny-model": ("vqrl.models.tiny", "write a small random Qwen-VL model + locally trained tokenizer"),
     "random-model": ("vqrl.models.shapes", "write a random-weight model of a real architecture (configs/models)"),
     "eval": ("vqrl.eval.run", "score a model on quality datasets: SRCC/PLCC/KRCC/RMSE, plots"),
-    "convert": ("vqrl.eval.converters", "convert a public IQA/VQA dataset's label files to vqrl records"),
+    "convert": ("vqrl.data.converters", "convert a public IQA/VQA dataset's label files to vqrl records"),
     "make-perception-data": ("vqrl.datagen.perception", "distort pristine images into Stage-1 perception data"),
     "bench": ("vqrl.bench", "benchmark plain TRL against vqrl trainers on a random-weight real-shape model"),
     "watchdog": ("vqrl.watchdog", "run a command, restart it on crash or hang, resume from checkpoints"),

@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 
-from vqrl.training.heartbeat import HEARTBEAT_ENV, HEARTBEAT_FILENAME, read_heartbeat
+from vqrl.training.heartbeat import (CONFIG_ERROR_PHASE, EXIT_CONFIG_ERROR, HEARTBEAT_ENV, HEARTBEAT_FILENAME,
+                                     read_heartbeat)
 
 try:  # accelerate depends on psutil, so it is normally present; without it we fall back to killpg(pgid, 0)
     import psutil
@@ -91,6 +92,19 @@ def resume_command(command: list[str], add_arg: bool = True) -> list[str]:
 def backoff_delay(streak: int, initial: float, cap: float) -> float:
     """Delay before a restart: initial * 2**(streak-1), capped; streak counts failures without progress."""
     return min(cap, initial * 2 ** max(0, streak - 1))
+
+
+def config_error(code: int | None, heartbeat: dict | None) -> str | None:
+    """Why the ended attempt failed on its configuration (never worth a retry), or None.
+
+    Exit code 2 is vqrl's (and Python's and argparse's) "fix the command"; through a launcher that rewrites exit
+    codes (accelerate, torchrun: 1) the trainer's last heartbeat of this attempt says so instead.
+    """
+    if heartbeat is not None and heartbeat.get("phase") == CONFIG_ERROR_PHASE:
+        return "; ".join(str(heartbeat.get("reason") or "configuration error").splitlines())[:1000]
+    if code == EXIT_CONFIG_ERROR:
+        return f"exit code {EXIT_CONFIG_ERROR} (a configuration or usage error; its message is on the run's stderr)"
+    return None
 
 
 def _signame(sig: int) -> str:
@@ -303,7 +317,8 @@ class Watchdog:
                 if isinstance(hb.get("step"), int):
                     max_step = hb["step"] if max_step is None else max(max_step, hb["step"])
             if code is not None:
-                return "exit", {"code": code, "beaten": beaten, "max_step": max_step}
+                return "exit", {"code": code, "beaten": beaten, "max_step": max_step,
+                                "heartbeat": last if beaten else None}
             limit = self.opts.hang_timeout if beaten else self.opts.startup_timeout
             if self.opts.hang_timeout > 0 and now - last_change > limit:
                 return "hang", {"age": now - last_change, "beaten": beaten, "max_step": max_step,
@@ -373,6 +388,10 @@ class Watchdog:
                     self.event("done", "run completed successfully", step=step, exit_code=0,
                                reason="success", watchdog_exit=0)
                     return 0
+                why = config_error(code, info["heartbeat"])
+                if why is not None:
+                    return self._give_up(f"the run stopped on a configuration error, which a restart would "
+                                         f"repeat: {why}", step, code, exit_code=EXIT_CONFIG_ERROR)
             if self.pending:  # a signal that arrived during the stop sequence still ends the watch
                 return self._stop_on_signal(self.pending[0])
 
@@ -407,10 +426,10 @@ class Watchdog:
             if self.pending:
                 return self._stop_on_signal(self.pending[0])
 
-    def _give_up(self, why: str, step, code) -> int:
+    def _give_up(self, why: str, step, code, exit_code: int = EXIT_GAVE_UP) -> int:
         self.event("give_up", f"giving up: {why}; last exit code {code}, last step {step}; "
-                   f"events in {self.log_path}", step=step, exit_code=code, reason=why, watchdog_exit=EXIT_GAVE_UP)
-        return EXIT_GAVE_UP
+                   f"events in {self.log_path}", step=step, exit_code=code, reason=why, watchdog_exit=exit_code)
+        return exit_code
 
     def _stop_on_signal(self, signum: int) -> int:
         """Forward the signal to the run, then grace/SIGKILL; no restart."""

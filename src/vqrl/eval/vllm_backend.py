@@ -11,54 +11,73 @@ import math
 from tqdm import tqdm
 
 from ..data.dataset import MediaLoader
-from ..data.media import VisionSpec
-from ..data.prompts import SCORE_PREFIX, PromptConfig, build_messages
-from ..rewards.parsing import parse_score
-from ..trainers.vision import encode_prompt, media_of
-from ..trainers.vllm import vllm_multi_modal_data
+from ..data.prompts import SCORE_PREFIX, build_messages
+from ..modeling.vision import encode_prompt, media_of
+from ..modeling.vllm_requests import check_expansion, media_request
+from .inference import mean_score
+from .settings import prompt_config, vision_spec
 
 
-def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str]]:
+def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str, str]]:
+    """(score, first completion, error) per record, as run.score_records gives them."""
     from transformers import AutoProcessor
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     processor = AutoProcessor.from_pretrained(args.model)
-    spec = VisionSpec.for_processor(processor, video_fps=args.video_fps, video_max_frames=args.video_max_frames)
-    loader = MediaLoader(spec, None, None, cache_size=8)
-    cfg = PromptConfig(think=args.think)
+    loader = MediaLoader(vision_spec(processor, args), None, None, cache_size=8)
+    cfg = prompt_config(args)
     llm = LLM(model=args.model, seed=args.seed, max_model_len=args.max_model_len,
               limit_mm_per_prompt={"image": 2, "video": 1},
               logprobs_mode="processed_logprobs")  # expected mode: log-probs after restricting to the digits
     tok = processor.tokenizer
     prefix = tok.encode(SCORE_PREFIX, add_special_tokens=False)
     digits = {tok.convert_tokens_to_ids(str(d)): d for d in range(1, 6)}
-    out = []
+    config = llm.llm_engine.model_config.hf_config
+    placeholders = {t for t in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+                    if t is not None}
+    out: list[tuple[float | None, str, str]] = []
     for start in tqdm(range(0, len(records), args.batch_size), desc="evaluating (vLLM)", unit="batch"):
         batch = records[start:start + args.batch_size]
-        rows = []
+        rows, sent, results = [], [], []
         for rec in batch:
-            messages = build_messages(rec, loader.parts(rec), cfg)
+            try:
+                media = loader.parts(rec)
+            except Exception as exc:  # noqa: BLE001 - an unreadable file costs its record, not the evaluation
+                results.append((None, "", f"unreadable media: {type(exc).__name__}: {exc}"))
+                continue
+            messages = build_messages(rec, media, cfg)
             ids, _ = encode_prompt(processor, messages)
-            row = {"prompt_token_ids": ids + (prefix if args.mode == "expected" and not cfg.think else [])}
-            data = vllm_multi_modal_data(*media_of(messages))
-            if data:
-                row["multi_modal_data"] = data
-            rows.append(row)
-        if args.mode == "expected":
-            if cfg.think:
-                raise ValueError("--backend vllm --mode expected supports --no_think only; use the hf backend")
-            params = SamplingParams(temperature=1.0, max_tokens=1, logprobs=len(digits), allowed_token_ids=list(digits))
-            for res in llm.generate(rows, params, use_tqdm=False):
-                top = res.outputs[0].logprobs[0]
-                probs = {digits[t]: math.exp(lp.logprob) for t, lp in top.items() if t in digits}
-                total = sum(probs.values())
-                out.append((sum(d * p for d, p in probs.items()) / total if total > 0 else None, ""))
-            continue
-        k = args.num_samples if args.mode == "sample" else 1
-        params = SamplingParams(n=k, temperature=args.temperature if args.mode == "sample" else 0,
-                                max_tokens=args.max_new_tokens, seed=args.seed)
-        for res in llm.generate(rows, params, use_tqdm=False):
-            texts = [o.text for o in res.outputs]
-            scores = [s for s in (parse_score(t) for t in texts) if s is not None]
-            out.append((sum(scores) / len(scores) if scores else None, texts[0]))
+            ids = ids + (prefix if args.mode == "expected" and not cfg.think else [])
+            rows.append(media_request(ids, *media_of(messages), placeholders))
+            sent.append(ids)
+            results.append(None)  # filled below, in order
+        scored = iter(_generate(llm, rows, sent, args, cfg, digits) if rows else [])
+        out += [r if r is not None else (*next(scored), "") for r in results]
     return out
+
+
+def _generate(llm, rows: list[dict], sent: list[list[int]], args, cfg,
+              digits: dict[int, int]) -> list[tuple[float | None, str]]:
+    """Scores of one batch; vLLM's expansion of each prompt's media is checked against the processor's."""
+    from vllm import SamplingParams
+
+    def checked(results):
+        for i, res in enumerate(results):
+            check_expansion(sent[i], res.prompt_token_ids, i)
+        return results
+
+    if args.mode == "expected":
+        if cfg.think:
+            raise ValueError("--backend vllm --mode expected supports --no_think only; use the hf backend")
+        params = SamplingParams(temperature=1.0, max_tokens=1, logprobs=len(digits), allowed_token_ids=list(digits))
+        out = []
+        for res in checked(llm.generate(rows, params, use_tqdm=False)):
+            top = res.outputs[0].logprobs[0]
+            probs = {digits[t]: math.exp(lp.logprob) for t, lp in top.items() if t in digits}
+            total = sum(probs.values())
+            out.append((sum(d * p for d, p in probs.items()) / total if total > 0 else None, ""))
+        return out
+    k = args.num_samples if args.mode == "sample" else 1
+    params = SamplingParams(n=k, temperature=args.temperature if args.mode == "sample" else 0,
+                            max_tokens=args.max_new_tokens, seed=args.seed)
+    return [mean_score([o.text for o in res.outputs]) for res in checked(llm.generate(rows, params, use_tqdm=False))]

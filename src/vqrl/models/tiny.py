@@ -20,7 +20,6 @@ SPECIAL_TOKENS = [
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
-VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 # A Qwen-style chat template written for vqrl: string or typed-part content; image/video parts become
 # `<|vision_start|><|image_pad|><|vision_end|>`; a default system turn like Qwen2-VL's.

@@ -4,6 +4,7 @@ No reward may raise on a malformed completion: it scores 0 and counts in the `pa
 """
 
 from .parsing import completion_text, extract_answer, parse_score
-from .registry import REWARDS, RewardFunc, build_reward_funcs
+from .registry import REWARDS, RewardFunc, build_reward_funcs, reward_options
 
-__all__ = ["REWARDS", "RewardFunc", "build_reward_funcs", "completion_text", "extract_answer", "parse_score"]
+__all__ = ["REWARDS", "RewardFunc", "build_reward_funcs", "completion_text", "extract_answer", "parse_score",
+           "reward_options"]

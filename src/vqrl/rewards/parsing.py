@@ -6,12 +6,12 @@ It is lenient and total: it never raises, never scores (strictness is the reward
 from __future__ import annotations
 
 import math
-import numbers
 import re
+
+from ..data.records import DECIMAL, MAX_NUMBER_CHARS
 
 # A score, option or box answer is short; longer answer texts are not parsed (this caps the work per answer).
 MAX_ANSWER_CHARS = 4096
-MAX_NUMBER_CHARS = 64
 
 # Tags are matched case-insensitively with optional inner spaces (`<Answer >`, `</ answer>`). Each pattern is a
 # fixed word between `\s*` runs, so a scan is linear even on adversarial input.
@@ -20,8 +20,8 @@ ANSWER_CLOSE = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
 THINK_OPEN = re.compile(r"<\s*think\s*>", re.IGNORECASE)
 THINK_CLOSE = re.compile(r"<\s*/\s*think\s*>", re.IGNORECASE)
 
-# ASCII digits only: Python's float() accepts "٣.٥", a reward must not.
-NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+# ASCII digits only: Python's float() accepts "٣.٥", a reward must not (the same rule as a record's numbers).
+NUMBER = DECIMAL
 _SCORE = re.compile(rf"(?:score\s*[:=]?\s*)?({NUMBER})\s*\.?", re.IGNORECASE)
 _NUMERIC = re.compile(NUMBER)
 
@@ -87,6 +87,24 @@ def extract_answer(text) -> str | None:
         return None
 
 
+def think_end(text) -> int | None:
+    """Where the think text ends: just after the first close tag THINK_CLOSE matches (`</think>`, `</Think>`,
+    `</ think>`), or None without one. `format` accepts exactly one such tag, so this is the tag it accepted; the
+    Refine trainer cuts the thought here, so the completion's own answer never becomes its "think" context."""
+    if not isinstance(text, str):
+        return None
+    match = THINK_CLOSE.search(text)
+    return match.end() if match else None
+
+
+def thought_of(text: str) -> str:
+    """The completion's thought, the context in which its score is read (Refine's PD, `vqrl eval --mode expected`):
+    up to and including its first think close tag (the rule `format` uses: `</think>`, `</Think>`, `</ think>`), so
+    its own answer is never part of it; the whole text, closed, when there is no close tag (as the seed cuts it)."""
+    end = think_end(text)
+    return text[:end] if end is not None else text + "</think>"
+
+
 def parse_number(answer) -> float | None:
     """A finite float from an answer text such as `Score: 3.62`, `3.6`, `4`, `score:4.0` or `4.`; else None.
 
@@ -115,21 +133,6 @@ def numbers_in(text: str, limit: int = MAX_ANSWER_CHARS) -> list[float]:
     if not isinstance(text, str):
         return []
     return [float(m.group()) for m in _NUMERIC.finditer(text, 0, limit)]
-
-
-def as_float(value) -> float | None:
-    """A finite float from a dataset value (number or numeric string); None for anything else, booleans included."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Real):
-        try:
-            value = float(value)
-        except (TypeError, ValueError, OverflowError):
-            return None
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return parse_number(value)
-    return None
 
 
 def column(kwargs: dict, name: str, n: int) -> list:

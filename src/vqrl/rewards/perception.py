@@ -9,18 +9,23 @@ import json
 import math
 import re
 
-from .parsing import MAX_ANSWER_CHARS, NUMBER, as_float, extract_answer, numbers_in
+from ..data.records import to_float
+from .parsing import MAX_ANSWER_CHARS, NUMBER, extract_answer, numbers_in
 
 # Severity words, mildest first: "slight" = 1 ... "extreme" = 5 (the 1..5 levels of KADID-style distortions).
 SEVERITY_WORDS = {"slight": 1, "mild": 2, "moderate": 3, "severe": 4, "extreme": 5}
-_WORDS = "|".join(SEVERITY_WORDS)
+# Q-Insight's five labels (slight, moderate, obvious, serious, catastrophic) put "moderate" second, not third: its
+# words are compared as words, never turned into levels.
+QINSIGHT_SEVERITY_WORDS = ("slight", "moderate", "obvious", "serious", "catastrophic")
+_WORDS = "|".join(dict.fromkeys([*SEVERITY_WORDS, *QINSIGHT_SEVERITY_WORDS]))
 _SEVERITY = re.compile(
     rf"(?:severity|level|degree)\s*(?:level\s*)?(?:is\s+|of\s+|[:=-]\s*)?(?P<a>[0-9]+|{_WORDS})\b"
     rf"|\b(?P<b>[0-9]+|{_WORDS})\s+(?:severity|level)\b",
     re.IGNORECASE,
 )
-_NAME_LABEL = re.compile(r"^\s*(?:distortion\s*(?:type|name)?|type)\s*(?:is\s+|[:=-])?", re.IGNORECASE)
-_NAME_KEYS = ("distortion", "distortion_type", "type", "name")
+_NAME_LABEL = re.compile(r"^\s*(?:distortion\s*(?:type|name|class)?|type)\s*(?:is\s+|[:=-])?", re.IGNORECASE)
+# JSON answer keys, first found wins: ours, then Q-Insight's `distortion_class`.
+_NAME_KEYS = ("distortion", "distortion_class", "distortion_type", "type", "name")
 _SEVERITY_KEYS = ("severity", "level", "degree")
 
 _LETTER = re.compile(r"(?:(?:answer|option)\s*[:=-]?\s*)?\(?\s*([A-Za-z])\s*\)?\s*[.):]?", re.IGNORECASE)
@@ -51,7 +56,7 @@ def severity_level(value) -> int | None:
     """An integer severity from 3, 3.0, "3" or a word of SEVERITY_WORDS; None otherwise."""
     if isinstance(value, str) and value.strip().casefold() in SEVERITY_WORDS:
         return SEVERITY_WORDS[value.strip().casefold()]
-    number = as_float(value)
+    number = to_float(value)
     return int(number) if number is not None and number == int(number) else None
 
 
@@ -63,9 +68,22 @@ def _unfence(text: str) -> str:
     return text.strip()
 
 
-def parse_distortion(answer: str) -> tuple[str, int | None]:
-    """(name key, severity) from JSON `{"distortion": ..., "severity": ...}` or text like
-    "gaussian blur, severity 3" / "Distortion: jpeg compression; Severity: moderate". Name key "" if none."""
+def _severity_keys(value) -> set:
+    """What a severity label compares by: its level (3, 3.0, "3" or a word of SEVERITY_WORDS) and its text (any
+    word, e.g. Q-Insight's "serious"). Two labels match when they share a key; no key at all = no label."""
+    keys = set()
+    level = severity_level(value)
+    if level is not None:
+        keys.add(("level", level))
+    if isinstance(value, str) and _name_key(value):
+        keys.add(("text", _name_key(value)))
+    return keys
+
+
+def parse_distortion(answer: str) -> tuple[str, object]:
+    """(name key, severity label as written) from JSON `{"distortion": ..., "severity": ...}` (or Q-Insight's
+    `{"distortion_class": ..., "severity": ...}`) or text like "gaussian blur, severity 3" /
+    "Distortion: jpeg compression; Severity: moderate". Name key "" and severity None when absent."""
     text = _unfence(answer.strip())
     if text.startswith("{"):
         try:
@@ -76,9 +94,9 @@ def parse_distortion(answer: str) -> tuple[str, int | None]:
             lowered = {str(k).casefold(): v for k, v in obj.items()}
             name = next((lowered[k] for k in _NAME_KEYS if isinstance(lowered.get(k), str)), "")
             severity = next((lowered[k] for k in _SEVERITY_KEYS if k in lowered), None)
-            return _name_key(name), severity_level(severity)
+            return _name_key(name), severity
     match = _SEVERITY.search(text)
-    severity = severity_level(match.group("a") or match.group("b")) if match else None
+    severity = (match.group("a") or match.group("b")) if match else None
     for segment in re.split(r"[;,\n]", _SEVERITY.sub(" ", text)):
         name = _name_key(_NAME_LABEL.sub("", segment))
         if name:
@@ -89,8 +107,9 @@ def parse_distortion(answer: str) -> tuple[str, int | None]:
 def distortion_reward(text: str, row: dict) -> tuple[float, bool | None]:
     """Q-Insight's scheme: 0.25 for the right distortion type, 1.0 when the severity is right too.
 
-    The truth is the `distortion` column (else a string `solution`) and the `severity` column. Right severity with
-    the wrong type earns nothing; a row without a severity label gives 1.0 for the right type.
+    The truth is the `distortion` column (else a string `solution`) and the `severity` column (a level 1-5, one of
+    our words or any label such as Q-Insight's "serious", compared as text). Right severity with the wrong type earns
+    nothing; a row without a severity label gives 1.0 for the right type.
     """
     if not _applies(row, "distortion"):
         return 0.0, None
@@ -108,8 +127,8 @@ def distortion_reward(text: str, row: dict) -> tuple[float, bool | None]:
         return 0.0, True
     if name != truth_name:
         return 0.0, False
-    truth_severity = severity_level(row.get("severity"))
-    if truth_severity is None or severity == truth_severity:
+    truth_keys = _severity_keys(row.get("severity"))
+    if not truth_keys or truth_keys & _severity_keys(severity):
         return 1.0, False
     return 0.25, False
 
@@ -165,7 +184,7 @@ def parse_box(value) -> tuple[float, float, float, float] | None:
     if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], (list, tuple)):
         value = value[0]
     if isinstance(value, (list, tuple)):
-        coords = [as_float(v) for v in value] if len(value) == 4 else [None]
+        coords = [to_float(v) for v in value] if len(value) == 4 else [None]
     elif isinstance(value, str):
         match = None
         for match in _BOX.finditer(value, 0, MAX_ANSWER_CHARS):

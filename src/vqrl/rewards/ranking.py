@@ -5,10 +5,15 @@ It must see the whole generation batch: gather across ranks, then group; never u
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 
-from .parsing import as_float, column, completion_text, parse_score
+from ..data.records import to_float
+from .parsing import column, completion_text, parse_score
+
+logger = logging.getLogger(__name__)
+_warned_single_image = False  # warn once per process: a recipe that holds one image per step stays that way
 
 # ε keeps the denominator sqrt(σ_i² + σ_z² + ε) positive when both groups answered one score each (σ = 0): the
 # comparison then becomes an almost hard step, p ≈ Φ(±(x − μ_z) / 0.001).
@@ -104,11 +109,21 @@ def _all_gather(obj) -> tuple[list, int]:
     return gathered, dist.get_rank()
 
 
+def _warn_single_image(processes: int) -> None:
+    global _warned_single_image
+    if not _warned_single_image:
+        _warned_single_image = True
+        logger.warning(
+            "fidelity_rank: this step holds a single image over all %d process(es), so every reward is 0 (nothing to "
+            "rank against); hold several images per step: per_device_train_batch_size x steps_per_generation x "
+            "processes >= 2 x num_generations", processes)
+
+
 def fidelity_rank(completions, kwargs: dict, fidelity_eps: float = DEFAULT_EPS):
     """Batch reward: (rewards of this rank's completions, parse failures) after gathering the whole batch."""
     n = len(completions)
     scores = [parse_score(completion_text(c)) for c in completions]
-    mos = [as_float(value) for value in column(kwargs, "solution", n)]
+    mos = [to_float(value) for value in column(kwargs, "solution", n)]
     local = {"scores": scores, "mos": mos, "ids": column(kwargs, "sample_id", n),
              "num_generations": kwargs.get("num_generations")}
     parts, rank = _all_gather(local)
@@ -117,6 +132,8 @@ def fidelity_rank(completions, kwargs: dict, fidelity_eps: float = DEFAULT_EPS):
     # Checked after the gather, so that every rank raises alike instead of one rank leaving the others waiting.
     generations = _one_generations([part["num_generations"] for part in parts])
     groups = group_index(len(every), [key for part in parts for key in part["ids"]], generations)
+    if every and len(set(groups)) == 1:
+        _warn_single_image(len(parts))
     rewards = fidelity_rewards(every, [m for part in parts for m in part["mos"]], groups, fidelity_eps)
     fails = [None if m is None else s is None for s, m in zip(scores, mos)]
     return rewards[offset:offset + n], fails

@@ -1,4 +1,5 @@
-"""Row rewards for quality scoring: answer structure (format, format_strict) and closeness to the MOS.
+"""Row rewards for quality scoring: answer structure (format, format_strict) and closeness to the MOS (answer,
+answer_strict, score_l1, score_gauss). Sources and differences: docs/rewards.md.
 
 Row functions `(text, row, **options) -> (reward, parse_failed)`: they must not raise, log or see other rows.
 """
@@ -8,15 +9,20 @@ from __future__ import annotations
 import math
 import re
 
-from .parsing import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, as_float, extract_answer, parse_number
+from ..data.records import to_float
+from .parsing import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, extract_answer, parse_number
 
-# |pred - MOS| <= threshold is compared with this slack so that 4.9 vs 4.4 counts as 0.5, not 0.5000000000000004.
+# |pred - MOS| is compared with this slack so that 2.20 vs 1.70 counts as 0.5, not 0.5000000000000002.
 TOLERANCE = 1e-9
 
-# The seed's rule `^<think>.*?</think>\s*<answer>\s*Score:\s*\d\.\d{2}\s*</answer>$` (re.DOTALL), rewritten: the
-# lazy `.*?` can only end at the LAST `</think>` (the answer part cannot contain one), so we rfind it and match the
-# tail once instead of backtracking. `$` also allowed one final newline; `\d` becomes ASCII [0-9].
-_STRICT_TAIL = re.compile(r"\s*<answer>\s*Score:\s*[0-9]\.[0-9]{2}\s*</answer>\n?")
+# The seed's rules (jzhws/VisualQualityAssessment-RL-Trainer, src/open_r1/grpo.py), kept exact: literal lower-case
+# tags, Python's Unicode `\d` and `\s`, DOTALL. Its think/answer pattern is `<think>`, at least one character, then
+# the tail below. A match exists iff some `<think>` is followed, one character or more after it, by the tail; the first
+# `<think>` is the best start, so one find and one search decide it in linear time (no backtracking over `.+?`).
+SEED_THINK_OPEN = "<think>"
+_SEED_TAIL = re.compile(r"</think>\s*<answer>\s*Score:\s*\d\.\d\d\s*</answer>")
+_SEED_ANSWER = re.compile(r"<answer>\s*Score:\s*(\d\.\d\d)\s*</answer>")
+SEED_ANSWER_THRESHOLD = 0.5
 
 
 def is_scoring_row(row: dict) -> bool:
@@ -25,7 +31,7 @@ def is_scoring_row(row: dict) -> bool:
     if isinstance(rtype, str):
         return rtype.split("_", 1)[0].lower() == "scoring"
     solution = row.get("solution")
-    return solution is None or as_float(solution) is not None
+    return solution is None or to_float(solution) is not None
 
 
 def _answer_ok(answer: str | None, row: dict) -> bool:
@@ -80,33 +86,67 @@ def format_nothink_reward(text: str, row: dict) -> tuple[float, bool]:
     return (1.0 if not failed else 0.0), failed
 
 
-def format_strict_reward(text: str, row: dict) -> tuple[float, bool]:
-    """The seed's exact rule: `<think>…</think>` then `<answer>Score: d.dd</answer>`, nothing else around.
+def _seed_format(text: str) -> bool:
+    """Whether the seed's think/answer pattern occurs anywhere in text."""
+    open_at = text.find(SEED_THINK_OPEN)
+    return open_at >= 0 and _SEED_TAIL.search(text, open_at + len(SEED_THINK_OPEN) + 1) is not None
 
-    Non-scoring rows always get 0 (as in the seed); their parse failures are counted as `format` counts them.
+
+def format_strict_reward(text: str, row: dict) -> tuple[float, bool]:
+    """The seed's format reward, exactly: its think/answer pattern found anywhere in the completion (`re.search`).
+
+    So text around it is allowed, the think must be non-empty, tags are literal lower case, and the score is one
+    digit, a point and two digits (any Unicode decimal digit, as Python's `\\d`). The row is not looked at; parse
+    failures are counted as `format` counts them.
     """
     failed = not _answer_ok(extract_answer(text), row)
-    if not text.startswith("<think>"):
-        return 0.0, failed
-    end_think = text.rfind("</think>")
-    if end_think < len("<think>"):
-        return 0.0, failed
-    ok = _STRICT_TAIL.fullmatch(text, end_think + len("</think>")) is not None
-    return (1.0 if ok else 0.0), failed
+    return (1.0 if _seed_format(text) else 0.0), failed
+
+
+def seed_mos(value) -> float | None:
+    """The MOS as the seed reads it, `float(str(solution))`; None where that raises (the seed would crash)."""
+    try:
+        return float(str(value))
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def answer_strict_reward(text: str, row: dict) -> tuple[float, bool | None]:
+    """The seed's accuracy reward, exactly: 0 unless the completion STARTS with the seed's think/answer pattern
+    (`re.match`); then the last `<answer>Score: d.dd</answer>` in it counts, 1 if |pred − MOS| ≤ 0.5 in plain float
+    arithmetic (no tolerance: 2.20 vs 1.70 is 0.5000000000000002 and scores 0, as in the seed)."""
+    mos = seed_mos(row.get("solution"))
+    if not (text.startswith(SEED_THINK_OPEN) and _seed_format(text)):
+        return 0.0, (None if mos is None else True)
+    last = None
+    for last in _SEED_ANSWER.finditer(text):
+        pass
+    try:
+        pred = float(last.group(1))
+    except (AttributeError, ValueError):  # cannot happen after the pattern matched; never raise
+        return 0.0, True
+    if mos is None:
+        return 0.0, None
+    return (1.0 if abs(pred - mos) <= SEED_ANSWER_THRESHOLD else 0.0), False
 
 
 def _prediction(text: str, row: dict) -> tuple[float | None, float | None]:
-    return parse_number(extract_answer(text)), as_float(row.get("solution"))
+    return parse_number(extract_answer(text)), to_float(row.get("solution"))
 
 
-def answer_reward(text: str, row: dict, answer_threshold: float = 0.5) -> tuple[float, bool | None]:
-    """The seed's accuracy reward: 1 if |pred − MOS| ≤ threshold (0.5 seed, 0.35 Q-Insight), else 0."""
+def answer_reward(text: str, row: dict, answer_threshold: float = 0.5,
+                  answer_strict_less: bool = False) -> tuple[float, bool | None]:
+    """1 if |pred − MOS| ≤ threshold (0.5 seed, 0.35 Q-Insight), else 0; with answer_strict_less, |pred − MOS| <
+    threshold (Q-Insight's test). The boundary is decided in decimals, not binary floats (TOLERANCE): 2.20 vs 1.70
+    is exactly 0.5 whichever comparison is chosen."""
     pred, mos = _prediction(text, row)
     if mos is None:
         return 0.0, None
     if pred is None:
         return 0.0, True
-    return (1.0 if abs(pred - mos) <= answer_threshold + TOLERANCE else 0.0), False
+    error = abs(pred - mos)
+    hit = error < answer_threshold - TOLERANCE if answer_strict_less else error <= answer_threshold + TOLERANCE
+    return (1.0 if hit else 0.0), False
 
 
 def score_l1_reward(text: str, row: dict) -> tuple[float, bool | None]:

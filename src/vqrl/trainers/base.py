@@ -7,6 +7,7 @@ reward kwargs. GRPO itself — advantages, KL, clipping, μ iterations, loss typ
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from contextlib import nullcontext
 
@@ -17,10 +18,33 @@ from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from ..models.tiny import VISION_SPECIAL_TOKENS
-from ..training import checkpoints
-from . import vision as V
-from . import vision_once
+from ..modeling import vision as V
+from ..modeling import vision_once
+from ..training import checkpoints, saved_settings
+from ..training.activation_budget import ActivationBudget, parse_setting
+from . import trl_seam, vllm_rollouts
+
+logger = logging.getLogger(__name__)
+VISION_ONCE_ENV = "VQRL_VISION_ONCE"  # deprecated (0 / 1): --vision_once false / true
+VISION_ONCE_CHOICES = ("auto", "true", "false")
+
+
+def vision_once_setting(args) -> str:
+    """auto | true | false: --vision_once, or where it is auto the deprecated VQRL_VISION_ONCE=1 / 0 (ValueError when
+    either is malformed or they disagree)."""
+    setting = str(args.vision_once).strip().lower()
+    if setting not in VISION_ONCE_CHOICES:
+        raise ValueError(f"--vision_once {args.vision_once}: must be auto, true or false")
+    env = os.environ.get(VISION_ONCE_ENV)
+    if env is None:
+        return setting
+    from_env = {"1": "true", "0": "false"}.get(env.strip())
+    if from_env is None:
+        raise ValueError(f"{VISION_ONCE_ENV}={env}: must be 1 or 0 (deprecated: use --vision_once true|false)")
+    if setting not in ("auto", from_env):
+        raise ValueError(f"--vision_once {setting} and {VISION_ONCE_ENV}={env} disagree: drop the environment variable "
+                         "(deprecated)")
+    return from_env
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -28,6 +52,8 @@ class EpochRepeatSampler(RepeatSampler):
     process has iterated: a run resumed in epoch e sees epoch e's order, as the uninterrupted run did."""
 
     epoch = 0
+    prefetch = None  # callable(indices): start decoding these records' media (one-process runs)
+    prefetch_ahead = 0  # how many coming indices to keep decoding ahead
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -35,42 +61,104 @@ class EpochRepeatSampler(RepeatSampler):
     def __iter__(self):
         if self.shuffle:
             self.generator.manual_seed((self.seed or 0) + 1_000_003 * self.epoch)
-        return super().__iter__()
+        order = super().__iter__()
+        return self._prefetching(list(order)) if self.prefetch is not None and self.prefetch_ahead > 0 else order
+
+    def _prefetching(self, order: list[int]):
+        """The same order; every half window, the media of the next `prefetch_ahead` indices start decoding."""
+        step = max(self.prefetch_ahead // 2, 1)
+        for position, index in enumerate(order):
+            if position % step == 0:
+                self.prefetch(order[position:position + self.prefetch_ahead])
+            yield index
 
 
 class VQRLTrainer(GRPOTrainer):
     """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes.
 
-    `vision_once` (default on, except under ZeRO-3 where it has not yet run on GPUs; env VQRL_VISION_ONCE=0 / 1
-    forces it off / on): the log-prob passes encode each distinct image/video once per forward, and train
-    micro-batches hold whole prompt groups where that cannot change the result (see `_groups_keep_result`)."""
+    `--vision_once auto|true|false` (auto: on, except under ZeRO-3 where it has not yet run on GPUs): the log-prob
+    passes encode each distinct image/video once per forward, and train micro-batches hold whole prompt groups where
+    that cannot change the result (see `_groups_keep_result`)."""
+
+    # What a trainer needs from the rest of vqrl, declared on its class: the entry point and the configuration checks
+    # read these and never branch on a trainer's name (docs/extending.md).
+    extra_columns: tuple[str, ...] = ()  # dataset columns beyond prompt and reward columns (dataset.EXTRA_COLUMNS)
+    uses_vllm: bool = False  # rollouts with vLLM whatever --use_vllm says (the seed's `vllm` trainer)
+
+    @classmethod
+    def config_problems(cls, args) -> list[str]:
+        """This trainer's own checks of a configuration, one line per problem (`--flag value: why`); they run with
+        vqrl's other checks, before any model loads, and again when the trainer is built. A subclass adds its own to
+        `super().config_problems(args)`."""
+        try:
+            vision_once_setting(args)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
 
     def __init__(self, *args, heartbeat=None, **kwargs):
+        trl_seam.check_library()  # every private hook below has the signature it was written against
+        problems = self.config_problems(kwargs["args"])
+        if problems:
+            raise ValueError("\n".join(problems))
+        if self.uses_vllm:
+            kwargs["args"].use_vllm = True
+        if kwargs["args"].use_vllm:
+            vllm_rollouts.size_context(kwargs["args"])
         super().__init__(*args, **kwargs)
-        forced = os.environ.get("VQRL_VISION_ONCE")
-        self.vision_once = forced != "0" if forced is not None else not is_deepspeed_zero3_enabled()
+        trl_seam.check_trainer(self)  # every TRL attribute read below is set
+        self.vision_once = self._resolve_vision_once()
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
+        self._pending_media: list | None = None  # (images, videos, metas) per prompt, for vLLM's requests
         self._staging_root: str | None = None
         self.heartbeat = heartbeat
-        tok = self._tokenizer
-        self._vision_token_ids = sorted(
-            {tid for t in VISION_SPECIAL_TOKENS if (tid := tok.convert_tokens_to_ids(t)) is not None and tid != tok.unk_token_id}
-        )
+        self._vision_token_ids = V.vision_token_ids(self._tokenizer)
         config = self.model.config
         self._image_token_id = getattr(config, "image_token_id", None)
         self._video_token_id = getattr(config, "video_token_id", None)
-        if not self.use_vllm:  # a sampled vision token would break the next forward: never sample one
-            suppress = sorted(set(self.generation_kwargs.get("suppress_tokens") or []) | set(self._vision_token_ids))
-            self.generation_kwargs["suppress_tokens"] = suppress
-            self.generation_config.suppress_tokens = suppress
+        # Vision tokens are sampled like any other (a completion that samples one is cut before it: see
+        # _cut_at_vision_tokens), never suppressed: TRL scores the softmax over the whole vocabulary, so suppressing
+        # them in sampling made the loss score another distribution than the one sampled, and the mass on the
+        # suppressed tokens ran away under the KL and entropy terms (the KL spikes of docs/learning.md). TRL 1.16
+        # suppresses the image token for HF generation by default; only a user's own suppress_tokens stay.
+        if not self.use_vllm:
+            users = (self.args.generation_kwargs or {}).get("suppress_tokens")
+            self.generation_kwargs["suppress_tokens"] = users
+            self.generation_config.suppress_tokens = users
             if self._compiled_generation():
                 # TRL turns HF generate's compile path off; decoding a 3B model is launch-bound, and a static cache
                 # with a CUDA-graph forward halves its time (docs/perf.md). Sampling itself is unchanged.
                 for key, value in (("cache_implementation", "static"), ("disable_compile", False)):
                     self.generation_kwargs[key] = value  # TRL also applies these to the model's own config
                     setattr(self.generation_config, key, value)
+        else:
+            vllm_rollouts.attach(self)
+        self._max_loss_tokens = 0  # the most tokens one loss micro-batch held: sizes the activation budget
+        self.activation_budget = None
+        setting = parse_setting(self.args.checkpoint_layers)
+        measurable = setting != "auto" or self.accelerator.device.type == "cuda"
+        if self.args.gradient_checkpointing and setting != "all" and measurable:
+            self.activation_budget = ActivationBudget(self.model, setting, lambda: self._max_loss_tokens)
+            # first: it reads each step's peak memory before ResourceLogger resets the counters
+            self.callback_handler.callbacks.insert(0, self.activation_budget)
+
+    def _resolve_vision_once(self) -> bool:
+        """--vision_once as a bool, said in the log; the deprecated environment variable, where it decided, is
+        written back into the config (so the run's saved arguments say what ran)."""
+        setting = vision_once_setting(self.args)
+        if os.environ.get(VISION_ONCE_ENV) is not None:
+            logger.warning("%s is deprecated and will be removed: use --vision_once %s", VISION_ONCE_ENV, setting)
+            self.args.vision_once = setting
+        if setting != "auto":
+            on = setting == "true"
+            logger.info("vision-once %s (--vision_once %s)", "on" if on else "off", setting)
+            return on
+        zero3 = is_deepspeed_zero3_enabled()
+        logger.info("vision-once %s (--vision_once auto%s)", "off" if zero3 else "on",
+                    " under DeepSpeed ZeRO-3, where it has not yet run on GPUs" if zero3 else "")
+        return not zero3
 
     def _compiled_generation(self) -> bool:
         choice = str(getattr(self.args, "compiled_generation", "false")).lower()
@@ -96,6 +184,8 @@ class VQRLTrainer(GRPOTrainer):
             ids.append(cache[key][0])
             per_sample.append(cache[key][1])
         self._pending_vision, self._pending_prompt_ids = per_sample, ids
+        if self.use_vllm:
+            self._pending_media = [V.media_of(p) for p in prompts]
         fields = V.collate(per_sample)
         if fields:  # per-token modality ids, left-padded by TRL alongside input_ids
             fields["mm_token_type_ids"] = [
@@ -105,6 +195,8 @@ class VQRLTrainer(GRPOTrainer):
         return ids, None, fields
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.use_vllm and self.vllm_mode == "server":
+            images = vllm_rollouts.server_images(self._pending_media)
         vision = self._pending_vision
         vl_base = (vision_once.base_model(self.model) if self.vision_once and not self.use_vllm and vision
                    and len(vision) == len(prompt_ids) else None)
@@ -115,7 +207,8 @@ class VQRLTrainer(GRPOTrainer):
                                                         if k in ("pixel_values", "pixel_values_videos")}}
         with self._phase("generate"), vision_once.encode_once(vl_base, maps) if maps else nullcontext():
             completion_ids, logprobs = super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                prompt_ids=prompt_ids, images=images, multimodal_fields=multimodal_fields,
+                num_generations=num_generations, has_tool_images=has_tool_images,
             )
         return self._cut_at_vision_tokens(completion_ids, logprobs)
 
@@ -124,16 +217,20 @@ class VQRLTrainer(GRPOTrainer):
         return self.heartbeat.phase(name, self.state.global_step) if self.heartbeat is not None else nullcontext()
 
     def _cut_at_vision_tokens(self, completion_ids, logprobs):
-        """End a completion before any vision special token, so it is neither fed back nor trained on."""
+        """End a completion before any vision special token, so it is neither fed back nor trained on (the log-prob
+        forward would need image features for it). What remains was sampled from the distribution the loss scores."""
         vision = set(self._vision_token_ids)
         cut = 0
         for i, ids in enumerate(completion_ids):
             pos = next((j for j, t in enumerate(ids) if t in vision), None)
             if pos is not None:
                 cut += 1
-                completion_ids[i] = list(ids[:pos])
+                # a completion cut to nothing becomes the end-of-text token alone (TRL needs a last token): the one
+                # token of a cut completion not sampled as scored; it earns no reward and carries its own gradient
+                keep = max(pos, 1)
+                completion_ids[i] = list(ids[:pos]) or [self._tokenizer.eos_token_id]
                 if logprobs is not None:
-                    logprobs[i] = logprobs[i][:pos]
+                    logprobs[i] = logprobs[i][:keep]
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["completions/cut_at_vision_token"].append(cut / max(len(completion_ids), 1))
         return completion_ids, logprobs
@@ -141,17 +238,26 @@ class VQRLTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         self._pending_sample_ids = [x.get("sample_id") for x in inputs]
         try:
-            output = super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs=inputs)
             output["vision"] = self._pending_vision
+            if self.use_vllm:
+                mode = "train" if self.model.training else "eval"
+                for key, value in vllm_rollouts.logp_gap_metrics(output, self._pending_vision,
+                                                                 self.accelerator).items():
+                    self._metrics[mode][key].append(value)
         finally:
-            self._pending_vision = self._pending_sample_ids = None
+            self._pending_vision = self._pending_sample_ids = self._pending_media = None
         return output
 
     # ---- log-prob passes: TRL computes them, we supply the vision inputs per micro-batch ---------------------------
     def _compute_loss(self, model, inputs):
         self._pending_vision = inputs.get("vision")
+        tokens = inputs["prompt_ids"].numel() + inputs["completion_ids"].numel()
+        self._max_loss_tokens = max(self._max_loss_tokens, tokens)
+        if self.activation_budget is not None:
+            self.activation_budget.apply()
         try:
-            return super()._compute_loss(model, inputs)
+            return super()._compute_loss(model=model, inputs=inputs)
         finally:
             self._pending_vision = None
 
@@ -160,8 +266,9 @@ class VQRLTrainer(GRPOTrainer):
         vision = self._pending_vision
         base = GRPOTrainer._get_per_token_logps_and_entropies
         if vision is None:
-            return base(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
-                        compute_aux_loss, **kwargs)
+            return base(self, model=model, input_ids=input_ids, attention_mask=attention_mask,
+                        logits_to_keep=logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
+                        compute_aux_loss=compute_aux_loss, **kwargs)
         if len(vision) != input_ids.size(0):
             raise RuntimeError(f"vision inputs for {len(vision)} samples but {input_ids.size(0)} sequences")
         step = batch_size or input_ids.size(0)
@@ -177,8 +284,10 @@ class VQRLTrainer(GRPOTrainer):
             if extra:
                 extra["mm_token_type_ids"] = V.mm_token_type_ids(ids, self._image_token_id, self._video_token_id)
             with vision_once.encode_once(vl_base, maps) if maps else nullcontext():
-                lp, ent, ax = base(self, functools.partial(model, **extra), ids, attention_mask[start:end],
-                                   logits_to_keep, end - start, compute_entropy, compute_aux_loss)
+                lp, ent, ax = base(self, model=functools.partial(model, **extra), input_ids=ids,
+                                   attention_mask=attention_mask[start:end], logits_to_keep=logits_to_keep,
+                                   batch_size=end - start, compute_entropy=compute_entropy,
+                                   compute_aux_loss=compute_aux_loss)
             logps.append(lp)
             entropies.append(ent)
             aux.append(ax)
@@ -192,22 +301,22 @@ class VQRLTrainer(GRPOTrainer):
         sum of per-sequence terms with partition-independent normalisers (grpo, sapo, dr_grpo, dapo, cispo, vespo,
         luspo). bnpo (tokens per micro-batch), the top-entropy mask and the entropy bonus (quantile / mean per
         micro-batch) and MoE aux losses depend on the partition: those keep TRL's per-sequence shuffle."""
-        accum = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+        accum = trl_seam.require(self, "current_gradient_accumulation_steps", owner="Trainer",
+                                 when="by transformers' training loop")
         return (self.args.steps_per_generation == accum and self.loss_type != "bnpo"
-                and self.top_entropy_quantile >= 1.0 and not getattr(self, "_entropy_bonus_enabled", False)
+                and self.top_entropy_quantile >= 1.0 and not self._entropy_bonus_enabled
                 and not self.aux_loss_enabled)
 
     def _prepare_inputs(self, generation_batch):
         """TRL shuffles the generation batch per sequence before splitting it into micro-batches, so a micro-batch
         holds bits of many groups; where that is result-neutral, shuffle whole groups instead (same RNG draw), so
         that vision-once encodes each image once for its G sequences in the loss pass too."""
-        if not (self.vision_once and self.model.training and self._groups_keep_result()
-                and hasattr(trl_grpo, "shuffle_sequence_dict")):
-            return super()._prepare_inputs(generation_batch)
-        trl_shuffle = trl_grpo.shuffle_sequence_dict
+        if not (self.vision_once and self.model.training and self._groups_keep_result()):
+            return super()._prepare_inputs(generation_batch=generation_batch)
+        trl_shuffle = trl_grpo.shuffle_sequence_dict  # present: trl_seam.check_library checked it at start-up
         trl_grpo.shuffle_sequence_dict = vision_once.shuffle_by_group
         try:
-            return super()._prepare_inputs(generation_batch)
+            return super()._prepare_inputs(generation_batch=generation_batch)
         finally:
             trl_grpo.shuffle_sequence_dict = trl_shuffle
 
@@ -217,16 +326,24 @@ class VQRLTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         n = self.num_generations if mode == "train" else self.num_generations_eval
         inputs = [{**x, "num_generations": n} for x in inputs]
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return super()._calculate_rewards(inputs=inputs, prompts=prompts, completions=completions,
+                                          completion_ids_list=completion_ids_list)
 
     # ---- data order and resume ---------------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
-        sampler = super()._get_train_sampler(dataset)
-        return EpochRepeatSampler(
+        sampler = super()._get_train_sampler(dataset=dataset)
+        ordered = EpochRepeatSampler(
             data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
             batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
             seed=sampler.seed,
         )
+        builder = getattr(self, "row_builder", None)  # set by vqrl.grpo.build_trainer; absent for hand-built datasets
+        if builder is not None and self.args.media_prefetch_workers > 0 and self.accelerator.num_processes == 1:
+            # with several processes accelerate hands each one every n-th batch of this order; decoding the others'
+            # media too would cost n times the work, so prefetching is for one-process runs only (for now)
+            ordered.prefetch = builder.prefetch
+            ordered.prefetch_ahead = 2 * self.args.per_device_train_batch_size * self.args.steps_per_generation
+        return ordered
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load resumed weights through from_pretrained, which maps saved key names onto the live module names
@@ -236,19 +353,19 @@ class VQRLTrainer(GRPOTrainer):
         has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, f))
                           for f in ("model.safetensors", "model.safetensors.index.json"))
         if not (plain and has_weights):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return super()._load_from_checkpoint(resume_from_checkpoint=resume_from_checkpoint, model=model)
         saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype, use_safetensors=True)
         model.load_state_dict(saved.state_dict(), strict=True)
         del saved
 
     # ---- crash-safe checkpoints ----------------------------------------------------------------------------------
     def _get_output_dir(self, trial):
-        return self._staging_root or super()._get_output_dir(trial)
+        return self._staging_root or super()._get_output_dir(trial=trial)
 
     def _save_checkpoint(self, model, trial):
         """Write into a staging folder, then rename into place and mark complete: a crash never leaves a
         checkpoint that resume could pick. Older checkpoints are rotated only after the new one is complete."""
-        run_dir = super()._get_output_dir(trial)
+        run_dir = super()._get_output_dir(trial=trial)
         step = self.state.global_step
         staging = os.path.join(run_dir, f"{checkpoints.STAGING_PREFIX}{step}")
         if self.args.should_save:
@@ -257,12 +374,14 @@ class VQRLTrainer(GRPOTrainer):
         self._staging_root = staging
         try:
             with self._phase("save"):
-                super()._save_checkpoint(model, trial)
+                super()._save_checkpoint(model=model, trial=trial)
         finally:
             self._staging_root = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            checkpoints.finalize(os.path.join(staging, f"checkpoint-{step}"), run_dir, step)
+            staged = os.path.join(staging, f"checkpoint-{step}")
+            saved_settings.write(staged, saved_settings.of_config(self.args))  # what `vqrl eval` reads by default
+            checkpoints.finalize(staged, run_dir, step)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()

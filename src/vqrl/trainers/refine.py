@@ -2,8 +2,9 @@
 
 PD for completion i: how much more probable the true score tokens become after its think text than with no thinking,
 pd_i = clamp(Σ_k w_k (P_think,i,k − P_nothink,k), 0, 1), read by teacher forcing, without gradient, and added only to
-completions that pass both rule rewards (format and answer), as the seed does. It must keep every rank's number of
-forward calls independent of the data (ZeRO-3 would hang otherwise).
+completions that pass every `pd_gate` rule reward (format and answer), as the seed does. The seed's advantage shaping is
+an option. Sources and where we differ: docs/rewards.md. It must keep every rank's number of forward calls independent
+of the data (ZeRO-3 would hang otherwise).
 """
 
 from __future__ import annotations
@@ -14,32 +15,81 @@ import time
 import torch
 
 from ..data.prompts import SCORE_PREFIX, format_score
-from ..eval.inference import teacher_forced_probs
-from ..rewards import build_reward_funcs
-from ..rewards.parsing import completion_text
-from . import vision as V
+from ..data.records import to_float
+from ..modeling import vision as V
+from ..modeling.teacher_forcing import teacher_forced_probs
+from ..rewards import build_reward_funcs, reward_options
+from ..rewards.parsing import completion_text, thought_of
 from .base import VQRLTrainer
 
-# Weights of the score tokens "d", ".", "d", "d" (e.g. 4 . 4 0). Paper mode: our reading of the paper's weighted
-# per-token difference — the integer digit matters most, the point carries no information. Seed mode: the seed's
-# single-digit variant (the tenths digit only).
-PD_WEIGHTS = {"paper": (0.6, 0.0, 0.3, 0.1), "seed": (0.0, 0.0, 1.0, 0.0)}
+# Weights of the score tokens "d", ".", "d", "d" (e.g. 4 . 4 0). seed: the seed's rule
+# (jzhws/VisualQualityAssessment-RL-Trainer, src/open_r1/trainer/grpo_trainer_refine-iqa.py): the probability of the
+# tenths digit only, after the true integer digit and point. paper: our reading of the paper's weighted per-token
+# difference (the integer digit matters most, the point carries no information); the paper gives no weights we can cite.
+PD_WEIGHTS = {"seed": (0.0, 0.0, 1.0, 0.0), "paper": (0.6, 0.0, 0.3, 0.1)}
+
+# The seed's advantage shaping: a group "passes" when some reward reaches 2 (both 0/1 rules right); otherwise every
+# advantage is lowered by 0.2·1e-4 before dividing by std + 1e-4, which is −0.2 exactly when all rewards are equal.
+SEED_PASS_REWARD = 2.0
+SEED_STD_EPS = 1e-4
+SEED_NO_PASS_SHIFT = 0.2 * 1e-4
 
 
-def thought_of(text: str) -> str:
-    """The completion up to and including `</think>` (the whole text, closed, when the tag is missing)."""
-    end = text.find("</think>")
-    return text[: end + len("</think>")] if end >= 0 else text + "</think>"
+def seed_score_text(mos) -> str:
+    """The MOS as the seed writes the PD target: truncated, not rounded, to two decimals (`str(mos)[:4]`, 4.4008 ->
+    "4.40", 4.999 -> "4.99"), zero-padded where str() is shorter (4.4 -> "4.40", where the seed misreads a digit)."""
+    text = repr(float(mos))
+    whole, point, decimals = text.partition(".")
+    if not point or not whole.lstrip("-").isdigit() or not decimals.isdigit():  # 1e-05, inf, nan: not a MOS
+        return format_score(mos)
+    return f"{whole}.{(decimals + '00')[:2]}"
+
+
+def seed_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """The seed's advantages for a whole batch of groups (consecutive blocks of num_generations rewards).
+
+    Per group: if some reward is ≥ 2, (r − mean) / (std + 1e-4) with every value ≤ 0 set to 0; otherwise
+    (r − mean − 0.2·1e-4) / (std + 1e-4). std is unbiased (torch's default, as in the seed).
+    """
+    grouped = rewards.float().view(-1, num_generations)
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True)
+    passes = (grouped >= SEED_PASS_REWARD).any(dim=1, keepdim=True)
+    normalised = ((grouped - mean) / (std + SEED_STD_EPS)).clamp(min=0.0)
+    lowered = (grouped - mean - SEED_NO_PASS_SHIFT) / (std + SEED_STD_EPS)
+    return torch.where(passes, normalised, lowered).view(-1)
 
 
 class RefineTrainer(VQRLTrainer):
     """GRPO with the PD reward added as one more reward function named `pd` (weight 1)."""
 
+    extra_columns = ("prompt_nothink",)  # the no-think form of each prompt: PD's baseline
+
+    @classmethod
+    def config_problems(cls, args) -> list[str]:
+        out = super().config_problems(args)
+        if args.pd_mode not in PD_WEIGHTS:
+            out.append(f"--pd_mode {args.pd_mode}: must be one of {', '.join(PD_WEIGHTS)}")
+        weights = args.pd_weights
+        if weights is not None and (len(weights) != 4 or any(to_float(w) is None for w in weights)):
+            out.append(f"--pd_weights {' '.join(map(str, weights))}: give 4 finite weights, one per score token "
+                       "(d . d d)")
+        if not args.pd_gate:
+            out.append("--pd_gate: must name at least one rule reward (e.g. format answer)")
+        else:
+            try:
+                build_reward_funcs(args.pd_gate, **reward_options(args))
+            except ValueError as exc:
+                out.append(f"--pd_gate {' '.join(map(str, args.pd_gate))}: {exc}")
+        return out
+
     def __init__(self, *args, **kwargs):
         config = kwargs["args"]
-        if config.pd_mode not in PD_WEIGHTS:
-            raise ValueError(f"pd_mode must be one of {', '.join(PD_WEIGHTS)}, got {config.pd_mode!r}")
-        self.pd_weights = tuple(config.pd_weights or PD_WEIGHTS[config.pd_mode])
+        problems = self.config_problems(config)
+        if problems:  # before anything else: the base would only check after this reads the options
+            raise ValueError("\n".join(problems))
+        self.pd_weights = tuple(float(w) for w in (config.pd_weights or PD_WEIGHTS[config.pd_mode]))
+        self._score_text = seed_score_text if config.pd_mode == "seed" else format_score
 
         def pd(completions, **kw):  # named `pd` so TRL logs rewards/pd/mean
             return self._pd_rewards(completions, **kw)
@@ -48,8 +98,12 @@ class RefineTrainer(VQRLTrainer):
         if config.reward_weights is not None:
             config.reward_weights = list(config.reward_weights) + [1.0]
         super().__init__(*args, **kwargs)
-        self._format, self._answer = build_reward_funcs(["format", "answer"], answer_threshold=config.answer_threshold)
-        self._last_passed: list[bool] | None = None
+        self._gate = build_reward_funcs(config.pd_gate, **reward_options(config))
+        score_tokens = self._tokenizer.encode(self._score_text(1.23), add_special_tokens=False)
+        if len(score_tokens) != len(self.pd_weights):
+            raise ValueError(f"PD needs a tokenizer that writes a score d.dd as 4 tokens (Qwen's digits are one token "
+                             f"each); this one gives {len(score_tokens)} for {self._score_text(1.23)!r}")
+        self._gathered_rewards: torch.Tensor | None = None
         self.pd_forward_calls = 0  # cumulative, for the cost log and the equal-calls test
 
     # ---- the PD reward -------------------------------------------------------------------------------------------
@@ -65,7 +119,17 @@ class RefineTrainer(VQRLTrainer):
         return out
 
     def _weighted(self, probs: torch.Tensor) -> float:
+        """Σ_k w_k P_k; 0 for a target that is not 4 tokens (a MOS of 10 or more, which validation refuses)."""
+        if len(probs) != len(self.pd_weights):
+            return 0.0
         return float(sum(w * float(p) for w, p in zip(self.pd_weights, probs)))
+
+    def _passes_gate(self, completions, columns: dict) -> list[bool]:
+        """Whether each completion earns every gate reward in full (the seed: format and answer both 1)."""
+        passed = [True] * len(completions)
+        for rule in self._gate:
+            passed = [ok and value >= 1.0 for ok, value in zip(passed, rule(completions, **columns))]
+        return passed
 
     def _pd_rewards(self, completions, solution, prompt_nothink, sample_id, **kwargs) -> list[float]:
         started, calls_before = time.perf_counter(), self.pd_forward_calls
@@ -73,13 +137,10 @@ class RefineTrainer(VQRLTrainer):
         n = len(completions)
         texts = [completion_text(c) for c in completions]
         quiet = {k: v for k, v in kwargs.items() if k not in ("log_metric", "log_extra")}  # logged by their own runs
-        fmt = self._format(completions, solution=solution, **quiet)
-        ans = self._answer(completions, solution=solution, **quiet)
-        passed = [f >= 1.0 and a >= 1.0 for f, a in zip(fmt, ans)]
-        self._last_passed = passed
+        passed = self._passes_gate(completions, {"solution": solution, "sample_id": sample_id, **quiet})
         prompt_ids, visions = self._pending_prompt_ids, self._pending_vision
         prefix = tok.encode(SCORE_PREFIX, add_special_tokens=False)
-        targets = [tok.encode(format_score(float(s)), add_special_tokens=False) for s in solution]
+        targets = [tok.encode(self._score_text(float(s)), add_special_tokens=False) for s in solution]
 
         # think: prompt + the completion's own thought + "<answer>Score: " -> the true score tokens
         think_prefixes = [prompt_ids[i] + tok.encode(thought_of(texts[i]), add_special_tokens=False) + prefix
@@ -116,19 +177,28 @@ class RefineTrainer(VQRLTrainer):
         return rewards
 
     # ---- the seed's advantage shaping (option) -------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """Keep the rewards of the whole batch, gathered over processes by TRL, for the seed's advantages."""
+        self._gathered_rewards = super()._calculate_rewards(inputs=inputs, prompts=prompts, completions=completions,
+                                                            completion_ids_list=completion_ids_list)
+        return self._gathered_rewards
+
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if self.args.pd_advantage_shaping and self._last_passed is not None:
-            output["advantages"] = self._shape_advantages(output["advantages"], self._last_passed)
+        self._gathered_rewards = None
+        output = super()._generate_and_score_completions(inputs=inputs)
+        if self.args.pd_advantage_shaping:
+            advantages = output["advantages"]
+            output["advantages"] = self._seed_advantages_local(len(advantages)).to(advantages)
         return output
 
-    def _shape_advantages(self, advantages: torch.Tensor, passed_local: list[bool]) -> torch.Tensor:
-        """Per group: if any completion passes both rules, negative advantages become 0; if none does, all −0.2."""
-        n = len(passed_local)
-        passed = self.accelerator.gather(torch.tensor(passed_local, device=advantages.device).float())
-        groups = passed.view(-1, self.num_generations).amax(dim=1).repeat_interleave(self.num_generations)
-        local = groups[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n].bool()
-        shaped = advantages.clone()
-        shaped[local & (shaped < 0)] = 0.0
-        shaped[~local] = -0.2
-        return shaped
+    def _seed_advantages_local(self, n_local: int) -> torch.Tensor:
+        """This process's slice of the seed's advantages over the whole gathered batch (groups may straddle
+        processes: TRL gathers every process's rewards in process order and slices its advantages the same way)."""
+        per_func = self._gathered_rewards
+        if per_func is None:
+            raise RuntimeError("pd_advantage_shaping: TRL did not score this batch through _calculate_rewards "
+                               "(written against trl 1.16); the seed's advantages cannot be computed")
+        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        generations = self.num_generations if self.model.training else self.num_generations_eval
+        start = self.accelerator.process_index * n_local
+        return seed_advantages(rewards, generations)[start:start + n_local]

@@ -1,58 +1,9 @@
-"""Per-sample vision tensors for Qwen-VL: encode a conversation's images and videos, and re-collate any subset.
-
-TRL 1.16 builds log-prob inputs from images only, so videos never reach its loss. We keep each sample's processor
-outputs as one dict that travels with the sample through TRL's shuffling and splitting. No model code here.
+"""Moved to vqrl.modeling.vision (shared by trainers and evaluation). This name stays an alias of that very module
+for code written before the move (monkeypatching either name patches both); new code imports vqrl.modeling.vision.
 """
 
-from __future__ import annotations
+import sys
 
-import torch
+from ..modeling import vision as _moved
 
-# Processor outputs that belong to vision, per sample; concatenated along dim 0 when samples are batched.
-VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
-
-
-def media_of(prompt: list[dict]) -> tuple[list, list, list]:
-    """(images, videos, video metadata) of a conversation, in order of appearance."""
-    images, videos, metas = [], [], []
-    for message in prompt:
-        content = message.get("content")
-        if not isinstance(content, list):
-            continue
-        for part in content:
-            if part.get("type") == "image":
-                images.append(part["image"])
-            elif part.get("type") == "video":
-                videos.append(part["video"])
-                metas.append(part.get("video_metadata"))
-    return images, videos, metas
-
-
-def encode_prompt(processor, prompt: list[dict], **template_kwargs) -> tuple[list[int], dict]:
-    """Token ids of the templated prompt (vision tokens expanded) and its vision tensors."""
-    text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False, **template_kwargs)
-    images, videos, metas = media_of(prompt)
-    kwargs = {}
-    if videos and all(m is not None for m in metas):
-        kwargs["video_metadata"] = metas
-    enc = processor(text=[text], images=images or None, videos=videos or None, return_tensors="pt", **kwargs)
-    vision = {k: enc[k] for k in VISION_KEYS if k in enc}
-    return enc["input_ids"][0].tolist(), vision
-
-
-def collate(samples: list[dict], device=None) -> dict:
-    """Concatenate per-sample vision dicts (samples without a key contribute nothing to it)."""
-    out = {}
-    for key in VISION_KEYS:
-        parts = [s[key] for s in samples if key in s and s[key] is not None and s[key].numel() > 0]
-        if parts:
-            out[key] = torch.cat(parts, dim=0).to(device) if device is not None else torch.cat(parts, dim=0)
-    return out
-
-
-def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
-    """1 at image placeholder tokens, 2 at video ones, 0 elsewhere: what Qwen's M-RoPE needs beside the grids."""
-    types = torch.zeros_like(input_ids)
-    types[input_ids == image_token_id] = 1
-    types[input_ids == video_token_id] = 2
-    return types
+sys.modules[__name__] = _moved

@@ -17,6 +17,11 @@ from typing import Iterator
 HEARTBEAT_FILENAME = "heartbeat.json"
 # The watchdog exports this so the trainer writes exactly where the watchdog looks, whatever its output_dir.
 HEARTBEAT_ENV = "VQRL_HEARTBEAT"
+# A run that stops on a mistake in its configuration or data exits with this code, and under a watchdog also writes
+# a heartbeat in this phase (launchers such as accelerate or torchrun turn every failure into exit 1). The watchdog
+# never retries it: the next attempt would fail the same way.
+EXIT_CONFIG_ERROR = 2
+CONFIG_ERROR_PHASE = "config_error"
 
 
 def heartbeat_path(output_dir: str | os.PathLike) -> str:
@@ -37,6 +42,19 @@ def read_heartbeat(path: str | os.PathLike) -> dict | None:
     if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
         return None
     return data
+
+
+def report_config_error(message: str) -> bool:
+    """Under a watchdog ($VQRL_HEARTBEAT set): record that this run stopped on a configuration error, with why.
+    Returns whether it was written; never raises."""
+    path = os.environ.get(HEARTBEAT_ENV)
+    if not path:
+        return False
+    record = {"step": None, "phase": CONFIG_ERROR_PHASE, "reason": message[:2000], "time": time.time(),
+              "pid": os.getpid()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Heartbeat(path)._write(record)
 
 
 class Heartbeat:

@@ -39,15 +39,8 @@ class MetricsLogger(TrainerCallback):
         self.path = os.path.join(output_dir, METRICS_FILE)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            for r in kept:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        if state.is_world_process_zero:
+            keep_steps_up_to(self.path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -64,17 +57,35 @@ class MetricsLogger(TrainerCallback):
             plot_curves(self.path, os.path.join(os.path.dirname(self.path), "curves.png"))
 
 
+def keep_steps_up_to(path: str, step: int) -> None:
+    """Drop the rows of steps after `step` (a resumed run redoes them), atomically, keeping the others in order."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for r in kept:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
 class ResourceLogger(TrainerCallback):
     """Per rank, per step: wall time of the step and this GPU's peak memory (allocated and reserved, GB).
 
     Every rank writes its own `resources_rank<R>.jsonl` (no collective, so a slow or dying rank cannot block it):
     memory per GPU differs under ZeRO-3 and with mixed image/video batches, and that is what a user sizing a run
-    needs to see. Peaks are reset after each step, so each row is that step's own peak.
+    needs to see. Peaks are reset after each step, so each row is that step's own peak. Like metrics.jsonl, a
+    resumed run first drops its rows past the resumed step: each step appears once.
     """
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
         self._t0 = None
+
+    def _path(self, args) -> str:
+        return os.path.join(self.output_dir, RESOURCES_FILE.format(rank=args.process_index))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        keep_steps_up_to(self._path(args), state.global_step)
 
     def _cuda(self):
         return torch.cuda if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -92,8 +103,7 @@ class ResourceLogger(TrainerCallback):
             row.update(gpu=cuda.current_device(), peak_allocated_gb=round(cuda.max_memory_allocated() / 2**30, 2),
                        peak_reserved_gb=round(cuda.max_memory_reserved() / 2**30, 2))
             cuda.reset_peak_memory_stats()
-        path = os.path.join(self.output_dir, RESOURCES_FILE.format(rank=args.process_index))
-        with open(path, "a") as f:
+        with open(self._path(args), "a") as f:
             f.write(json.dumps(row) + "\n")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import math
 import os
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-__all__ = ["CONVERTERS", "ALIASES", "SPLITS", "ConversionError", "Scale", "convert", "add_arguments", "run"]
+__all__ = ["CONVERTERS", "ALIASES", "SPLITS", "ConversionError", "Scale", "convert", "scoring_record", "write_records",
+           "add_arguments", "run"]
 
 
 class ConversionError(Exception):
@@ -160,6 +162,9 @@ def _xlsx_rows(path: Path, sheet: str | None = None) -> list[tuple]:
         if sheet is not None and sheet not in book.sheetnames:
             raise ConversionError(f"{path}: no sheet {sheet!r} (sheets: {', '.join(book.sheetnames)})")
         ws = book[sheet] if sheet is not None else book.worksheets[0]
+        # read-only mode trusts the sheet's stored size (<dimension>), which some writers get wrong (A1 only): a
+        # table would read as one cell. Forget it and read the rows that are there.
+        ws.reset_dimensions()
         return [tuple(r) for r in ws.iter_rows(values_only=True)]
     finally:
         book.close()
@@ -220,7 +225,10 @@ def _name_str(value) -> str:
     return str(value).strip()
 
 
-def _record(dataset: str, path: str, raw: float, scale: Scale, source: str, video: bool = False, **meta) -> dict:
+def scoring_record(dataset: str, path: str, raw: float, scale: Scale, source: str, video: bool = False,
+                   **meta) -> dict:
+    """One scoring record: `path` (relative to --root), the MOS `raw` rescaled by `scale`, and in `meta` the raw value,
+    the rule, the label file it came from (`source`) and any other facts given (None ones left out)."""
     value, clipped = scale(raw)
     info = {"dataset": dataset, "mos_raw": raw, "rule": scale.rule, "source": source}
     if clipped:
@@ -249,6 +257,8 @@ KONVID_SCALE = Scale(1, 5)
 
 LIVEC_TRAINING_IMAGES = 7  # t1.bmp..t7.bmp: shown to raters as training, not part of the 1162-image test set
 
+# the archive koniq10k_1024x768.zip unpacks to koniq10k_1024x768/1024x768/ when extracted into a folder of its name
+KONIQ_IMAGE_DIRS = ["1024x768", "512x384", "koniq10k_1024x768/1024x768", "koniq10k_512x384/512x384"]
 KONIQ_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
                 "test": "test"}
 
@@ -280,7 +290,7 @@ def convert_koniq(root: Path, split: str | None = None) -> list[dict]:
     name_col, mos_col = _column(rows, scores, "image_name"), _column(rows, scores, "MOS")
     z_col = next((h for h in (rows[0] if rows else {}) if h.lower() == "mos_zscore"), None)
     first = rows[0][name_col].strip() if rows else None
-    img_dir = _pick_dir(root, ["1024x768", "512x384"], first)
+    img_dir = _pick_dir(root, KONIQ_IMAGE_DIRS, first)
     out = []
     for i, r in enumerate(rows):
         name = r[name_col].strip()
@@ -289,8 +299,8 @@ def convert_koniq(root: Path, split: str | None = None) -> list[dict]:
             continue
         raw = _float(r[mos_col], f"{scores}:{i + 2} MOS")
         z = _float(r[z_col], f"{scores}:{i + 2} MOS_zscore") if z_col and r.get(z_col, "").strip() else None
-        out.append(_record("koniq", _join(img_dir, name), raw, KONIQ_SCALE, _rel(scores, root),
-                           mos_zscore=z, split=s))
+        out.append(scoring_record("koniq", _join(img_dir, name), raw, KONIQ_SCALE, _rel(scores, root),
+                                  mos_zscore=z, split=s))
     return out
 
 
@@ -307,7 +317,7 @@ def convert_spaq(root: Path, split: str | None = None) -> list[dict]:
             continue
         name = _name_str(r["image name"])
         raw = _float(r["mos"], f"{path} MOS of {name}")
-        out.append(_record("spaq", _join(img_dir, name), raw, SPAQ_SCALE, _rel(path, root)))
+        out.append(scoring_record("spaq", _join(img_dir, name), raw, SPAQ_SCALE, _rel(path, root)))
     return out
 
 
@@ -328,7 +338,7 @@ def convert_livec(root: Path, split: str | None = None) -> list[dict]:
         if i < LIVEC_TRAINING_IMAGES:
             continue
         raw = _float(raw, f"{mos_path} entry {i}")
-        out.append(_record("livec", _media(root, ["Images"], name), raw, LIVEC_SCALE, _rel(mos_path, root)))
+        out.append(scoring_record("livec", _media(root, ["Images"], name), raw, LIVEC_SCALE, _rel(mos_path, root)))
     return out
 
 
@@ -345,9 +355,10 @@ def convert_kadid(root: Path, split: str | None = None) -> list[dict]:
     out = []
     for i, r in enumerate(rows):
         raw = _float(r[val], f"{path}:{i + 2} dmos")
-        out.append(_record("kadid", _join(base, "images", r[dist].strip()), raw, KADID_SCALE, _rel(path, root),
-                           reference=_join(base, "images", r[ref].strip()),
-                           var=_float(r[var], f"{path}:{i + 2} var") if var and r.get(var, "").strip() else None))
+        out.append(scoring_record("kadid", _join(base, "images", r[dist].strip()), raw, KADID_SCALE, _rel(path, root),
+                                  reference=_join(base, "images", r[ref].strip()),
+                                  var=_float(r[var], f"{path}:{i + 2} var") if var and r.get(var, "").strip()
+                                  else None))
     return out
 
 
@@ -366,12 +377,14 @@ def convert_agiqa3k(root: Path, split: str | None = None) -> list[dict]:
     for i, r in enumerate(rows):
         raw = _float(r[mos], f"{path}:{i + 2} mos_quality")
         a = _float(r[align], f"{path}:{i + 2} mos_align") if align and r.get(align, "").strip() else None
-        out.append(_record("agiqa3k", _join(base, img_dir, r[name].strip()), raw, AGIQA3K_SCALE, _rel(path, root),
-                           mos_align=a, prompt=(r.get(prompt) or "").strip() if prompt else None))
+        out.append(scoring_record("agiqa3k", _join(base, img_dir, r[name].strip()), raw, AGIQA3K_SCALE,
+                                  _rel(path, root), mos_align=a,
+                                  prompt=(r.get(prompt) or "").strip() if prompt else None))
     return out
 
 
-PIPAL_DIS_DIRS = ["Train_Dis", "Distortion_1", "Distortion_2", "Distortion_3", "Distortion_4"]
+PIPAL_DIS_DIRS = ["Train_Dis", "Distortion_1", "Distortion_2", "Distortion_3", "Distortion_4", "Dist_Imgs"]
+PIPAL_REF_DIRS = ["Train_Ref", "Ref_Imgs"]
 
 
 def convert_pipal(root: Path, split: str | None = None) -> list[dict]:
@@ -398,8 +411,8 @@ def convert_pipal(root: Path, split: str | None = None) -> list[dict]:
     out = []
     for path, name, raw in entries:
         ref = name.split("_")[0] + Path(name).suffix
-        out.append(_record("pipal", _media(root, PIPAL_DIS_DIRS, name), raw, scale, _rel(path, root),
-                           reference=_media(root, ["Train_Ref"], ref)))
+        out.append(scoring_record("pipal", _media(root, PIPAL_DIS_DIRS, name), raw, scale, _rel(path, root),
+                                  reference=_media(root, PIPAL_REF_DIRS, ref)))
     return out
 
 
@@ -429,9 +442,10 @@ def convert_csiq(root: Path, split: str | None = None) -> list[dict]:
         rel = _media(root / base, [f"dst_imgs/{folder}", "dst_imgs", "dst_imgs_all"], fname)
         raw = _float(r["dmos"], f"{path} all_by_image {fname} dmos")
         std = r.get("dmos_std")
-        out.append(_record("csiq", _join(base, rel), raw, CSIQ_SCALE, _rel(path, root),
-                           reference=_join(base, "src_imgs", f"{image}.png"), distortion=str(r["dst_type"]).strip(),
-                           level=level, dmos_std=float(std) if isinstance(std, (int, float)) else None))
+        out.append(scoring_record("csiq", _join(base, rel), raw, CSIQ_SCALE, _rel(path, root),
+                                  reference=_join(base, "src_imgs", f"{image}.png"),
+                                  distortion=str(r["dst_type"]).strip(),
+                                  level=level, dmos_std=float(std) if isinstance(std, (int, float)) else None))
     return out
 
 
@@ -450,9 +464,9 @@ def convert_tid2013(root: Path, split: str | None = None) -> list[dict]:
             raise ConversionError(f"{path}:{n}: expected 'MOS NAME', got {line.strip()!r}")
         raw, name = _float(parts[0], f"{path}:{n}"), parts[1]
         ref = f"I{name[1:3]}.BMP"
-        out.append(_record("tid2013", _join(base, _media(root / base, ["distorted_images"], name)), raw,
-                           TID2013_SCALE, _rel(path, root),
-                           reference=_join(base, _media(root / base, ["reference_images"], ref)), name=name))
+        out.append(scoring_record("tid2013", _join(base, _media(root / base, ["distorted_images"], name)), raw,
+                                  TID2013_SCALE, _rel(path, root),
+                                  reference=_join(base, _media(root / base, ["reference_images"], ref)), name=name))
     return out
 
 
@@ -489,32 +503,42 @@ def convert_lsvq(root: Path, split: str | None = None) -> list[dict]:
             if split is not None and part != split:
                 continue
             raw = _float(r[mos], f"{path}:{i + 2} mos")
-            out.append(_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root), video=True,
-                               split=part))
+            out.append(scoring_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root),
+                                      video=True, split=part))
     if split in (None, "test_1080p"):
         path = _find("LSVQ", root, ["labels_test_1080p.csv"])
         rows = _read_csv(path)
         name, mos = _column(rows, path, "name"), _column(rows, path, "mos")
         for i, r in enumerate(rows):
             raw = _float(r[mos], f"{path}:{i + 2} mos")
-            out.append(_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root), video=True,
-                               split="test_1080p"))
+            out.append(scoring_record("lsvq", _video_name(r[name].strip()), raw, LSVQ_SCALE, _rel(path, root),
+                                      video=True, split="test_1080p"))
     return out
 
 
+KONVID_LABELS = [f"{d}{name}" for name in ("KoNViD_1k_mos.csv", "KoNViD_1k_attributes.csv")
+                 for d in ("", "KoNViD_1k_metadata/", "KoNViD_1k_videos/")]
+
+
 def convert_konvid(root: Path, split: str | None = None) -> list[dict]:
-    """KoNViD-1k: KoNViD_1k_mos.csv (flickr_id, mos), MOS 1-5; videos KoNViD_1k_videos/<flickr_id>.mp4."""
+    """KoNViD-1k: KoNViD_1k_mos.csv (flickr_id, mos) or, where only it was kept, KoNViD_1k_attributes.csv (flickr_id,
+    file_name, MOS, ...); in --root, KoNViD_1k_metadata/ or beside the videos. MOS 1-5; videos
+    KoNViD_1k_videos/<flickr_id>.mp4 (or the attributes' file_name where only that file exists)."""
     _no_split("KoNViD-1k", split)
-    path = _find("KoNViD-1k", root, ["KoNViD_1k_mos.csv", "KoNViD_1k_metadata/KoNViD_1k_mos.csv"])
+    path = _find("KoNViD-1k", root, KONVID_LABELS)
     rows = _read_csv(path)
     fid, mos = _column(rows, path, "flickr_id"), _column(rows, path, "mos")
+    file_col = next((h for h in (rows[0] if rows else {}) if h.lower() == "file_name"), None)
     out = []
     for i, r in enumerate(rows):
         vid = _name_str(r[fid])
         vid = vid[:-2] if vid.endswith(".0") else vid  # ids re-saved through a spreadsheet come back as floats
         raw = _float(r[mos], f"{path}:{i + 2} mos")
-        out.append(_record("konvid", _media(root, ["KoNViD_1k_videos"], _video_name(vid)), raw, KONVID_SCALE,
-                           _rel(path, root), video=True))
+        video = _media(root, ["KoNViD_1k_videos"], _video_name(vid))
+        if file_col and (r.get(file_col) or "").strip() and not (root / video).is_file():
+            named = _media(root, ["KoNViD_1k_videos"], r[file_col].strip())
+            video = named if (root / named).is_file() else video
+        out.append(scoring_record("konvid", video, raw, KONVID_SCALE, _rel(path, root), video=True))
     return out
 
 
@@ -571,27 +595,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help=f"one of: {names} (aliases such as koniq10k, clive, kadid10k work)")
     parser.add_argument("--root", required=True, help="folder where the dataset's official archives were unpacked")
     parser.add_argument("--out", required=True, help="output .json (a list) or .jsonl")
-    parser.add_argument("--split", default=None,
-                        help="official split where one exists: koniq train|val|test; lsvq train|test|test_1080p")
+    splits = "; ".join(f"{name} {'|'.join(values)}" for name, values in SPLITS.items())
+    parser.add_argument("--split", default=None, help=f"official split where one exists: {splits}")
+
+
+def _output_path(out: Path) -> Path:
+    target = out.resolve() if out.is_symlink() else out
+    if target.exists() and not target.is_file():
+        raise ConversionError(f"--out {out} is not a regular file (a device, pipe or folder): give a file path")
+    return target
+
+
+def write_records(records: list[dict], out: str | os.PathLike) -> Path:
+    """Write records as JSON (a list) or JSONL (by suffix) through a temporary file renamed over `out`, so a failed
+    write leaves no half file. Only a regular file (or a new one) is written: a device such as /dev/full, a pipe
+    or a folder is refused rather than replaced by a file. A symlink writes to its target."""
+    out = Path(out)
+    target = _output_path(out)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            if target.suffix.lower() == ".jsonl":
+                for r in records:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            else:
+                json.dump(records, f, ensure_ascii=False, indent=1)
+                f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)  # never leave a half-written file under the final name
+    except OSError as exc:
+        if tmp.exists():
+            tmp.unlink()
+        reason = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
+        raise ConversionError(f"cannot write {out}: {reason}") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        _output_path(Path(args.out))  # before reading anything
         records = convert(args.dataset, args.root, args.split)
+        out = write_records(records, args.out)
     except ConversionError as exc:
         print(f"vqrl convert: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        if out.suffix.lower() == ".jsonl":
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        else:
-            json.dump(records, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-    os.replace(tmp, out)  # never leave a half-written file under the final name
     clipped = sum(1 for r in records if r["meta"].get("clipped"))
     print(f"wrote {len(records)} records to {out} ({records[0]['dataset']}; {records[0]['meta']['rule']}"
           + (f"; {clipped} clipped to [1,5]" if clipped else "") + ")")

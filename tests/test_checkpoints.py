@@ -1,0 +1,188 @@
+"""Unit tests of training/checkpoints.py: staging, completion markers, every way to choose what to resume from, and
+what a fault at each point of a save leaves behind (never a checkpoint that resume could pick half-written)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from vqrl.training import checkpoints as C
+
+
+def _staged(run_dir, step, files=("model.safetensors", "optimizer.pt")):
+    """What the trainer writes before finalize: <run>/.staging-checkpoint-<step>/checkpoint-<step>/..."""
+    folder = run_dir / f"{C.STAGING_PREFIX}{step}" / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_text(f"{name} of step {step}")
+    return folder
+
+
+def _complete(run_dir, step, **kw):
+    return C.finalize(str(_staged(run_dir, step, **kw)), str(run_dir), step)
+
+
+def test_finalize_marks_and_renames_and_removes_the_staging_root(tmp_path):
+    path = _complete(tmp_path, 4)
+    assert path == str(tmp_path / "checkpoint-4")
+    assert C.is_complete(path) and C.marker_step(path) == 4
+    assert (tmp_path / "checkpoint-4" / "model.safetensors").read_text() == "model.safetensors of step 4"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4"]
+
+
+def test_a_checkpoint_without_its_marker_is_never_chosen(tmp_path):
+    _complete(tmp_path, 5)
+    (tmp_path / "checkpoint-9").mkdir()  # a newer one, cut before its marker
+    (tmp_path / "checkpoint-9" / "model.safetensors").write_text("half")
+    staged = _staged(tmp_path, 12)  # even a staged folder that already has its marker is not a checkpoint yet
+    (staged / C.MARKER).write_text(json.dumps({"step": 12}))
+    (tmp_path / "checkpoint-x").mkdir()
+    assert [s for s, _ in C.complete_checkpoints(str(tmp_path))] == [5]
+    assert C.latest_complete(str(tmp_path)) == str(tmp_path / "checkpoint-5")
+    assert C.resolve_resume("auto", str(tmp_path)) == str(tmp_path / "checkpoint-5")
+
+
+def test_newest_is_chosen_by_step_not_by_name_or_time(tmp_path):
+    for step in (10, 9, 100):
+        _complete(tmp_path, step)
+    os.utime(tmp_path / "checkpoint-9", (1e10, 1e10))  # touched last: irrelevant
+    assert C.latest_complete(str(tmp_path)) == str(tmp_path / "checkpoint-100")
+
+
+@pytest.mark.parametrize("word", [None, "", "none", "false", "False"])
+def test_resume_none_starts_afresh_even_with_checkpoints(tmp_path, word):
+    _complete(tmp_path, 3)
+    assert C.resolve_resume(word, str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("word", ["auto", "true", "True"])
+def test_resume_auto(tmp_path, word):
+    assert C.resolve_resume(word, str(tmp_path / "fresh")) is None  # a fresh run: nothing to resume
+    _complete(tmp_path, 3)
+    assert C.resolve_resume(word, str(tmp_path)) == str(tmp_path / "checkpoint-3")
+
+
+def test_resume_path(tmp_path):
+    path = _complete(tmp_path / "other_run", 7)
+    assert C.resolve_resume(path, str(tmp_path / "this_run")) == path  # any complete checkpoint, anywhere
+    (tmp_path / "partial").mkdir()
+    with pytest.raises(ValueError, match=f"has no {C.MARKER}; it may be half-written"):
+        C.resolve_resume(str(tmp_path / "partial"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        C.resolve_resume(str(tmp_path / "missing"), str(tmp_path))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        C.resolve_resume(str(tmp_path / "file"), str(tmp_path))
+
+
+def test_marker_step_is_none_for_a_missing_or_garbled_marker(tmp_path):
+    assert C.marker_step(str(tmp_path)) is None
+    for text in ("", "{", "[]", '{"step": "3"}', '{"step": true}'):
+        (tmp_path / C.MARKER).write_text(text)
+        assert C.marker_step(str(tmp_path)) is None, text
+
+
+# ------------------------------------------------------------------------------------------------ faults in a save
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_crash_before_the_marker_leaves_only_staging_which_is_cleaned(tmp_path, monkeypatch):
+    _complete(tmp_path, 2)
+    staged = _staged(tmp_path, 4)
+    monkeypatch.setattr(C, "_fsync_tree", lambda path: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        C.finalize(str(staged), str(tmp_path), 4)
+    assert not (tmp_path / "checkpoint-4").exists()
+    assert C.latest_complete(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    assert C.clean_partial(str(tmp_path)) == [str(tmp_path / f"{C.STAGING_PREFIX}4")]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
+
+
+def test_a_crash_between_setting_aside_and_renaming_never_exposes_half(tmp_path, monkeypatch):
+    """Replacing a stale checkpoint-4 (from a run that died in its rename): the old copy goes to trash first;
+    a crash right then leaves no checkpoint-4 at all, never a mixture."""
+    _complete(tmp_path, 2)
+    stale = tmp_path / "checkpoint-4"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("stale")
+    staged = _staged(tmp_path, 4)
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise Crash()
+        return real(src, dst)
+
+    monkeypatch.setattr(C.os, "replace", replace)
+    with pytest.raises(Crash):
+        C.finalize(str(staged), str(tmp_path), 4)
+    monkeypatch.undo()
+    assert not stale.exists()
+    assert C.latest_complete(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    C.clean_partial(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
+
+
+def test_finalize_replaces_a_stale_copy_of_the_same_step(tmp_path):
+    stale = tmp_path / "checkpoint-4"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("stale")
+    (stale / "leftover.bin").write_text("from the dead attempt")
+    _complete(tmp_path, 4)
+    assert sorted(os.listdir(stale)) == sorted([C.MARKER, "model.safetensors", "optimizer.pt"])
+    assert (stale / "model.safetensors").read_text() == "model.safetensors of step 4"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4"]
+
+
+def test_clean_partial_removes_leftovers_only(tmp_path):
+    _complete(tmp_path, 1)
+    for name in (f"{C.STAGING_PREFIX}3", C.FINAL_STAGING, ".trash-checkpoint-2-99", ".trash-final-7"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / ".staging-notes.txt").write_text("a file, not a leftover folder")
+    removed = C.clean_partial(str(tmp_path))
+    assert len(removed) == 4
+    assert sorted(os.listdir(tmp_path)) == [".staging-notes.txt", "checkpoint-1", "metrics.jsonl"]
+    assert C.clean_partial(str(tmp_path / "missing")) == []
+
+
+# ------------------------------------------------------------------------------------------------ final/
+
+
+def test_export_final_copies_the_model_not_the_training_state(tmp_path):
+    files = ("model.safetensors", "config.json", "tokenizer.json", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+             "rng_state_3.pth", "trainer_state.json", "scaler.pt", "training_args.bin")
+    ckpt = _complete(tmp_path, 6, files=files)
+    final = C.export_final(ckpt, str(tmp_path))
+    assert final == str(tmp_path / C.FINAL) and C.marker_step(final) == 6
+    assert sorted(os.listdir(final)) == sorted([C.MARKER, "config.json", "model.safetensors", "tokenizer.json",
+                                                "training_args.bin"])
+    assert not (tmp_path / C.FINAL_STAGING).exists()
+
+
+def test_export_final_refuses_what_it_cannot_export(tmp_path):
+    (tmp_path / "partial").mkdir()
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        C.export_final(str(tmp_path / "partial"), str(tmp_path))
+    ckpt = _complete(tmp_path, 2, files=("optimizer.pt", "global_step2"))  # ZeRO-3 shards without 16-bit weights
+    with pytest.raises(ValueError, match="no consolidated weights"):
+        C.export_final(ckpt, str(tmp_path))
+    assert not (tmp_path / C.FINAL).exists()
+
+
+def test_publish_replaces_final_in_one_rename(tmp_path):
+    old = tmp_path / "final"
+    old.mkdir()
+    (old / "model.safetensors").write_text("old")
+    new = tmp_path / C.FINAL_STAGING
+    new.mkdir()
+    (new / "model.safetensors").write_text("new")
+    C.publish(str(new), str(old), 9)
+    assert (old / "model.safetensors").read_text() == "new" and C.marker_step(str(old)) == 9
+    assert sorted(os.listdir(tmp_path)) == ["final"]

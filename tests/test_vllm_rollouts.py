@@ -1,0 +1,95 @@
+"""vLLM request building without vLLM: media conversion and the per-modality log-prob gap (the vLLM end-to-end tests
+are in test_vllm.py, run by `make test-vllm`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vqrl.modeling.vllm_requests import vllm_multi_modal_data
+from vqrl.trainers.vllm_rollouts import logp_gap_metrics, server_images
+
+
+class OnAccelerator(torch.Tensor):
+    """Behaves like a tensor in GPU memory where it matters here: numpy() refuses it until it is copied to the host,
+    with torch's own message for CUDA tensors. accelerate's data loader puts batch tensors (video frames too) there."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.numpy:
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                            "to host memory first.")
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        to_host = func is torch.Tensor.cpu or (func is torch.Tensor.to and "cpu" in map(str, [*args[1:],
+                                                                                              *(kwargs or {}).values()]))
+        return out.as_subclass(torch.Tensor) if to_host and isinstance(out, torch.Tensor) else out
+
+
+def test_video_frames_in_accelerator_memory_reach_vllm_as_host_uint8_arrays():
+    """The H200 crash "can't convert cuda:0 device type tensor to numpy" (micro-batch 16 x 4 accumulation, a video
+    in the generation batch): frames must be copied to the host before numpy."""
+    frames = torch.randint(0, 256, (4, 3, 6, 8), dtype=torch.uint8)
+    on_device = frames.clone().as_subclass(OnAccelerator)
+    with pytest.raises(TypeError, match="cuda:0"):
+        on_device.numpy()  # the stand-in behaves as a CUDA tensor does
+    meta = {"fps": 2.0, "frames_indices": [0, 1, 2, 3]}
+    data = vllm_multi_modal_data(["img"], [on_device], [meta])
+    array, got_meta = data["video"]
+    assert type(array) is np.ndarray and array.dtype == np.uint8 and array.shape == (4, 6, 8, 3)
+    assert np.array_equal(array, frames.permute(0, 2, 3, 1).numpy()) and got_meta is meta
+    assert data["image"] == "img"
+
+
+def test_several_images_and_videos_keep_their_order():
+    a, b = torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.ones(2, 3, 4, 4, dtype=torch.uint8)
+    data = vllm_multi_modal_data(["i1", "i2"], [a, b], [None, None])
+    assert data["image"] == ["i1", "i2"]
+    assert [int(v.max()) for v in data["video"]] == [0, 1]
+    assert vllm_multi_modal_data([], [], []) is None
+
+
+def test_server_mode_refuses_video_and_passes_images_per_prompt():
+    assert server_images([(["a"], [], []), ([], [], [])]) == [["a"], None]
+    assert server_images([([], [], [])]) is None
+    with pytest.raises(ValueError, match="colocate"):
+        server_images([(["a"], [], []), ([], [torch.zeros(1)], [None])])
+
+
+class OneProcess:
+    def pad_across_processes(self, t, dim, pad_index):
+        return t
+
+    def gather(self, t):
+        return t
+
+
+def test_logp_gap_is_measured_per_modality_over_completion_tokens_only():
+    trained = torch.zeros(3, 4)
+    sampled = torch.tensor([[0.1, 0.1, 0.1, 9.0], [0.5, 0.5, 0.5, 0.5], [2.0, 2.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    vision = [{"pixel_values": 1}, {"pixel_values": 1}, {"pixel_values_videos": 1}]
+    m = logp_gap_metrics({"sampling_per_token_logps": sampled, "old_per_token_logps": trained,
+                          "completion_mask": mask}, vision, OneProcess())
+    assert m["vllm/logp_gap_mean_image"] == pytest.approx((0.3 + 2.0) / 7)
+    assert m["vllm/logp_gap_mean_video"] == pytest.approx(2.0)
+    assert m["vllm/logp_gap_p99_image"] == pytest.approx(0.5)  # the masked 9.0s never count
+    assert m["vllm/logp_gap_mean"] == pytest.approx((0.3 + 2.0 + 4.0) / 9)
+    assert logp_gap_metrics({"completion_mask": mask}, vision, OneProcess()) == {}
+
+
+def test_each_run_of_placeholders_is_cut_to_one_token_for_vllm():
+    """vLLM expands each image/video placeholder itself; an already expanded run is not recognised (vLLM expanded
+    its first token again), so each run must reach it as one token."""
+    from vqrl.modeling.vllm_requests import check_expansion, collapse_placeholders, media_request
+
+    IMG, VID = 7, 8
+    ids = [1, 2, 5, IMG, IMG, IMG, 6, 3, 5, VID, VID, 6, 5, IMG, IMG, 6, 4]
+    assert collapse_placeholders(ids, {IMG, VID}) == [1, 2, 5, IMG, 6, 3, 5, VID, 6, 5, IMG, 6, 4]
+    frames = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    row = media_request(ids, ["a", "b"], [frames], [None], {IMG, VID})
+    assert row["prompt_token_ids"].count(IMG) == 2 and row["prompt_token_ids"].count(VID) == 1
+    assert media_request(ids, [], [], [], {IMG, VID}) == {"prompt_token_ids": ids}  # no media: sent as is
+    check_expansion(ids, list(ids), 0)
+    with pytest.raises(RuntimeError, match="expanded prompt 3 to 20 tokens where the processor gave 17"):
+        check_expansion(ids, ids[:3] + [IMG] * 3 + ids[3:], 3)
