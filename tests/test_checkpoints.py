@@ -60,6 +60,7 @@ def test_resume_none_starts_afresh_even_with_checkpoints(tmp_path, word):
 @pytest.mark.parametrize("word", ["auto", "true", "True"])
 def test_resume_auto(tmp_path, word):
     assert C.resolve_resume(word, str(tmp_path / "fresh")) is None  # a fresh run: nothing to resume
+    assert C.complete_checkpoints(str(tmp_path / "fresh")) == [] and C.clean_partial(str(tmp_path / "fresh")) == []
     _complete(tmp_path, 3)
     assert C.resolve_resume(word, str(tmp_path)) == str(tmp_path / "checkpoint-3")
 
