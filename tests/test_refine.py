@@ -4,6 +4,8 @@ seed's code, in a real training step and across processes; any batch size; data-
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -106,6 +108,20 @@ def test_pd_gate_is_configurable(tiny_model_dir, tmp_path, fake):
                               "<think>zebra</Think><answer>Score: 4.40</answer>",  # the seed's tags are literal
                               "<think>zebra</think><answer>Score: 4.4</answer>"])  # and its score d.dd
     assert got == pytest.approx([0.5, 0.0, 0.0], abs=1e-6)
+
+
+def test_pd_logs_its_probabilities_its_share_and_its_time(tiny_model_dir, tmp_path, fake, monkeypatch):
+    trainer = _refine(tiny_model_dir, tmp_path, IMAGES[:2])
+    fake(trainer)
+    clock = iter([10.0, 10.25])
+    monkeypatch.setattr(refine, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    trainer.model.train()
+    rows = [trainer.train_dataset[0]] * 2
+    assert _pd(trainer, rows, [GATE_CASES[0][0], GATE_CASES[1][0]]) == pytest.approx([0.5, 0.0], abs=1e-6)
+    logged = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith("refine/")}
+    assert logged["refine/pd_seconds"] == 0.25  # the time PD took, not a sum of clock readings
+    assert logged["refine/frac_earning_pd"] == 0.5
+    assert logged["refine/p_think"] == pytest.approx(0.7) and logged["refine/p_nothink"] == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("flags, expected", [
