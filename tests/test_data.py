@@ -626,6 +626,18 @@ def test_media_sized_by_the_processor_spec_is_not_resized_again(tokenizer, arch)
     assert video_tokens(frames.shape[0], meta["height"], meta["width"], spec) == grid[0] * grid[1] * grid[2] // 4
 
 
+def test_a_processor_that_states_no_pixel_floor_gets_qwens(tokenizer):
+    """VisionSpec's own floors (used where a processor's config names none) are the Qwen2/2.5-VL processors':
+    56×56 pixels for an image and for each video frame, so a tiny image or frame is brought up as Qwen's would be."""
+    from types import SimpleNamespace
+
+    from vqrl.models.tiny import build_processor
+
+    qwen = VisionSpec.for_processor(build_processor("qwen2_5_vl", tokenizer))
+    bare = VisionSpec.for_processor(SimpleNamespace(image_processor=SimpleNamespace(patch_size=14, merge_size=2)))
+    assert (bare.min_pixels, bare.video_min_pixels) == (qwen.min_pixels, qwen.video_min_pixels) == (56 * 56, 56 * 56)
+
+
 # ------------------------------------------------------------------------------------- nothing silently wrong (#20)
 
 
@@ -918,6 +930,7 @@ def test_prompt_length_check_counts_vision_tokens(tokenizer, tmp_path, arch):
 
 
 def test_prompt_length_of_a_video_record_is_the_processors(tokenizer, tmp_path):
+    from vqrl.data import checks
     from vqrl.data.checks import prompt_tokens
     from vqrl.data.media import probe_video, video_tokens
     from vqrl.models.tiny import build_processor
@@ -932,3 +945,11 @@ def test_prompt_length_of_a_video_record_is_the_processors(tokenizer, tmp_path):
     n, h, w, fps = probe_video(VIDEOS[0])
     tokens = video_tokens(len(video_frame_indices(n, fps, spec)), h, w, spec)
     assert prompt_tokens(rec, proc, PromptConfig(), tokens) == len(ids)
+    # the checks count the video's tokens themselves: a video prompt over the limit only by them is reported
+    assert checks.media_reasons(rec, None, None, spec) == ([], tokens)
+    from vqrl.data.validate import validate_files
+
+    path = write_json(tmp_path / "v.json", [rec])
+    assert validate_files([path], processor=proc, max_prompt_length=len(ids)) == []
+    (problem,) = validate_files([path], processor=proc, max_prompt_length=len(ids) - 1)
+    assert problem.reason.startswith(f"prompt is ~{len(ids)} tokens with its image/video tokens")

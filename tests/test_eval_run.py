@@ -103,6 +103,29 @@ def test_expected_score_matches_a_hand_computation(tiny_model_dir):
         assert 1.0 <= value <= 5.0
 
 
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_eval_generation_never_produces_an_image_or_video_token(tiny_model_dir, do_sample):
+    """Even a model whose likeliest next token is always the image or video token (forced here at the output layer)
+    completes without one: eval's generation suppresses them (such a token has no pixels behind it)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vqrl.eval.inference import generate
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")
+    vision = [model.config.image_token_id, model.config.video_token_id]
+
+    def favour_vision(module, inputs, output):
+        output[..., vision] += 1e4
+        return output
+
+    prompt = processor.tokenizer.encode("Rate the photo.", add_special_tokens=False)
+    with model.lm_head.register_forward_hook(favour_vision):
+        out = generate(model, processor, [prompt, prompt], [{}, {}], 6, do_sample=do_sample, num_return_sequences=2)
+    assert len(out) == 4 and all(out)
+    assert not {t for c in out for t in c} & set(vision)
+
+
 def test_sample_mode_is_the_mean_of_the_k_scores_that_parse(tiny_model_dir, tmp_path, scripted_generate):
     calls, script = scripted_generate
     data = write_records(tmp_path / "d.json", images(tmp_path, 3))
