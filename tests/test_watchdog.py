@@ -475,13 +475,31 @@ def deadline(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def watch(out: Path, options: list[str], command: list[str], seconds: float = 8.0) -> tuple[int, list[dict], str]:
-    """Run a Watchdog in this process; returns (exit code, events, what it printed)."""
+class SignalledWatchdog(Watchdog):
+    """A Watchdog that sends itself `sig` right after it writes the event `at` (a stop signal arriving then)."""
+
+    def __init__(self, *args, at: str, sig: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at, self.sig = at, sig
+
+    def event(self, kind, message, **fields):
+        super().event(kind, message, **fields)
+        if kind == self.at:
+            os.kill(os.getpid(), self.sig)  # handled by the watchdog's own handler, in this (the main) thread
+
+
+def watch(out: Path, options: list[str], command: list[str], seconds: float = 8.0,
+          signal_at: tuple[str, int] | None = None) -> tuple[int, list[dict], str]:
+    """Run a Watchdog in this process; returns (exit code, events, what it printed). With signal_at=(event, sig),
+    the watchdog receives `sig` right after it logs `event`."""
     opts = build_parser().parse_args(["--output_dir", str(out), *FAST, *options])
     err = io.StringIO()
     env = _env()
     with deadline(seconds), _environ(env):
-        code = Watchdog(opts, command, stderr=err).run()
+        if signal_at is None:
+            code = Watchdog(opts, command, stderr=err).run()
+        else:
+            code = SignalledWatchdog(opts, command, stderr=err, at=signal_at[0], sig=signal_at[1]).run()
     return code, events(out), err.getvalue()
 
 
@@ -569,3 +587,48 @@ def test_inprocess_the_whole_process_group_goes_even_after_success(tmp_path):
     assert code == 0
     assert not alive(int((tmp_path / "run" / "grandchild").read_text()))
     assert [k["reason"] for k in kinds(evs, "kill")] == ["cleanup after exit"]
+
+
+def test_inprocess_the_previous_signal_handlers_are_restored(tmp_path):
+    """`watchdog.main()` called from Python (a launcher, a notebook) leaves the caller's handlers as they were."""
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+
+    def mine(signum, frame):
+        pass
+
+    before = {sig: signal.signal(sig, mine) for sig in watched}
+    try:
+        code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, 'hb.beat(1, "train")\n'))
+        assert code == 0, err
+        assert {sig: signal.getsignal(sig) for sig in watched} == {sig: mine for sig in watched}
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("at", ["exit", "backoff"])
+def test_inprocess_a_stop_signal_after_a_crash_ends_the_watch_without_a_restart(tmp_path, at):
+    """SIGTERM arriving while the crashed run's processes are cleaned up (after its `exit` event), or during the
+    back-off before a restart, ends the watch with 143 and starts nothing more."""
+    crash = _child(tmp_path, """
+        hb.beat(1, "train")
+        time.sleep(0.1)
+        sys.exit(1)
+    """)
+    code, evs, err = watch(tmp_path / "run", ["--backoff", "30", "--max_restarts", "5"], crash,
+                           signal_at=(at, signal.SIGTERM))
+    assert code == 143, err
+    assert len(kinds(evs, "start")) == 1 and bool(kinds(evs, "restart")) == (at == "backoff")  # logged before it
+    assert evs[-1]["event"] == "signal" and evs[-1]["signal"] == "SIGTERM" and evs[-1]["watchdog_exit"] == 143
+
+
+def test_reaping_a_dead_leader_gives_its_exit_code(tmp_path):
+    """A run leader that died after the survivors check but is not reaped yet (a zombie) is reaped, so the `exit`
+    event of a killed hung run carries its code rather than None."""
+    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST])
+    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    assert dog._reap()  # no run yet: nothing to reap
+    dog.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    os.waitid(os.P_PID, dog.proc.pid, os.WEXITED | os.WNOWAIT)  # dead, and left a zombie
+    assert dog.proc.returncode is None
+    assert dog._reap() and dog.proc.returncode == 3
