@@ -219,6 +219,17 @@ def test_agiqa3k(tmp_path):
     assert_valid(recs, tmp_path)
 
 
+def test_agiqa3k_media_folder_is_the_one_holding_the_images(tmp_path):
+    """A one-row file converts, and its images are looked up where they are (images/), not in the first folder that
+    merely exists (an empty AGIQA-3K/ left by an unzip)."""
+    (tmp_path / "data.csv").write_text("name,prompt,mos_quality,std_quality,mos_align,std_align\n"
+                                       "sd1.5_highcorr_012.jpg,a cat,4.2,0.51,4.01,0.6\n")
+    (tmp_path / "AGIQA-3K").mkdir()
+    touch(tmp_path, "images/sd1.5_highcorr_012.jpg")
+    (rec,) = C.convert("agiqa-3k", tmp_path)
+    assert rec["image"] == "images/sd1.5_highcorr_012.jpg" and rec["solution"] == pytest.approx(4.36)
+
+
 # ------------------------------------------------------------------------------------------------------------ PIPAL
 
 
