@@ -125,6 +125,20 @@ def test_spaq_xlsx(tmp_path):
     assert_valid(recs, tmp_path)
 
 
+def test_spaq_xlsx_rows_of_text_cells_are_records_and_blank_rows_are_padding(tmp_path):
+    """Spreadsheets store numbers as text at times: a row whose every cell is text is still a record; a row of
+    empty or blank cells is padding."""
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [
+        ["Image name", "MOS"],
+        ["00001.jpg", "50"],
+        ["", "  "],
+        ["00002.jpg", 75],
+    ]})
+    touch(tmp_path, "TestImage/00001.jpg", "TestImage/00002.jpg")
+    recs = C.convert("spaq", tmp_path)
+    assert [(r["image"], r["solution"]) for r in recs] == [("TestImage/00001.jpg", 3.0), ("TestImage/00002.jpg", 4.0)]
+
+
 def test_xlsx_without_openpyxl_says_how_to_install(tmp_path, monkeypatch):
     write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"S": [["Image name", "MOS"]]})
     monkeypatch.setitem(sys.modules, "openpyxl", None)  # import openpyxl -> ImportError
@@ -579,3 +593,28 @@ def test_cli_reports_a_full_disk_and_keeps_the_old_file(tmp_path, capsys, monkey
     assert main(["convert", "konvid", "--root", str(tmp_path), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"vqrl convert: error: cannot write {out}: no space left on device"
     assert out.read_text() == "[]\n" and not (tmp_path / "konvid.json.tmp").exists()
+
+
+def test_cli_counts_clipped_scores_and_keeps_text_readable(tmp_path, capsys):
+    """A score outside the dataset's nominal range is clipped to [1,5] and counted in the summary; prompts in other
+    scripts stay readable in the written file (not \\u escapes), in JSON and JSONL alike."""
+    from vqrl.cli import main
+
+    (tmp_path / "data.csv").write_text("name,prompt,mos_quality,std_quality,mos_align,std_align\n"
+                                       "a.jpg,café crème,5.2,0.5,4.0,0.6\nb.jpg,猫,2.0,0.5,4.0,0.6\n",
+                                       encoding="utf-8")
+    touch(tmp_path, "AGIQA-3K/a.jpg", "AGIQA-3K/b.jpg")
+    for name in ("agiqa.json", "agiqa.jsonl"):
+        out = tmp_path / name
+        assert main(["convert", "agiqa-3k", "--root", str(tmp_path), "--out", str(out)]) == 0
+        assert capsys.readouterr().out.strip().endswith("; 1 clipped to [1,5])")
+        text = out.read_text(encoding="utf-8")
+        assert "café crème" in text and "猫" in text
+
+
+def test_a_failed_write_names_the_reason_once(tmp_path):
+    (tmp_path / "taken").write_text("a file where a folder is needed")
+    out = tmp_path / "taken" / "x.json"
+    with pytest.raises(C.ConversionError) as info:
+        C.write_records([{"image": "a.jpg"}], out)
+    assert str(info.value) in (f"cannot write {out}: File exists", f"cannot write {out}: Not a directory")

@@ -638,6 +638,46 @@ def test_a_processor_that_states_no_pixel_floor_gets_qwens(tokenizer):
     assert (bare.min_pixels, bare.video_min_pixels) == (qwen.min_pixels, qwen.video_min_pixels) == (56 * 56, 56 * 56)
 
 
+def test_problems_are_listed_in_file_order_each_files_own_first(tmp_path):
+    """The problem list follows the order of the data files; within one, what concerns the whole file comes first,
+    then its records by index (not the order the checks happened to find them in)."""
+    from vqrl.data.dataset import load_records
+
+    save_image(tmp_path / "x.jpg", (64, 64))
+    good = {"image": "x.jpg", "solution": 3, "type": "scoring_image"}
+    (tmp_path / "a.json").write_text(json.dumps([good, {"solution": 2, "type": "scoring_image"}]) + " [1]")
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"image": "x.jpg", "solution": 9, "type": "scoring_image"}, good,
+        {"image": "nope.jpg", "solution": 2, "type": "scoring_image"}]))
+    files = [str(tmp_path / "b.jsonl"), str(tmp_path / "a.json")]
+    records, problems, _ = load_records(DataConfig(files=files, image_root=str(tmp_path), decode=False))
+    assert [(os.path.basename(p.file), p.index) for p in problems] == [("b.jsonl", 0), ("b.jsonl", 2),
+                                                                        ("a.json", None), ("a.json", 1)]
+    assert "content after the closing ']'" in problems[2].reason and len(records) == 2
+
+
+def test_image_and_video_records_are_found_under_their_own_roots(tmp_path):
+    from vqrl.data.checks import media_reasons
+
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "clips").mkdir()
+    save_image(tmp_path / "pics" / "x.jpg", (64, 64))
+    shutil.copy(VIDEOS[0], tmp_path / "clips" / "v.mp4")
+    image = {"image": "x.jpg", "solution": 3, "type": "scoring_image"}
+    video = {"video": "v.mp4", "solution": 3, "type": "scoring_video"}
+    roots = (str(tmp_path / "pics"), str(tmp_path / "clips"))
+    assert media_reasons(image, *roots) == ([], 0) and media_reasons(video, *roots) == ([], 0)
+    (reason,), _ = media_reasons(video, roots[1], roots[0])  # roots swapped: named, not guessed
+    assert reason.startswith("unreadable video " + os.path.join(roots[0], "v.mp4"))
+
+
+def test_frames_of_a_video_with_no_known_frame_rate_are_still_chosen():
+    """A stream that reports 0 fps (unknown) is sampled as if one frame were one second, not divided by zero."""
+    spec = VisionSpec(video_fps=2.0, video_min_frames=4, video_max_frames=16)
+    assert video_frame_indices(10, 0.0, spec) == np.linspace(0, 9, 10).round().astype(int).tolist()
+    assert video_frame_indices(10, 5.0, spec) == [0, 3, 6, 9]  # 2 s at 2 fps, raised to the 4-frame floor
+
+
 # ------------------------------------------------------------------------------------- nothing silently wrong (#20)
 
 

@@ -126,6 +126,33 @@ def test_eval_generation_never_produces_an_image_or_video_token(tiny_model_dir, 
     assert not {t for c in out for t in c} & set(vision)
 
 
+def test_greedy_generation_returns_the_completion_from_its_first_token(tiny_model_dir):
+    """generate's completions are exactly the tokens after the prompt, from the first (a hand-rolled greedy decode
+    with the same suppressed tokens), up to the end-of-text token."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vqrl.eval.inference import generate
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")
+    tok = processor.tokenizer
+    prompts = [tok.encode(text, add_special_tokens=False) for text in ("Rate the photo.", "Score: 4 or 5?")]
+    got = generate(model, processor, prompts, [{}, {}], 5, do_sample=False)
+    suppressed = [model.config.image_token_id, model.config.video_token_id]
+    for prompt, completion in zip(prompts, got, strict=True):
+        seq, expected = list(prompt), []
+        for _ in range(5):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([seq])).logits[0, -1]
+            logits[suppressed] = -float("inf")
+            nxt = int(logits.argmax())
+            if nxt == tok.eos_token_id:
+                break
+            expected.append(nxt)
+            seq.append(nxt)
+        assert completion == expected
+
+
 def test_sample_mode_is_the_mean_of_the_k_scores_that_parse(tiny_model_dir, tmp_path, scripted_generate):
     calls, script = scripted_generate
     data = write_records(tmp_path / "d.json", images(tmp_path, 3))
