@@ -457,3 +457,60 @@ def test_any_cut_of_the_predictions_file_reads_as_whole_original_rows(tmp_path_f
     store.rewrite(path, list(got.values()))
     store.append(path, [r for r in rows if r["sample_id"] not in got])
     assert store.read(path) == (originals, 0)
+
+
+# ------------------------------------------------------------------------------------------------------------ summary
+
+
+def _prediction(sample_id, dataset, mos, prediction="", error=""):
+    return {"sample_id": sample_id, "dataset": dataset, "path": f"{sample_id}.jpg", "mos": mos,
+            "prediction": prediction, "completion": "", "error": error}
+
+
+def test_summary_counts_scored_unreadable_and_skipped_per_dataset_and_overall(tmp_path):
+    from collections import Counter
+
+    pred_path = str(tmp_path / "predictions.csv")
+    store.append(pred_path, [
+        _prediction("a1", "a", 1.0, "1.500000"), _prediction("a2", "a", 3.0, "2.500000"),
+        _prediction("a3", "a", 4.0, "3.900000"), _prediction("a4", "a", 2.0, error="unreadable image"),
+        _prediction("b1", "b", 2.0, ""), _prediction("b2", "b", 4.0, "4.000000"), _prediction("b3", "b", 5.0, "4.5"),
+    ])
+    metrics = eval_run.summarize(pred_path, str(tmp_path), quiet=True, skipped=Counter({"a": 2, "c": 1}))
+    assert set(metrics) == {"a", "b", "c", "overall"}  # c: every record skipped, still reported
+    counts = {name: (m["n"], m["n_unreadable"], m["n_skipped"]) for name, m in metrics.items()}
+    assert counts == {"a": (3, 1, 2), "b": (3, 0, 0), "c": (0, 0, 1), "overall": (6, 1, 3)}
+    assert metrics["b"]["parse_fail_rate"] == pytest.approx(1 / 3) and metrics["a"]["srcc"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    for name in ("a", "b", "c", "overall"):
+        assert (tmp_path / f"scatter_{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scatter_is_drawn_whatever_backend_the_machine_configures(tmp_path):
+    """An MPLBACKEND or matplotlibrc naming a backend that cannot start (no display) does not stop the summary."""
+    import subprocess
+    import sys
+
+    (tmp_path / "gui_backend.py").write_text('raise ImportError("this backend needs a display")\n')
+    env = {**os.environ, "MPLBACKEND": "module://gui_backend",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys; from vqrl.eval.run import scatter; "
+            "scatter([{'mos': '2.0', 'prediction': '2.5'}, {'mos': '4', 'prediction': ''}], 't', sys.argv[1])")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.png")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_data_file_whose_every_image_is_unreadable_is_a_setup_error(tiny_model_dir, tmp_path, monkeypatch):
+    """Even when the other files' records make the bad ones a minority, one file with no readable record means a
+    wrong root or a wrong file, not a few bad samples: refused before the model loads."""
+    bad = images(tmp_path, 2)
+    for i, r in enumerate(bad):
+        (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8\xff junk")
+        r["image"] = str(tmp_path / f"{i}.jpg")
+    good = images(tmp_path, 3)
+    monkeypatch.setattr(eval_run, "_evaluate_hf", lambda *a: pytest.fail("the model must not load"))
+    files = [write_records(tmp_path / "bad.json", bad), write_records(tmp_path / "good.json", good)]
+    with pytest.raises(EvalError, match=r"setup looks wrong, not a few bad files: no usable record in .*bad.json"):
+        eval_run.evaluate(_args(tiny_model_dir, files, tmp_path / "out", mode="expected", no_think=True))
