@@ -347,6 +347,20 @@ def test_every_image_unreadable_is_a_setup_error_before_the_model_loads(tiny_mod
                                 mode="expected", no_think=True))
 
 
+def test_the_smallest_settings_are_accepted_and_the_model_is_required(tiny_model_dir, tmp_path):
+    from vqrl.eval.settings import apply_model_settings, check_args
+
+    args = _args(tiny_model_dir, ["d.json"], tmp_path, batch_size=1, num_samples=1, max_new_tokens=1)
+    apply_model_settings(args)
+    check_args(args)
+    parser = argparse.ArgumentParser()
+    eval_run.add_arguments(parser)
+    assert parser.parse_args(["--model", "m", "--data", "d.json", "--out", "o"]).model == "m"
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--data", "d.json", "--out", "o"])
+    assert exited.value.code == 2
+
+
 @pytest.mark.parametrize("flags, message", [
     (dict(video_max_frames=0), "--video_max_frames must be at least 2, got 0"),
     (dict(num_samples=0), "--num_samples must be at least 1"),
