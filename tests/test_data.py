@@ -626,6 +626,26 @@ def test_media_sized_by_the_processor_spec_is_not_resized_again(tokenizer, arch)
     assert video_tokens(frames.shape[0], meta["height"], meta["width"], spec) == grid[0] * grid[1] * grid[2] // 4
 
 
+def test_pixel_budgets_reach_the_image_and_the_video_processor(tokenizer):
+    """--min_pixels/--max_pixels set both processors; --video_max_pixels only the video one; unset keeps them; an
+    image-only processor is fine. What the processors hold is what media sizing (VisionSpec) then follows."""
+    from types import SimpleNamespace
+
+    from vqrl.models.tiny import build_processor
+    from vqrl.modeling.vision import set_pixel_budgets
+
+    proc = build_processor("qwen2_5_vl", tokenizer)
+    set_pixel_budgets(proc, min_pixels=8 * 28 * 28, max_pixels=64 * 28 * 28)
+    set_pixel_budgets(proc, video_max_pixels=32 * 28 * 28)
+    set_pixel_budgets(proc)
+    spec = VisionSpec.for_processor(proc)
+    assert (spec.min_pixels, spec.max_pixels) == (8 * 28 * 28, 64 * 28 * 28)
+    assert (spec.video_min_pixels, spec.video_max_pixels) == (8 * 28 * 28, 32 * 28 * 28)
+    image_only = SimpleNamespace(image_processor=SimpleNamespace(size={}))
+    set_pixel_budgets(image_only, max_pixels=100)
+    assert image_only.image_processor.size == {"longest_edge": 100}
+
+
 def test_a_processor_that_states_no_pixel_floor_gets_qwens(tokenizer):
     """VisionSpec's own floors (used where a processor's config names none) are the Qwen2/2.5-VL processors':
     56×56 pixels for an image and for each video frame, so a tiny image or frame is brought up as Qwen's would be."""
