@@ -353,6 +353,20 @@ def test_shaping_slices_groups_that_straddle_processes(tiny_model_dir, tmp_path,
                                                                            abs=1e-6)
 
 
+def test_shaping_in_evaluation_uses_the_eval_group_size(tiny_model_dir, tmp_path):
+    trainer = _refine(tiny_model_dir, tmp_path, IMAGES[:2], num_generations=4, num_generations_eval=2,
+                      per_device_train_batch_size=8, pd_advantage_shaping="true")
+    totals = [0.0, 2.0, 1.0, 0.0, 1.0, 1.0, 0.0, 3.0]
+    per_func = torch.zeros(len(totals), len(trainer.reward_funcs))
+    per_func[:, 0] = torch.tensor(totals)
+    trainer._gathered_rewards = per_func
+    for training, group in ((True, 4), (False, 2)):
+        trainer.model.train(training)
+        assert trainer._seed_advantages_local(8).tolist() == pytest.approx(
+            seed_advantages_reference(totals, group), abs=1e-6)
+    assert seed_advantages_reference(totals, 4) != pytest.approx(seed_advantages_reference(totals, 2), abs=1e-3)
+
+
 # ---------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("flags, message", [

@@ -122,6 +122,20 @@ def test_rewards_see_the_solution_of_their_own_prompt(tiny_model_dir, tmp_path, 
     assert step_means and all(1.25 <= m <= 4.9 for m in step_means)
 
 
+def test_rewards_get_the_group_size_of_the_mode_they_score(tiny_model_dir, tmp_path):
+    """Ranking rewards need the group size: G in training, num_generations_eval in evaluation."""
+    data = write_records(tmp_path / "d.json", IMAGE_RECORDS)
+    trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:group_size"],
+                           num_generations=4, num_generations_eval=2, per_device_train_batch_size=4)
+    prompts = [[{"role": "user", "content": "Rate it."}]] * 4
+    completions = [[{"role": "assistant", "content": "<answer>3</answer>"}]] * 4
+    for training, group in ((True, 4.0), (False, 2.0)):
+        trainer.model.train(training)
+        rewards = trainer._calculate_rewards(inputs=[{"solution": 3.0}] * 4, prompts=prompts,
+                                             completions=completions, completion_ids_list=[[5]] * 4)
+        assert rewards[:, 0].tolist() == [group] * 4
+
+
 def test_completions_are_cut_before_vision_tokens(tiny_model_dir, tmp_path):
     """Vision special tokens are not suppressed in sampling (the loss scores the whole vocabulary); a completion
     that holds one ends just before it, its sampling log-probs with it; the cut fraction is logged."""

@@ -82,6 +82,17 @@ def test_missing_attribute_is_an_error_not_a_default():
         trl_seam.check_trainer(trainer)
 
 
+def test_a_trainer_checks_trls_attributes_once_built(monkeypatch, tiny_model_dir, tmp_path):
+    from trainer_utils import make_trainer, write_records
+
+    data = write_records(tmp_path / "d.json", [{"image": "images/chelsea.jpg", "solution": 4.0,
+                                                 "type": "scoring_image"}])
+    monkeypatch.setattr(trl_seam, "ATTRIBUTES", trl_seam.ATTRIBUTES + ("_a_later_trl_dropped",))
+    with pytest.raises(trl_seam.SeamError, match=r"GRPOTrainer\._a_later_trl_dropped is not set after "
+                                                 r"GRPOTrainer.__init__"):
+        make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["format"])
+
+
 def test_hf_generation_settings_are_required_only_without_vllm():
     """TRL sets generation_kwargs / generation_config only for HF generation: a vLLM trainer has none."""
     trainer = SimpleNamespace(**{name: 0 for name in trl_seam.ATTRIBUTES})
