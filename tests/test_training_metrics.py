@@ -137,3 +137,48 @@ def test_curves_are_written_whatever_backend_the_machine_configures(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class FakeCuda:
+    """torch.cuda as ResourceLogger uses it, on a machine without a GPU: 1.5 GiB allocated at peak, 2 reserved."""
+
+    def __init__(self, initialized=True):
+        self.initialized, self.resets = initialized, 0
+
+    def is_available(self):
+        return True
+
+    def is_initialized(self):
+        return self.initialized
+
+    def current_device(self):
+        return 3
+
+    def max_memory_allocated(self):
+        return int(1.5 * 2**30)
+
+    def max_memory_reserved(self):
+        return 2 * 2**30
+
+    def reset_peak_memory_stats(self):
+        self.resets += 1
+
+
+def test_gpu_rows_carry_each_steps_peak_memory(tmp_path, monkeypatch):
+    """On a GPU each row has the step's peak memory, and the peak is reset so the next row is that step's own; a
+    process that never touched CUDA writes no made-up figure."""
+    for initialized in (True, False):
+        cuda = FakeCuda(initialized)
+        monkeypatch.setattr(M, "torch", SimpleNamespace(cuda=cuda))
+        out = tmp_path / str(initialized)
+        out.mkdir()
+        logger, args = ResourceLogger(str(out)), SimpleNamespace(process_index=0)
+        for step in (1, 2):
+            logger.on_step_begin(args, SimpleNamespace(global_step=step - 1), None)
+            logger.on_step_end(args, SimpleNamespace(global_step=step), None)
+        rows = _rows(out / "resources_rank0.jsonl")
+        if initialized:
+            assert [(r["gpu"], r["peak_allocated_gb"], r["peak_reserved_gb"]) for r in rows] == [(3, 1.5, 2.0)] * 2
+            assert cuda.resets == 2
+        else:
+            assert not any("gpu" in r for r in rows) and cuda.resets == 0

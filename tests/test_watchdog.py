@@ -632,3 +632,51 @@ def test_reaping_a_dead_leader_gives_its_exit_code(tmp_path):
     os.waitid(os.P_PID, dog.proc.pid, os.WEXITED | os.WNOWAIT)  # dead, and left a zombie
     assert dog.proc.returncode is None
     assert dog._reap() and dog.proc.returncode == 3
+
+
+def test_inprocess_a_restart_says_how_it_resumes(tmp_path):
+    crash = _child(tmp_path, "sys.exit(5)\n")
+    code, _, err = watch(tmp_path / "run", ["--max_restarts", "1"], crash)
+    assert code == 1 and "restarts within 600 s; --resume auto, VQRL_RESUME=auto)" in err
+    code, _, err = watch(tmp_path / "run2", ["--max_restarts", "1", "--no_resume_arg"], crash)
+    assert code == 1 and "restarts within 600 s; resume via env, VQRL_RESUME=auto)" in err
+
+
+class FlushRecorder(io.StringIO):
+    """A stderr that remembers what had been flushed (a redirected stderr is block-buffered)."""
+
+    flushed = ""
+
+    def flush(self):
+        self.flushed = self.getvalue()
+
+
+def test_each_line_reaches_stderr_at_once_even_when_the_log_cannot_be_written(tmp_path):
+    """The watchdog's own lines are flushed as they are printed (a `tail -f` of a redirected log sees them), and an
+    event log it cannot append to is said on stderr, not raised."""
+    out = tmp_path / "run"
+    (out / "watchdog.jsonl").mkdir(parents=True)  # cannot be appended to
+    opts = build_parser().parse_args(["--output_dir", str(out), *FAST])
+    err = FlushRecorder()
+    Watchdog(opts, ["true"], stderr=err).event("start", "started")
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 2 and "cannot append to" in lines[0] and lines[1].endswith("attempt 0: started")
+    assert err.flushed == err.getvalue()
+
+
+def test_a_watchdog_run_from_another_thread_polls_without_signal_handlers(tmp_path):
+    """Signal handlers can only be set in the main thread: from another one the watchdog still supervises the run
+    (by polling) and ends normally."""
+    opts = build_parser().parse_args(["--output_dir", str(tmp_path / "run"), *FAST])
+    cmd = _child(tmp_path, 'hb.beat(1, "train")\n')
+    result = {}
+
+    def target():
+        with _environ(_env()):
+            result["code"] = Watchdog(opts, cmd, stderr=io.StringIO()).run()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(30)
+    assert result == {"code": 0}
+    assert [e["event"] for e in events(tmp_path / "run")][-1] == "done"
