@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -680,3 +681,24 @@ def test_a_watchdog_run_from_another_thread_polls_without_signal_handlers(tmp_pa
     thread.join(30)
     assert result == {"code": 0}
     assert [e["event"] for e in events(tmp_path / "run")][-1] == "done"
+
+
+def test_sigkill_is_repeated_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch):
+    """A process that takes a while to go after SIGKILL (in the kernel, flushing to a slow disk) is signalled again
+    every 50 ms until it is gone: the watchdog does not spin a core of the node it shares with the run."""
+    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, "--grace", "0.1"])
+    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog.proc = SimpleNamespace(pid=4242, returncode=-signal.SIGKILL)
+    dog._rfd, dog._wfd = os.pipe()
+    gone_at = time.monotonic() + 0.5
+    sent = []
+    monkeypatch.setattr(dog, "_track_descendants", lambda: None)
+    monkeypatch.setattr(dog, "_survivors", lambda pgid: [4242] if time.monotonic() < gone_at else [])
+    monkeypatch.setattr(dog, "_signal_run", lambda pgid, sig: sent.append(sig))
+    try:
+        assert dog.stop_run("test") is True
+    finally:
+        os.close(dog._rfd)
+        os.close(dog._wfd)
+    assert sent[:2] == [signal.SIGTERM, signal.SIGCONT]
+    assert 3 <= sent.count(signal.SIGKILL) <= 20  # ~0.4 s of SIGKILL rounds, 50 ms apart
