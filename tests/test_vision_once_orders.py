@@ -14,8 +14,8 @@ import torch
 import trl.trainer.grpo_trainer as trl_grpo
 
 from trainer_utils import make_trainer, write_records
-from vqrl.trainers import vision as V
-from vqrl.trainers import vision_once
+from vqrl.modeling import vision as V
+from vqrl.modeling import vision_once
 
 G = 2
 RECORDS = [
