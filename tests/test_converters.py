@@ -244,6 +244,27 @@ def test_agiqa3k_media_folder_is_the_one_holding_the_images(tmp_path):
     assert rec["image"] == "images/sd1.5_highcorr_012.jpg" and rec["solution"] == pytest.approx(4.36)
 
 
+def test_labels_convert_before_the_media_are_unpacked(tmp_path):
+    """No media folder yet: paths name the dataset's usual folder (SPAQ's TestImage/), so they are right once it is
+    unpacked, and the missing files are listed."""
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [
+        ["Image name", "MOS"], ["00001.jpg", 50]]})
+    (rec,) = C.convert("spaq", tmp_path)
+    assert rec["image"] == "TestImage/00001.jpg"
+    assert C.missing_media([rec], tmp_path) == ["TestImage/00001.jpg"]
+    (tmp_path / "TestImages").mkdir()  # the folder is there (its other spelling), the images not yet
+    (rec,) = C.convert("spaq", tmp_path)
+    assert rec["image"] == "TestImages/00001.jpg"
+
+
+def test_agiqa3k_a_blank_alignment_mos_is_none_not_an_error(tmp_path):
+    (tmp_path / "data.csv").write_text("name,prompt,mos_quality,std_quality,mos_align,std_align\n"
+                                       "a.jpg,a cat,4.2,0.51, ,\n")
+    touch(tmp_path, "AGIQA-3K/a.jpg")
+    (rec,) = C.convert("agiqa-3k", tmp_path)
+    assert rec["meta"].get("mos_align") is None and rec["solution"] == pytest.approx(4.36)
+
+
 # ------------------------------------------------------------------------------------------------------------ PIPAL
 
 
