@@ -639,3 +639,14 @@ def test_a_failed_write_names_the_reason_once(tmp_path):
     with pytest.raises(C.ConversionError) as info:
         C.write_records([{"image": "a.jpg"}], out)
     assert str(info.value) in (f"cannot write {out}: File exists", f"cannot write {out}: Not a directory")
+
+
+def test_a_bad_out_is_refused_before_anything_is_read(tmp_path, capsys):
+    """--out naming a folder is the first error, before the labels are looked for (no conversion is wasted)."""
+    from vqrl.cli import main
+
+    (tmp_path / "out").mkdir()
+    assert main(["convert", "kadid", "--root", str(tmp_path / "no_labels_here"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"vqrl convert: error: --out {tmp_path / 'out'} is not a regular file (a device, pipe or folder): " \
+                  "give a file path"
