@@ -658,6 +658,16 @@ def test_a_processor_that_states_no_pixel_floor_gets_qwens(tokenizer):
     assert (bare.min_pixels, bare.video_min_pixels) == (qwen.min_pixels, qwen.video_min_pixels) == (56 * 56, 56 * 56)
 
 
+def test_a_records_media_kind_is_its_types_else_its_media_keys():
+    from vqrl.data.records import record_media_kind
+
+    assert record_media_kind({"type": "scoring_video", "image": "x.jpg"}) == "video"  # the type decides
+    assert record_media_kind({"type": "choice_image", "image": "x.jpg"}) == "image"
+    assert record_media_kind({"image": "x.jpg"}) == "image"  # no type (a record to be reported): by its keys
+    assert record_media_kind({"type": "nonsense", "video": "v.mp4"}) == "video"
+    assert record_media_kind({"type": ["scoring_image"]}) is None and record_media_kind({}) is None
+
+
 def test_problems_are_listed_in_file_order_each_files_own_first(tmp_path):
     """The problem list follows the order of the data files; within one, what concerns the whole file comes first,
     then its records by index (not the order the checks happened to find them in)."""

@@ -481,7 +481,7 @@ def _prediction(sample_id, dataset, mos, prediction="", error=""):
             "prediction": prediction, "completion": "", "error": error}
 
 
-def test_summary_counts_scored_unreadable_and_skipped_per_dataset_and_overall(tmp_path):
+def test_summary_counts_scored_unreadable_and_skipped_per_dataset_and_overall(tmp_path, capsys):
     from collections import Counter
 
     pred_path = str(tmp_path / "predictions.csv")
@@ -491,6 +491,7 @@ def test_summary_counts_scored_unreadable_and_skipped_per_dataset_and_overall(tm
         _prediction("b1", "b", 2.0, ""), _prediction("b2", "b", 4.0, "4.000000"), _prediction("b3", "b", 5.0, "4.5"),
     ])
     metrics = eval_run.summarize(pred_path, str(tmp_path), quiet=True, skipped=Counter({"a": 2, "c": 1}))
+    assert capsys.readouterr().out == ""  # quiet: no table
     assert set(metrics) == {"a", "b", "c", "overall"}  # c: every record skipped, still reported
     counts = {name: (m["n"], m["n_unreadable"], m["n_skipped"]) for name, m in metrics.items()}
     assert counts == {"a": (3, 1, 2), "b": (3, 0, 0), "c": (0, 0, 1), "overall": (6, 1, 3)}
@@ -498,6 +499,21 @@ def test_summary_counts_scored_unreadable_and_skipped_per_dataset_and_overall(tm
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     for name in ("a", "b", "c", "overall"):
         assert (tmp_path / f"scatter_{name}.png").read_bytes()[:4] == b"\x89PNG"
+    eval_run.summarize(pred_path, str(tmp_path), skipped=Counter({"a": 2, "c": 1}))
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["dataset", "n", "srcc", "plcc", "krcc", "rmse", "parse_fail_rate", "n_unreadable",
+                                "n_skipped"]
+    assert [line.split()[0] for line in table[1:]] == ["a", "b", "c", "overall"]
+    assert table[1].split()[1:3] == ["3", "1.0"] and table[1].split()[-2:] == ["1", "2"]
+
+
+def test_records_of_other_tasks_are_counted_and_skipped_not_the_rest_of_their_file(tmp_path):
+    from vqrl.eval.records import read_eval_data
+
+    recs = images(tmp_path, 3)
+    recs.insert(1, {"image": recs[0]["image"], "type": "choice_image", "solution": "A", "options": ["A. x", "B. y"]})
+    data = read_eval_data([write_records(tmp_path / "d.json", recs)], None, None)
+    assert data.ignored == 1 and [r["_index"] for r in data.records] == [0, 2, 3]
 
 
 def test_scatter_is_drawn_whatever_backend_the_machine_configures(tmp_path):
