@@ -318,7 +318,7 @@ def test_an_unreadable_image_costs_its_record_on_every_run(tiny_model_dir, tmp_p
     assert all(rows[k]["prediction"] and not rows[k]["error"] for k in ("d:0", "d:2", "d:3"))
 
 
-def test_a_file_that_fails_during_inference_costs_its_record(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_file_that_fails_during_inference_costs_its_record(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from vqrl.data.dataset import MediaLoader
 
     recs = images(tmp_path, 4)
@@ -334,6 +334,27 @@ def test_a_file_that_fails_during_inference_costs_its_record(tiny_model_dir, tmp
     metrics = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
     assert metrics["d"]["n"] == 3 and metrics["d"]["n_unreadable"] == 1
     assert rows_of(tmp_path / "out")[2]["error"] == "unreadable media: OSError: Input/output error"
+    err = capsys.readouterr().err
+    assert "d.json:2: unreadable media: OSError: Input/output error" in err
+    assert "1 record(s) could not be read during evaluation; they are counted as n_unreadable" in err
+
+
+def test_the_eval_command_exits_0_on_success_and_2_with_one_line_on_a_user_error(tmp_path, monkeypatch, capsys):
+    args = argparse.Namespace(out=str(tmp_path))
+    monkeypatch.setattr(eval_run, "evaluate", lambda a: {})
+    assert eval_run.run(args) == 0
+
+    def refuse(a):
+        raise EvalError("--model m: no such folder")
+
+    monkeypatch.setattr(eval_run, "evaluate", refuse)
+    assert eval_run.run(args) == 2 and capsys.readouterr().err == "vqrl eval: error: --model m: no such folder\n"
+
+    def full(a):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "predictions.csv"))
+
+    monkeypatch.setattr(eval_run, "evaluate", full)
+    assert eval_run.run(args) == 2 and "no space left on device" in capsys.readouterr().err.lower()
 
 
 def test_every_image_unreadable_is_a_setup_error_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
