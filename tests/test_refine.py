@@ -404,3 +404,24 @@ def test_forward_calls_do_not_depend_on_the_data(tiny_model_dir, tmp_path):
                           per_device_train_batch_size=6, num_generations=3, beta=0.04)
         counts.append(_count_forward_calls(trainer))
     assert counts[0] == counts[1] == counts[2] > 0
+
+
+def test_teacher_forcing_gives_each_targets_logits_rows_when_asked(tiny_model_dir):
+    """return_logits: the full-vocabulary row of every target token (its softmax gives the probability returned),
+    an empty row block for an empty target, also when every target is empty."""
+    from transformers import AutoModelForImageTextToText
+
+    from vqrl.modeling.teacher_forcing import teacher_forced_probs
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    vocab = model.lm_head.out_features
+    prefixes, targets = [[11, 12, 13], [21, 22]], [[31, 32], []]
+    probs, rows = teacher_forced_probs(model, prefixes, targets, [{}, {}], 0, return_logits=True)
+    assert [r.shape for r in rows] == [(2, vocab), (0, vocab)] and probs[1].numel() == 0
+    for k, token in enumerate(targets[0]):
+        with torch.no_grad():
+            direct = model(input_ids=torch.tensor([prefixes[0] + targets[0][:k]])).logits[0, -1]
+        assert torch.allclose(rows[0][k], direct, atol=1e-4)
+        assert float(probs[0][k]) == pytest.approx(float(rows[0][k].softmax(-1)[token]), rel=1e-5)
+    probs, rows = teacher_forced_probs(model, prefixes, [[], []], [{}, {}], 0, return_logits=True)
+    assert [r.shape for r in rows] == [(0, vocab)] * 2 and all(p.numel() == 0 for p in probs)

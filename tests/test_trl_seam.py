@@ -73,6 +73,14 @@ def test_start_up_refuses_a_changed_hook_before_any_model_loads(monkeypatch, tmp
     assert "GRPOTrainer._compute_loss changed: it is now (self, model, inputs, extra=None)" in err
 
 
+def test_the_seam_tables_cannot_be_changed_by_accident():
+    import dataclasses
+
+    for entry in (*trl_seam.HOOKS, *trl_seam.FUNCTIONS):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            entry.library = "somewhere else"
+
+
 def test_missing_attribute_is_an_error_not_a_default():
     names = trl_seam.ATTRIBUTES + trl_seam.HF_GENERATION_ATTRIBUTES
     trainer = SimpleNamespace(**{name: 0 for name in names if name != "_entropy_bonus_enabled"})
