@@ -112,6 +112,16 @@ def test_hf_generation_settings_are_required_only_without_vllm():
         trl_seam.check_trainer(trainer)
 
 
+def test_a_colocated_vllm_engine_is_required_of_trls_vllm_generation():
+    trainer = SimpleNamespace(**{name: 0 for name in trl_seam.ATTRIBUTES})
+    trainer.use_vllm, trainer.vllm_mode = True, "colocate"
+    trainer.vllm_generation = SimpleNamespace(generation_kwargs={})  # no llm
+    with pytest.raises(trl_seam.SeamError, match=r"GRPOTrainer\.vllm_generation\.llm is not set"):
+        trl_seam.check_trainer(trainer)
+    trainer.vllm_mode = "server"  # server mode has no engine in the process
+    trl_seam.check_trainer(trainer)
+
+
 def test_every_private_override_is_listed():
     """A trainer that overrides another private TRL/transformers method must add it to trl_seam.HOOKS."""
     from vqrl.trainers import get_trainer
