@@ -702,3 +702,14 @@ def test_sigkill_is_repeated_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch)
         os.close(dog._wfd)
     assert sent[:2] == [signal.SIGTERM, signal.SIGCONT]
     assert 3 <= sent.count(signal.SIGKILL) <= 20  # ~0.4 s of SIGKILL rounds, 50 ms apart
+
+
+def test_zero_restarts_and_no_same_step_limit_are_allowed_a_zero_poll_is_not(tmp_path, capsys):
+    from vqrl.watchdog import main
+
+    with deadline(8.0), _environ(_env()):
+        assert main(["--output_dir", str(tmp_path / "run"), *FAST, "--max_restarts", "0", "--same_step_limit", "0",
+                     "--", sys.executable, "-c", "pass"]) == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["--output_dir", str(tmp_path / "run2"), "--poll", "0", "--", "true"])
+    assert exited.value.code == 2 and "--poll must be > 0" in capsys.readouterr().err
