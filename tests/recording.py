@@ -21,3 +21,8 @@ def record_batch(completions, solution, sample_id, prompts, trainer_state=None, 
 def length_reward(completions, **kwargs):
     """Varies across a group, so advantages are non-zero and the policy loss has a gradient."""
     return [float(len(c if isinstance(c, str) else c[0]["content"]) % 7) for c in completions]
+
+
+def group_size(completions, num_generations, **kwargs):
+    """Reward = the group size the trainer passed along (ranking rewards need it)."""
+    return [float(n) for n in num_generations]

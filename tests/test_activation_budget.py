@@ -104,3 +104,19 @@ def test_auto_keeps_nothing_without_room(gpu):
     budget.on_step_end(None, None, None)
     budget.on_step_end(None, None, None)
     assert budget.kept == 0 and all(layer.gradient_checkpointing for layer in model.layers)
+
+
+def test_a_single_process_agrees_with_itself():
+    """Without a process group there is no one to agree with: the choice stands (and no collective is called)."""
+    assert not torch.distributed.is_initialized()
+    assert AB.agree(5) == 5 and AB.agree(0) == 0
+
+
+def test_agreeing_in_a_process_group_runs_on_the_backends_device(tmp_path):
+    """In a process group the value goes through all_reduce on the device its backend uses: the CPU for gloo (here,
+    one process), the current GPU for NCCL. (The MIN over several ranks is not tested on this machine.)"""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert AB.agree(3) == 3
+    finally:
+        torch.distributed.destroy_process_group()

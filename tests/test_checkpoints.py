@@ -60,6 +60,7 @@ def test_resume_none_starts_afresh_even_with_checkpoints(tmp_path, word):
 @pytest.mark.parametrize("word", ["auto", "true", "True"])
 def test_resume_auto(tmp_path, word):
     assert C.resolve_resume(word, str(tmp_path / "fresh")) is None  # a fresh run: nothing to resume
+    assert C.complete_checkpoints(str(tmp_path / "fresh")) == [] and C.clean_partial(str(tmp_path / "fresh")) == []
     _complete(tmp_path, 3)
     assert C.resolve_resume(word, str(tmp_path)) == str(tmp_path / "checkpoint-3")
 
@@ -75,6 +76,28 @@ def test_resume_path(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileNotFoundError, match="not a folder"):
         C.resolve_resume(str(tmp_path / "file"), str(tmp_path))
+
+
+def test_every_file_is_on_disk_before_the_rename_makes_the_checkpoint_visible(tmp_path, monkeypatch):
+    """fsync sees each file whole (the marker's JSON flushed out of Python's buffer first), and all before the
+    rename: a power cut after it cannot expose an empty marker or zero-filled weights."""
+    synced, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_size)
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append(("replace", os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(C.os, "fsync", fsync)
+    monkeypatch.setattr(C.os, "replace", replace)
+    _complete(tmp_path, 4)
+    marker_size = len((tmp_path / "checkpoint-4" / C.MARKER).read_bytes())
+    assert synced[0] == marker_size > 0  # the marker, written out before its fsync
+    assert synced[-1] == ("replace", "checkpoint-4") and len(synced) == 1 + 3 + 1  # the tree: marker + 2 files
+    assert all(isinstance(size, int) and size > 0 for size in synced[:-1])
 
 
 def test_marker_step_is_none_for_a_missing_or_garbled_marker(tmp_path):

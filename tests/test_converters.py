@@ -125,6 +125,20 @@ def test_spaq_xlsx(tmp_path):
     assert_valid(recs, tmp_path)
 
 
+def test_spaq_xlsx_rows_of_text_cells_are_records_and_blank_rows_are_padding(tmp_path):
+    """Spreadsheets store numbers as text at times: a row whose every cell is text is still a record; a row of
+    empty or blank cells is padding."""
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [
+        ["Image name", "MOS"],
+        ["00001.jpg", "50"],
+        ["", "  "],
+        ["00002.jpg", 75],
+    ]})
+    touch(tmp_path, "TestImage/00001.jpg", "TestImage/00002.jpg")
+    recs = C.convert("spaq", tmp_path)
+    assert [(r["image"], r["solution"]) for r in recs] == [("TestImage/00001.jpg", 3.0), ("TestImage/00002.jpg", 4.0)]
+
+
 def test_xlsx_without_openpyxl_says_how_to_install(tmp_path, monkeypatch):
     write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"S": [["Image name", "MOS"]]})
     monkeypatch.setitem(sys.modules, "openpyxl", None)  # import openpyxl -> ImportError
@@ -217,6 +231,38 @@ def test_agiqa3k(tmp_path):
     assert low["meta"]["mos_align"] == 1.6015 and low["meta"]["prompt"] == "statue of a horse, baroque"
     assert low["meta"]["rule"] == "linear [0,5]->[1,5]"
     assert_valid(recs, tmp_path)
+
+
+def test_agiqa3k_media_folder_is_the_one_holding_the_images(tmp_path):
+    """A one-row file converts, and its images are looked up where they are (images/), not in the first folder that
+    merely exists (an empty AGIQA-3K/ left by an unzip)."""
+    (tmp_path / "data.csv").write_text("name,prompt,mos_quality,std_quality,mos_align,std_align\n"
+                                       "sd1.5_highcorr_012.jpg,a cat,4.2,0.51,4.01,0.6\n")
+    (tmp_path / "AGIQA-3K").mkdir()
+    touch(tmp_path, "images/sd1.5_highcorr_012.jpg")
+    (rec,) = C.convert("agiqa-3k", tmp_path)
+    assert rec["image"] == "images/sd1.5_highcorr_012.jpg" and rec["solution"] == pytest.approx(4.36)
+
+
+def test_labels_convert_before_the_media_are_unpacked(tmp_path):
+    """No media folder yet: paths name the dataset's usual folder (SPAQ's TestImage/), so they are right once it is
+    unpacked, and the missing files are listed."""
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [
+        ["Image name", "MOS"], ["00001.jpg", 50]]})
+    (rec,) = C.convert("spaq", tmp_path)
+    assert rec["image"] == "TestImage/00001.jpg"
+    assert C.missing_media([rec], tmp_path) == ["TestImage/00001.jpg"]
+    (tmp_path / "TestImages").mkdir()  # the folder is there (its other spelling), the images not yet
+    (rec,) = C.convert("spaq", tmp_path)
+    assert rec["image"] == "TestImages/00001.jpg"
+
+
+def test_agiqa3k_a_blank_alignment_mos_is_none_not_an_error(tmp_path):
+    (tmp_path / "data.csv").write_text("name,prompt,mos_quality,std_quality,mos_align,std_align\n"
+                                       "a.jpg,a cat,4.2,0.51, ,\n")
+    touch(tmp_path, "AGIQA-3K/a.jpg")
+    (rec,) = C.convert("agiqa-3k", tmp_path)
+    assert rec["meta"].get("mos_align") is None and rec["solution"] == pytest.approx(4.36)
 
 
 # ------------------------------------------------------------------------------------------------------------ PIPAL
@@ -568,3 +614,39 @@ def test_cli_reports_a_full_disk_and_keeps_the_old_file(tmp_path, capsys, monkey
     assert main(["convert", "konvid", "--root", str(tmp_path), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"vqrl convert: error: cannot write {out}: no space left on device"
     assert out.read_text() == "[]\n" and not (tmp_path / "konvid.json.tmp").exists()
+
+
+def test_cli_counts_clipped_scores_and_keeps_text_readable(tmp_path, capsys):
+    """A score outside the dataset's nominal range is clipped to [1,5] and counted in the summary; prompts in other
+    scripts stay readable in the written file (not \\u escapes), in JSON and JSONL alike."""
+    from vqrl.cli import main
+
+    (tmp_path / "data.csv").write_text("name,prompt,mos_quality,std_quality,mos_align,std_align\n"
+                                       "a.jpg,café crème,5.2,0.5,4.0,0.6\nb.jpg,猫,2.0,0.5,4.0,0.6\n",
+                                       encoding="utf-8")
+    touch(tmp_path, "AGIQA-3K/a.jpg", "AGIQA-3K/b.jpg")
+    for name in ("agiqa.json", "agiqa.jsonl"):
+        out = tmp_path / name
+        assert main(["convert", "agiqa-3k", "--root", str(tmp_path), "--out", str(out)]) == 0
+        assert capsys.readouterr().out.strip().endswith("; 1 clipped to [1,5])")
+        text = out.read_text(encoding="utf-8")
+        assert "café crème" in text and "猫" in text
+
+
+def test_a_failed_write_names_the_reason_once(tmp_path):
+    (tmp_path / "taken").write_text("a file where a folder is needed")
+    out = tmp_path / "taken" / "x.json"
+    with pytest.raises(C.ConversionError) as info:
+        C.write_records([{"image": "a.jpg"}], out)
+    assert str(info.value) in (f"cannot write {out}: File exists", f"cannot write {out}: Not a directory")
+
+
+def test_a_bad_out_is_refused_before_anything_is_read(tmp_path, capsys):
+    """--out naming a folder is the first error, before the labels are looked for (no conversion is wasted)."""
+    from vqrl.cli import main
+
+    (tmp_path / "out").mkdir()
+    assert main(["convert", "kadid", "--root", str(tmp_path / "no_labels_here"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"vqrl convert: error: --out {tmp_path / 'out'} is not a regular file (a device, pipe or folder): " \
+                  "give a file path"

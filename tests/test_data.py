@@ -626,6 +626,88 @@ def test_media_sized_by_the_processor_spec_is_not_resized_again(tokenizer, arch)
     assert video_tokens(frames.shape[0], meta["height"], meta["width"], spec) == grid[0] * grid[1] * grid[2] // 4
 
 
+def test_pixel_budgets_reach_the_image_and_the_video_processor(tokenizer):
+    """--min_pixels/--max_pixels set both processors; --video_max_pixels only the video one; unset keeps them; an
+    image-only processor is fine. What the processors hold is what media sizing (VisionSpec) then follows."""
+    from types import SimpleNamespace
+
+    from vqrl.models.tiny import build_processor
+    from vqrl.modeling.vision import set_pixel_budgets
+
+    proc = build_processor("qwen2_5_vl", tokenizer)
+    set_pixel_budgets(proc, min_pixels=8 * 28 * 28, max_pixels=64 * 28 * 28)
+    set_pixel_budgets(proc, video_max_pixels=32 * 28 * 28)
+    set_pixel_budgets(proc)
+    spec = VisionSpec.for_processor(proc)
+    assert (spec.min_pixels, spec.max_pixels) == (8 * 28 * 28, 64 * 28 * 28)
+    assert (spec.video_min_pixels, spec.video_max_pixels) == (8 * 28 * 28, 32 * 28 * 28)
+    image_only = SimpleNamespace(image_processor=SimpleNamespace(size={}))
+    set_pixel_budgets(image_only, max_pixels=100)
+    assert image_only.image_processor.size == {"longest_edge": 100}
+
+
+def test_a_processor_that_states_no_pixel_floor_gets_qwens(tokenizer):
+    """VisionSpec's own floors (used where a processor's config names none) are the Qwen2/2.5-VL processors':
+    56×56 pixels for an image and for each video frame, so a tiny image or frame is brought up as Qwen's would be."""
+    from types import SimpleNamespace
+
+    from vqrl.models.tiny import build_processor
+
+    qwen = VisionSpec.for_processor(build_processor("qwen2_5_vl", tokenizer))
+    bare = VisionSpec.for_processor(SimpleNamespace(image_processor=SimpleNamespace(patch_size=14, merge_size=2)))
+    assert (bare.min_pixels, bare.video_min_pixels) == (qwen.min_pixels, qwen.video_min_pixels) == (56 * 56, 56 * 56)
+
+
+def test_a_records_media_kind_is_its_types_else_its_media_keys():
+    from vqrl.data.records import record_media_kind
+
+    assert record_media_kind({"type": "scoring_video", "image": "x.jpg"}) == "video"  # the type decides
+    assert record_media_kind({"type": "choice_image", "image": "x.jpg"}) == "image"
+    assert record_media_kind({"image": "x.jpg"}) == "image"  # no type (a record to be reported): by its keys
+    assert record_media_kind({"type": "nonsense", "video": "v.mp4"}) == "video"
+    assert record_media_kind({"type": ["scoring_image"]}) is None and record_media_kind({}) is None
+
+
+def test_problems_are_listed_in_file_order_each_files_own_first(tmp_path):
+    """The problem list follows the order of the data files; within one, what concerns the whole file comes first,
+    then its records by index (not the order the checks happened to find them in)."""
+    from vqrl.data.dataset import load_records
+
+    save_image(tmp_path / "x.jpg", (64, 64))
+    good = {"image": "x.jpg", "solution": 3, "type": "scoring_image"}
+    (tmp_path / "a.json").write_text(json.dumps([good, {"solution": 2, "type": "scoring_image"}]) + " [1]")
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"image": "x.jpg", "solution": 9, "type": "scoring_image"}, good,
+        {"image": "nope.jpg", "solution": 2, "type": "scoring_image"}]))
+    files = [str(tmp_path / "b.jsonl"), str(tmp_path / "a.json")]
+    records, problems, _ = load_records(DataConfig(files=files, image_root=str(tmp_path), decode=False))
+    assert [(os.path.basename(p.file), p.index) for p in problems] == [("b.jsonl", 0), ("b.jsonl", 2),
+                                                                        ("a.json", None), ("a.json", 1)]
+    assert "content after the closing ']'" in problems[2].reason and len(records) == 2
+
+
+def test_image_and_video_records_are_found_under_their_own_roots(tmp_path):
+    from vqrl.data.checks import media_reasons
+
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "clips").mkdir()
+    save_image(tmp_path / "pics" / "x.jpg", (64, 64))
+    shutil.copy(VIDEOS[0], tmp_path / "clips" / "v.mp4")
+    image = {"image": "x.jpg", "solution": 3, "type": "scoring_image"}
+    video = {"video": "v.mp4", "solution": 3, "type": "scoring_video"}
+    roots = (str(tmp_path / "pics"), str(tmp_path / "clips"))
+    assert media_reasons(image, *roots) == ([], 0) and media_reasons(video, *roots) == ([], 0)
+    (reason,), _ = media_reasons(video, roots[1], roots[0])  # roots swapped: named, not guessed
+    assert reason.startswith("unreadable video " + os.path.join(roots[0], "v.mp4"))
+
+
+def test_frames_of_a_video_with_no_known_frame_rate_are_still_chosen():
+    """A stream that reports 0 fps (unknown) is sampled as if one frame were one second, not divided by zero."""
+    spec = VisionSpec(video_fps=2.0, video_min_frames=4, video_max_frames=16)
+    assert video_frame_indices(10, 0.0, spec) == np.linspace(0, 9, 10).round().astype(int).tolist()
+    assert video_frame_indices(10, 5.0, spec) == [0, 3, 6, 9]  # 2 s at 2 fps, raised to the 4-frame floor
+
+
 # ------------------------------------------------------------------------------------- nothing silently wrong (#20)
 
 
@@ -918,6 +1000,7 @@ def test_prompt_length_check_counts_vision_tokens(tokenizer, tmp_path, arch):
 
 
 def test_prompt_length_of_a_video_record_is_the_processors(tokenizer, tmp_path):
+    from vqrl.data import checks
     from vqrl.data.checks import prompt_tokens
     from vqrl.data.media import probe_video, video_tokens
     from vqrl.models.tiny import build_processor
@@ -932,3 +1015,11 @@ def test_prompt_length_of_a_video_record_is_the_processors(tokenizer, tmp_path):
     n, h, w, fps = probe_video(VIDEOS[0])
     tokens = video_tokens(len(video_frame_indices(n, fps, spec)), h, w, spec)
     assert prompt_tokens(rec, proc, PromptConfig(), tokens) == len(ids)
+    # the checks count the video's tokens themselves: a video prompt over the limit only by them is reported
+    assert checks.media_reasons(rec, None, None, spec) == ([], tokens)
+    from vqrl.data.validate import validate_files
+
+    path = write_json(tmp_path / "v.json", [rec])
+    assert validate_files([path], processor=proc, max_prompt_length=len(ids)) == []
+    (problem,) = validate_files([path], processor=proc, max_prompt_length=len(ids) - 1)
+    assert problem.reason.startswith(f"prompt is ~{len(ids)} tokens with its image/video tokens")

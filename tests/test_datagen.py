@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vqrl.data import validate
 from vqrl.datagen import perception
 from vqrl.datagen.distortions import DISTORTIONS, FAMILIES, apply, markdown_table
 
@@ -41,7 +42,14 @@ def test_registry_has_12_families_of_5_levels():
 
 def test_docs_table_matches_code():
     # the parameter table in the docs is generated from the registry: regenerate it if this fails
-    assert markdown_table() in (ROOT / "docs" / "perception.md").read_text(encoding="utf-8")
+    table = markdown_table().splitlines()
+    assert len(table) == 2 + len(FAMILIES)
+    for line, (name, d) in zip(table[2:], DISTORTIONS.items()):
+        assert line.startswith(f"| `{name}` | {d.group} | {d.param} | ") and line.endswith(f" | {d.description} |")
+    docs = (ROOT / "docs" / "perception.md").read_text(encoding="utf-8").splitlines()
+    start = docs.index(table[0])
+    assert docs[start:start + len(table)] == table
+    assert docs[start + len(table)].strip() == ""  # no stale row after the last family
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -60,6 +68,72 @@ def test_apply_is_pure_and_seeded(family, photos):
     b = apply(img, family, 3, np.random.default_rng(1))
     assert img.tobytes() == before
     assert a.tobytes() == b.tobytes() and a.size == img.size and a.mode == "RGB"
+
+
+def _luma(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def _chroma(img: Image.Image) -> float:
+    arr = np.asarray(img, np.float64)
+    return float((arr.max(axis=2) - arr.min(axis=2)).mean())
+
+
+# What each family does to the picture, as a statistic that must move one way as severity grows.
+DIRECTIONS = {
+    "brighten": (lambda img: _luma(img).mean(), "up"),
+    "darken": (lambda img: _luma(img).mean(), "down"),
+    "contrast_loss": (lambda img: _luma(img).std(), "down"),
+    "saturation_loss": (_chroma, "down"),
+    "gaussian_blur": (lambda img: np.abs(np.diff(_luma(img), axis=1)).mean(), "down"),
+    "motion_blur": (lambda img: np.abs(np.diff(_luma(img), axis=0)).mean() + np.abs(np.diff(_luma(img), axis=1)).mean(),
+                    "down"),
+    "gaussian_noise": (lambda img: np.abs(np.diff(_luma(img), axis=1)).mean(), "up"),
+    "impulse_noise": (lambda img: float(np.mean(np.all(np.asarray(img) == 255, axis=2) |
+                                                np.all(np.asarray(img) == 0, axis=2))), "up"),
+    "color_quantization": (lambda img: len(set(img.getdata())), "down"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(DIRECTIONS))
+def test_each_family_moves_the_picture_the_way_its_name_says(family, photos):
+    stat, way = DIRECTIONS[family]
+    img = photos["coffee"].resize((160, 120))
+    values = [stat(img)] + [stat(apply(img, family, s, np.random.default_rng(2))) for s in range(1, 6)]
+    pairs = list(zip(values, values[1:]))
+    assert all(b > a for a, b in pairs) if way == "up" else all(b < a for a, b in pairs), (family, values)
+    if family == "saturation_loss":
+        assert values[-1] < 1.0  # severity 5 keeps no colour: grey within rounding
+
+
+@pytest.mark.parametrize("block_index", range(5))
+def test_pixelation_makes_constant_blocks_of_its_size(block_index, photos):
+    block = DISTORTIONS["pixelation"].levels[block_index]
+    img = photos["chelsea"].resize((97, 61))  # not a multiple of any block size
+    arr = np.asarray(apply(img, "pixelation", block_index + 1, np.random.default_rng(0)), np.int16)
+    for axis, size in ((1, 97), (0, 61)):  # along x, then y: runs of equal columns (rows), one per small pixel
+        small = -(-size // block)
+        changes = np.flatnonzero(np.any(np.diff(arr, axis=axis) != 0, axis=(0, 2) if axis == 1 else (1, 2))) + 1
+        runs = np.diff([0, *changes.tolist(), size])
+        assert len(runs) == small, (axis, runs)
+        assert set(runs.tolist()) <= {size // small, -(-size // small)}, (axis, runs)
+
+
+@pytest.mark.parametrize("family", ["jpeg_compression", "jpeg2000_compression"])
+def test_compression_matches_an_encode_decode_done_here(family, photos):
+    """The codecs and settings the table names (JPEG 4:2:0 at the quality; irreversible JPEG 2000 at the ratio)."""
+    import io
+
+    img = photos["coffee"].resize((96, 64))
+    level = DISTORTIONS[family].levels[2]
+    buf = io.BytesIO()
+    if family == "jpeg_compression":
+        img.save(buf, "JPEG", quality=level, subsampling=2)
+    else:
+        img.save(buf, "JPEG2000", quality_mode="rates", quality_layers=[float(level)], irreversible=True,
+                 num_resolutions=6)
+    expected = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    assert apply(img, family, 3, np.random.default_rng(0)).tobytes() == expected.tobytes()
 
 
 def test_apply_rejects_unknown_family_and_severity(photos):
@@ -225,7 +299,6 @@ def test_saved_local_variants_differ_from_reference_only_inside_the_box(tmp_path
 
 
 def test_every_record_passes_validate_data(generated):
-    validate = pytest.importorskip("vqrl.data.validate")
     _, out, _, _ = generated
     files = [str(out / f"{kind}.json") for kind in RECORD_FILES]
     assert validate.validate_files(files, image_root=str(out)) == []
@@ -246,8 +319,111 @@ def test_cli_and_shipped_example_set(tmp_path):
     assert main(argv + ["--no_progress"]) == 0
     for kind in RECORD_FILES:
         assert (tmp_path / "again" / f"{kind}.json").read_bytes() == (shipped / f"{kind}.json").read_bytes(), kind
+    # and the same pixels: every shipped image (11 of the 12 families) is regenerated exactly
+    images = sorted(p.relative_to(shipped) for p in (shipped / "images").rglob("*.png"))
+    assert images == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again" / "images").rglob("*.png"))
+    for rel in images:
+        again = np.asarray(Image.open(tmp_path / "again" / rel).convert("RGB"))
+        assert np.array_equal(again, np.asarray(Image.open(shipped / rel).convert("RGB"))), rel
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["make-perception-data", "--images", str(empty), "--out", str(tmp_path / "none"), "--no_progress"]) == 1
-    validate = pytest.importorskip("vqrl.data.validate")
     assert validate.validate_files([str(shipped / f"{k}.json") for k in RECORD_FILES], image_root=str(shipped)) == []
+
+
+def _one_photo(folder: Path, name: str = "coffee.jpg") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXAMPLES / name, folder / name)
+    return folder
+
+
+def test_an_image_too_thin_after_downscaling_is_reported(tmp_path):
+    src = _one_photo(tmp_path / "src")
+    Image.new("RGB", (400, 40), "blue").save(src / "banner.png")  # 128 x 13 at --max_side 128
+    summary, lines = _generate(src, tmp_path / "out", workers=1)
+    assert summary["images"] == 1 and summary["skipped"] == 1
+    assert len(lines) == 1 and lines[0].startswith(str(src / "banner.png"))
+    assert "too small after resizing to 128x13" in lines[0]
+
+
+def test_subfolders_only_with_recursive_and_never_the_output_folder(tmp_path):
+    src = _one_photo(tmp_path / "src")
+    _one_photo(src / "sub", "rocket.jpg")
+    out = src / "generated"  # an output folder inside the input folder: its images are never inputs
+    flat, _ = _generate(src, out, workers=1)
+    assert flat["images"] == 1
+    deep, _ = _generate(src, out, workers=1, recursive=True)
+    assert deep["images"] == 2
+    assert {r["image"] for r in _load(out)["scoring"] if r["solution"] == 5.0} == {
+        "images/reference/coffee.png", "images/reference/sub__rocket.png"}  # downscaled: re-encoded
+
+
+class _FakeContext:
+    """Stands in for multiprocessing's spawn context: records the pool size, maps in this process."""
+
+    def __init__(self, sizes: list):
+        self.sizes = sizes
+
+    def Pool(self, n):  # noqa: N802 - multiprocessing's name
+        self.sizes.append(n)
+        return self
+
+    def imap(self, fn, jobs, chunksize=1):
+        return map(fn, jobs)
+
+    def close(self):
+        pass
+
+    def join(self):
+        pass
+
+
+@pytest.mark.parametrize("workers, expected", [(1, []), (2, [2]), (8, [3])])
+def test_workers_are_processes_at_most_one_per_image(tmp_path, monkeypatch, workers, expected):
+    sizes = []
+    monkeypatch.setattr(perception.multiprocessing, "get_context", lambda method: _FakeContext(sizes))
+    src = _one_photo(_one_photo(_one_photo(tmp_path / "src"), "rocket.jpg"), "camera.jpg")
+    perception.make_perception_data(src, tmp_path / "out", per_image=1, max_side=64, workers=workers,
+                                    progress=False, log=lambda line: None)
+    assert sizes == expected
+
+
+def test_cli_defaults_are_the_function_defaults_and_progress_is_optional(tmp_path, capsys):
+    import argparse
+    import inspect
+
+    from vqrl.cli import main
+
+    parser = argparse.ArgumentParser()
+    perception.add_arguments(parser)
+    args = parser.parse_args(["--images", "i", "--out", "o"])
+    defaults = {k: p.default for k, p in inspect.signature(perception.make_perception_data).parameters.items()}
+    for key in ("per_image", "seed", "region_prob", "max_side", "families", "recursive"):
+        assert getattr(args, key) == defaults[key], key
+    assert tuple(args.box_frac) == defaults["box_frac"] and args.no_progress is False
+
+    src = _one_photo(tmp_path / "src")
+    assert main(["make-perception-data", "--images", str(src), "--out", str(tmp_path / "a"), "--per_image", "1",
+                 "--max_side", "64", "--workers", "1"]) == 0
+    assert "make-perception-data" in capsys.readouterr().err  # the progress bar
+    assert main(["make-perception-data", "--images", str(src), "--out", str(tmp_path / "b"), "--per_image", "1",
+                 "--max_side", "64", "--workers", "1", "--no_progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "1 image(s), 1 variant(s)" in captured.out
+
+
+def test_weak_variants_are_counted_and_reported(tmp_path, capsys):
+    """On a flat grey picture most distortions change (almost) nothing: such variants are kept, flagged weak,
+    counted in the summary and reported by the command."""
+    from vqrl.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(src / "flat.png")
+    summary = perception.make_perception_data(src, tmp_path / "a", per_image=12, region_prob=0.0, progress=False)
+    assert summary["variants"] == 12 and 0 < summary["weak"] < 12
+    capsys.readouterr()
+    assert main(["make-perception-data", "--images", str(src), "--out", str(tmp_path / "b"), "--per_image", "12",
+                 "--region_prob", "0", "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{summary['weak']} variant(s) changed their area by less than 1.0/255 on average" in out

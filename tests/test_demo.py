@@ -55,3 +55,10 @@ def test_the_demo_run_learns(tmp_path):
     assert mean(last, "reward") > mean(first, "reward") + 0.2, (mean(first, "reward"), mean(last, "reward"))
     assert 0.2 < mean(first, "rewards/format/mean") < 0.95  # the warm-up taught the format, leaving room to learn
     assert (out / "final" / "model.safetensors").exists() and (out / "curves.png").exists()
+
+
+def test_the_warmup_entry_wants_exactly_one_folder(capsys):
+    from vqrl.training.warmup import main
+
+    assert main([]) == 2 and main(["a", "b"]) == 2
+    assert capsys.readouterr().err.count("usage: python -m vqrl.training.warmup OUT") == 2

@@ -103,6 +103,56 @@ def test_expected_score_matches_a_hand_computation(tiny_model_dir):
         assert 1.0 <= value <= 5.0
 
 
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_eval_generation_never_produces_an_image_or_video_token(tiny_model_dir, do_sample):
+    """Even a model whose likeliest next token is always the image or video token (forced here at the output layer)
+    completes without one: eval's generation suppresses them (such a token has no pixels behind it)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vqrl.eval.inference import generate
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")
+    vision = [model.config.image_token_id, model.config.video_token_id]
+
+    def favour_vision(module, inputs, output):
+        output[..., vision] += 1e4
+        return output
+
+    prompt = processor.tokenizer.encode("Rate the photo.", add_special_tokens=False)
+    with model.lm_head.register_forward_hook(favour_vision):
+        out = generate(model, processor, [prompt, prompt], [{}, {}], 6, do_sample=do_sample, num_return_sequences=2)
+    assert len(out) == 4 and all(out)
+    assert not {t for c in out for t in c} & set(vision)
+
+
+def test_greedy_generation_returns_the_completion_from_its_first_token(tiny_model_dir):
+    """generate's completions are exactly the tokens after the prompt, from the first (a hand-rolled greedy decode
+    with the same suppressed tokens), up to the end-of-text token."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vqrl.eval.inference import generate
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")
+    tok = processor.tokenizer
+    prompts = [tok.encode(text, add_special_tokens=False) for text in ("Rate the photo.", "Score: 4 or 5?")]
+    got = generate(model, processor, prompts, [{}, {}], 5, do_sample=False)
+    suppressed = [model.config.image_token_id, model.config.video_token_id]
+    for prompt, completion in zip(prompts, got, strict=True):
+        seq, expected = list(prompt), []
+        for _ in range(5):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([seq])).logits[0, -1]
+            logits[suppressed] = -float("inf")
+            nxt = int(logits.argmax())
+            if nxt == tok.eos_token_id:
+                break
+            expected.append(nxt)
+            seq.append(nxt)
+        assert completion == expected
+
+
 def test_sample_mode_is_the_mean_of_the_k_scores_that_parse(tiny_model_dir, tmp_path, scripted_generate):
     calls, script = scripted_generate
     data = write_records(tmp_path / "d.json", images(tmp_path, 3))
@@ -268,7 +318,7 @@ def test_an_unreadable_image_costs_its_record_on_every_run(tiny_model_dir, tmp_p
     assert all(rows[k]["prediction"] and not rows[k]["error"] for k in ("d:0", "d:2", "d:3"))
 
 
-def test_a_file_that_fails_during_inference_costs_its_record(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_file_that_fails_during_inference_costs_its_record(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from vqrl.data.dataset import MediaLoader
 
     recs = images(tmp_path, 4)
@@ -284,6 +334,27 @@ def test_a_file_that_fails_during_inference_costs_its_record(tiny_model_dir, tmp
     metrics = eval_run.evaluate(_args(tiny_model_dir, data, tmp_path / "out", mode="expected", no_think=True))
     assert metrics["d"]["n"] == 3 and metrics["d"]["n_unreadable"] == 1
     assert rows_of(tmp_path / "out")[2]["error"] == "unreadable media: OSError: Input/output error"
+    err = capsys.readouterr().err
+    assert "d.json:2: unreadable media: OSError: Input/output error" in err
+    assert "1 record(s) could not be read during evaluation; they are counted as n_unreadable" in err
+
+
+def test_the_eval_command_exits_0_on_success_and_2_with_one_line_on_a_user_error(tmp_path, monkeypatch, capsys):
+    args = argparse.Namespace(out=str(tmp_path))
+    monkeypatch.setattr(eval_run, "evaluate", lambda a: {})
+    assert eval_run.run(args) == 0
+
+    def refuse(a):
+        raise EvalError("--model m: no such folder")
+
+    monkeypatch.setattr(eval_run, "evaluate", refuse)
+    assert eval_run.run(args) == 2 and capsys.readouterr().err == "vqrl eval: error: --model m: no such folder\n"
+
+    def full(a):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "predictions.csv"))
+
+    monkeypatch.setattr(eval_run, "evaluate", full)
+    assert eval_run.run(args) == 2 and "no space left on device" in capsys.readouterr().err.lower()
 
 
 def test_every_image_unreadable_is_a_setup_error_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
@@ -295,6 +366,20 @@ def test_every_image_unreadable_is_a_setup_error_before_the_model_loads(tiny_mod
     with pytest.raises(EvalError, match=r"setup looks wrong.*every image record is bad \(3 of 3"):
         eval_run.evaluate(_args(tiny_model_dir, [write_records(tmp_path / "d.json", recs)], tmp_path / "out",
                                 mode="expected", no_think=True))
+
+
+def test_the_smallest_settings_are_accepted_and_the_model_is_required(tiny_model_dir, tmp_path):
+    from vqrl.eval.settings import apply_model_settings, check_args
+
+    args = _args(tiny_model_dir, ["d.json"], tmp_path, batch_size=1, num_samples=1, max_new_tokens=1)
+    apply_model_settings(args)
+    check_args(args)
+    parser = argparse.ArgumentParser()
+    eval_run.add_arguments(parser)
+    assert parser.parse_args(["--model", "m", "--data", "d.json", "--out", "o"]).model == "m"
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--data", "d.json", "--out", "o"])
+    assert exited.value.code == 2
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -407,3 +492,76 @@ def test_any_cut_of_the_predictions_file_reads_as_whole_original_rows(tmp_path_f
     store.rewrite(path, list(got.values()))
     store.append(path, [r for r in rows if r["sample_id"] not in got])
     assert store.read(path) == (originals, 0)
+
+
+# ------------------------------------------------------------------------------------------------------------ summary
+
+
+def _prediction(sample_id, dataset, mos, prediction="", error=""):
+    return {"sample_id": sample_id, "dataset": dataset, "path": f"{sample_id}.jpg", "mos": mos,
+            "prediction": prediction, "completion": "", "error": error}
+
+
+def test_summary_counts_scored_unreadable_and_skipped_per_dataset_and_overall(tmp_path, capsys):
+    from collections import Counter
+
+    pred_path = str(tmp_path / "predictions.csv")
+    store.append(pred_path, [
+        _prediction("a1", "a", 1.0, "1.500000"), _prediction("a2", "a", 3.0, "2.500000"),
+        _prediction("a3", "a", 4.0, "3.900000"), _prediction("a4", "a", 2.0, error="unreadable image"),
+        _prediction("b1", "b", 2.0, ""), _prediction("b2", "b", 4.0, "4.000000"), _prediction("b3", "b", 5.0, "4.5"),
+    ])
+    metrics = eval_run.summarize(pred_path, str(tmp_path), quiet=True, skipped=Counter({"a": 2, "c": 1}))
+    assert capsys.readouterr().out == ""  # quiet: no table
+    assert set(metrics) == {"a", "b", "c", "overall"}  # c: every record skipped, still reported
+    counts = {name: (m["n"], m["n_unreadable"], m["n_skipped"]) for name, m in metrics.items()}
+    assert counts == {"a": (3, 1, 2), "b": (3, 0, 0), "c": (0, 0, 1), "overall": (6, 1, 3)}
+    assert metrics["b"]["parse_fail_rate"] == pytest.approx(1 / 3) and metrics["a"]["srcc"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    for name in ("a", "b", "c", "overall"):
+        assert (tmp_path / f"scatter_{name}.png").read_bytes()[:4] == b"\x89PNG"
+    eval_run.summarize(pred_path, str(tmp_path), skipped=Counter({"a": 2, "c": 1}))
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["dataset", "n", "srcc", "plcc", "krcc", "rmse", "parse_fail_rate", "n_unreadable",
+                                "n_skipped"]
+    assert [line.split()[0] for line in table[1:]] == ["a", "b", "c", "overall"]
+    assert table[1].split()[1:3] == ["3", "1.0"] and table[1].split()[-2:] == ["1", "2"]
+
+
+def test_records_of_other_tasks_are_counted_and_skipped_not_the_rest_of_their_file(tmp_path):
+    from vqrl.eval.records import read_eval_data
+
+    recs = images(tmp_path, 3)
+    recs.insert(1, {"image": recs[0]["image"], "type": "choice_image", "solution": "A", "options": ["A. x", "B. y"]})
+    data = read_eval_data([write_records(tmp_path / "d.json", recs)], None, None)
+    assert data.ignored == 1 and [r["_index"] for r in data.records] == [0, 2, 3]
+
+
+def test_scatter_is_drawn_whatever_backend_the_machine_configures(tmp_path):
+    """An MPLBACKEND or matplotlibrc naming a backend that cannot start (no display) does not stop the summary."""
+    import subprocess
+    import sys
+
+    (tmp_path / "gui_backend.py").write_text('raise ImportError("this backend needs a display")\n')
+    env = {**os.environ, "MPLBACKEND": "module://gui_backend",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys; from vqrl.eval.run import scatter; "
+            "scatter([{'mos': '2.0', 'prediction': '2.5'}, {'mos': '4', 'prediction': ''}], 't', sys.argv[1])")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.png")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_data_file_whose_every_image_is_unreadable_is_a_setup_error(tiny_model_dir, tmp_path, monkeypatch):
+    """Even when the other files' records make the bad ones a minority, one file with no readable record means a
+    wrong root or a wrong file, not a few bad samples: refused before the model loads."""
+    bad = images(tmp_path, 2)
+    for i, r in enumerate(bad):
+        (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8\xff junk")
+        r["image"] = str(tmp_path / f"{i}.jpg")
+    good = images(tmp_path, 3)
+    monkeypatch.setattr(eval_run, "_evaluate_hf", lambda *a: pytest.fail("the model must not load"))
+    files = [write_records(tmp_path / "bad.json", bad), write_records(tmp_path / "good.json", good)]
+    with pytest.raises(EvalError, match=r"setup looks wrong, not a few bad files: no usable record in .*bad.json"):
+        eval_run.evaluate(_args(tiny_model_dir, files, tmp_path / "out", mode="expected", no_think=True))

@@ -12,7 +12,7 @@ import pytest
 from trainer_utils import flags, write_records
 
 from vqrl.config import parse
-from vqrl.config_checks import check_config
+from vqrl.config_checks import ConfigError, check_config
 from vqrl.rewards import build_reward_funcs, reward_options
 from vqrl.rewards.registry import DEFAULT_OPTIONS
 from vqrl.trainers import get_trainer
@@ -98,7 +98,7 @@ def test_a_trainer_of_your_own_is_a_flag(user_modules, tmp_path, tiny_model_dir)
     data = write_records(tmp_path / "d.json", IMAGES)
     args, model_args = parse(flags(tiny_model_dir, tmp_path / "o", [data], trainer="my_trainers:NoThinkAwareTrainer",
                                    temperature=0))
-    with pytest.raises(Exception, match=r"--temperature 0.0: this trainer samples"):
+    with pytest.raises(ConfigError, match=r"--temperature 0.0: this trainer samples"):
         check_config(args, model_args)
     from vqrl.grpo import build_trainer
 
@@ -186,8 +186,6 @@ def test_an_option_set_twice_is_refused(tmp_path):
 
 
 def test_reward_kwargs_must_be_a_json_object(tmp_path):
-    from vqrl.config_checks import ConfigError
-
     with pytest.raises(ConfigError, match=r"--reward_kwargs fidelity_eps=1: not JSON"):
         parse(flags("m", tmp_path, ["d.json"], reward_kwargs="fidelity_eps=1"))
 

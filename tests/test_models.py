@@ -188,3 +188,81 @@ def test_random_model_names_the_known_shapes():
     assert shape_path("qwen2_5_vl_7b").name == "qwen2_5_vl_7b.json"
     with pytest.raises(FileNotFoundError, match="known: .*qwen2_5_vl_7b"):
         shape_path("qwen2_5_vl_70b")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_build_config_defaults_are_the_saved_tiny_model(arch, built):
+    """build_config(arch, tokenizer) alone gives the config make_tiny_model writes with its defaults."""
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(built(arch)).to_dict()
+    fresh = build_config(arch, train_tokenizer()).to_dict()
+    def sizes(d: dict) -> dict:  # everything but what saving adds (dtype, architectures, version)
+        drop = {"dtype", "torch_dtype", "architectures", "transformers_version", "_name_or_path"}
+        return {k: sizes(v) if isinstance(v, dict) else v for k, v in d.items() if k not in drop}
+
+    assert fresh["text_config"]["num_hidden_layers"] == 2 and fresh["vision_config"]["depth"] == 2
+    assert sizes(fresh) == sizes(saved)
+
+
+# The tiny models are what the whole suite and the demo run on, and recorded results (docs/learning.md) used them:
+# their shapes, processors and vocabulary are pinned so that a change to them is a deliberate one.
+TEXT = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+        "intermediate_size": 128, "vocab_size": 1024, "tie_word_embeddings": False}
+PINNED = {
+    "qwen2_vl": ({"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14},
+                 [2, 3, 3], (3136, 50176, 14)),
+    "qwen2_5_vl": ({"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                    "patch_size": 14, "fullatt_block_indexes": [1], "window_size": 56}, [2, 3, 3], (3136, 50176, 14)),
+    "qwen3_vl": ({"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                  "patch_size": 16, "deepstack_visual_indexes": [0]}, [3, 2, 3], (3136, 65536, 16)),
+}
+VOCABULARY_SHA256 = "3ad6316ebd9cedbd"  # of the sorted (token, id) pairs
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_models_are_pinned(arch, built, loaded):
+    import hashlib
+    import json
+
+    model, processor = loaded(arch)
+    config, (vision, mrope, (min_pixels, max_pixels, patch)) = model.config, PINNED[arch]
+    assert config.tie_word_embeddings is False
+    assert {k: getattr(config.text_config, k) for k in TEXT} == TEXT
+    rope = config.text_config.rope_scaling or config.text_config.rope_parameters
+    assert rope["mrope_section"] == mrope and all(type(x) is int for x in rope["mrope_section"])
+    assert {k: getattr(config.vision_config, k) for k in vision} == vision
+    assert model.lm_head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    for proc in (processor.image_processor, processor.video_processor):
+        assert (proc.size.shortest_edge, proc.size.longest_edge, proc.patch_size) == (min_pixels, max_pixels, patch)
+        assert type(proc.size.longest_edge) is int
+    assert processor.video_processor.cap_pixels_per_frame is True  # each frame within the budget, as in training
+    vocab = json.dumps(sorted(processor.tokenizer.get_vocab().items())).encode()
+    assert hashlib.sha256(vocab).hexdigest()[:16] == VOCABULARY_SHA256
+
+
+def test_tiny_model_into_a_new_nested_folder_and_again_over_it(built, tmp_path):
+    out = tmp_path / "a" / "b" / "model"
+    make_tiny_model("qwen2_vl", out)
+    first = safetensors_bytes(out)
+    make_tiny_model("qwen2_vl", out)  # rebuilding over an existing model is allowed and gives the same bytes
+    assert safetensors_bytes(out) == first == safetensors_bytes(built("qwen2_vl"))
+
+
+def test_sizes_with_an_explicit_hidden_size_are_whole_numbers():
+    from vqrl.models.tiny import _sizes
+
+    for arch, head_dim, hidden, expected in (("qwen2_vl", 64, 256, (256, 4, [8, 12, 12])),
+                                             ("qwen3_vl", 64, 128, (128, 2, [12, 10, 10])),
+                                             ("qwen2_5_vl", 16, None, (64, 4, [2, 3, 3]))):
+        got = _sizes(arch, head_dim, hidden)
+        assert got == expected and all(type(x) is int for x in (got[0], got[1], *got[2])), (arch, got)
+
+
+def test_processor_never_allows_less_than_one_merged_token():
+    """A pixel floor below one merged token (28x28, Qwen3-VL 32x32) is raised to it."""
+    from vqrl.models.tiny import build_processor
+
+    tok = train_tokenizer()
+    assert build_processor("qwen3_vl", tok, min_pixels=100).image_processor.size.shortest_edge == 32 * 32
+    assert build_processor("qwen3_vl", tok, min_pixels=4096).image_processor.size.shortest_edge == 4096

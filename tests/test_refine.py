@@ -4,6 +4,8 @@ seed's code, in a real training step and across processes; any batch size; data-
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -106,6 +108,20 @@ def test_pd_gate_is_configurable(tiny_model_dir, tmp_path, fake):
                               "<think>zebra</Think><answer>Score: 4.40</answer>",  # the seed's tags are literal
                               "<think>zebra</think><answer>Score: 4.4</answer>"])  # and its score d.dd
     assert got == pytest.approx([0.5, 0.0, 0.0], abs=1e-6)
+
+
+def test_pd_logs_its_probabilities_its_share_and_its_time(tiny_model_dir, tmp_path, fake, monkeypatch):
+    trainer = _refine(tiny_model_dir, tmp_path, IMAGES[:2])
+    fake(trainer)
+    clock = iter([10.0, 10.25])
+    monkeypatch.setattr(refine, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    trainer.model.train()
+    rows = [trainer.train_dataset[0]] * 2
+    assert _pd(trainer, rows, [GATE_CASES[0][0], GATE_CASES[1][0]]) == pytest.approx([0.5, 0.0], abs=1e-6)
+    logged = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith("refine/")}
+    assert logged["refine/pd_seconds"] == 0.25  # the time PD took, not a sum of clock readings
+    assert logged["refine/frac_earning_pd"] == 0.5
+    assert logged["refine/p_think"] == pytest.approx(0.7) and logged["refine/p_nothink"] == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -337,6 +353,20 @@ def test_shaping_slices_groups_that_straddle_processes(tiny_model_dir, tmp_path,
                                                                            abs=1e-6)
 
 
+def test_shaping_in_evaluation_uses_the_eval_group_size(tiny_model_dir, tmp_path):
+    trainer = _refine(tiny_model_dir, tmp_path, IMAGES[:2], num_generations=4, num_generations_eval=2,
+                      per_device_train_batch_size=8, pd_advantage_shaping="true")
+    totals = [0.0, 2.0, 1.0, 0.0, 1.0, 1.0, 0.0, 3.0]
+    per_func = torch.zeros(len(totals), len(trainer.reward_funcs))
+    per_func[:, 0] = torch.tensor(totals)
+    trainer._gathered_rewards = per_func
+    for training, group in ((True, 4), (False, 2)):
+        trainer.model.train(training)
+        assert trainer._seed_advantages_local(8).tolist() == pytest.approx(
+            seed_advantages_reference(totals, group), abs=1e-6)
+    assert seed_advantages_reference(totals, 4) != pytest.approx(seed_advantages_reference(totals, 2), abs=1e-3)
+
+
 # ---------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("flags, message", [
@@ -374,3 +404,24 @@ def test_forward_calls_do_not_depend_on_the_data(tiny_model_dir, tmp_path):
                           per_device_train_batch_size=6, num_generations=3, beta=0.04)
         counts.append(_count_forward_calls(trainer))
     assert counts[0] == counts[1] == counts[2] > 0
+
+
+def test_teacher_forcing_gives_each_targets_logits_rows_when_asked(tiny_model_dir):
+    """return_logits: the full-vocabulary row of every target token (its softmax gives the probability returned),
+    an empty row block for an empty target, also when every target is empty."""
+    from transformers import AutoModelForImageTextToText
+
+    from vqrl.modeling.teacher_forcing import teacher_forced_probs
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    vocab = model.lm_head.out_features
+    prefixes, targets = [[11, 12, 13], [21, 22]], [[31, 32], []]
+    probs, rows = teacher_forced_probs(model, prefixes, targets, [{}, {}], 0, return_logits=True)
+    assert [r.shape for r in rows] == [(2, vocab), (0, vocab)] and probs[1].numel() == 0
+    for k, token in enumerate(targets[0]):
+        with torch.no_grad():
+            direct = model(input_ids=torch.tensor([prefixes[0] + targets[0][:k]])).logits[0, -1]
+        assert torch.allclose(rows[0][k], direct, atol=1e-4)
+        assert float(probs[0][k]) == pytest.approx(float(rows[0][k].softmax(-1)[token]), rel=1e-5)
+    probs, rows = teacher_forced_probs(model, prefixes, [[], []], [{}, {}], 0, return_logits=True)
+    assert [r.shape for r in rows] == [(0, vocab)] * 2 and all(p.numel() == 0 for p in probs)

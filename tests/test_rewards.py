@@ -760,3 +760,13 @@ def test_format_nothink(text, expected):
     from vqrl.rewards import REWARDS
 
     assert REWARDS["format_nothink"]([text], solution=[3.5], type=["scoring_image"]) == [expected]
+
+
+def test_a_severity_label_compares_by_its_level_and_its_words_only():
+    """A number is a level (not also a text); a word is its text (and its level when it has one); a label with no
+    letters or digits is no label at all, so it cannot match another such label."""
+    from vqrl.rewards.perception import _severity_keys
+
+    assert _severity_keys(3) == {("level", 3)}
+    assert _severity_keys("serious") == {("text", "serious")}
+    assert _severity_keys("—") == set() and _severity_keys(None) == set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -56,14 +57,42 @@ def test_vision_reaches_the_loss(tiny_model_dir, tmp_path, records, key):
 
 
 def test_mixed_image_and_video_batch_trains(tiny_model_dir, tmp_path):
+    """One batch of images and videos: every log-prob forward of training gets both kinds of pixels with one grid
+    per sequence and the modality of each placeholder token, and two optimizer steps change the weights."""
     data = write_records(tmp_path / "d.json", VIDEO_RECORDS + IMAGE_RECORDS)
     trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"],
                            max_steps=2, per_device_train_batch_size=8, num_generations=2)
     inputs = _generation_batch(trainer)
     kinds = {("v" if "pixel_values_videos" in v else "") + ("i" if "pixel_values" in v else "") for v in inputs["vision"]}
     assert kinds == {"v", "i"}
+
+    passes = []
+
+    def record(module, args, kwargs):
+        if "labels" in kwargs and torch.is_grad_enabled():  # the training log-prob pass, not generation
+            passes.append({k: kwargs.get(k) for k in ("input_ids", "image_grid_thw", "video_grid_thw",
+                                                       "mm_token_type_ids", "pixel_values", "pixel_values_videos")})
+
+    handle = trainer.model.register_forward_pre_hook(record, with_kwargs=True)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer._buffered_inputs = None
     trainer.train()
+    handle.remove()
     assert trainer.state.global_step == 2
+    assert len(passes) == 2
+    for p in passes:
+        ids, types = p["input_ids"], p["mm_token_type_ids"]
+        assert p["pixel_values"] is not None and p["pixel_values_videos"] is not None
+        # one grid per sequence of each kind (4 image and 4 video sequences), whatever the order of the batch
+        assert p["image_grid_thw"].shape[0] == 4 and p["video_grid_thw"].shape[0] == 4
+        assert torch.equal(types == 1, ids == trainer._image_token_id)
+        assert torch.equal(types == 2, ids == trainer._video_token_id)
+        image_rows = (types == 1).any(dim=1)
+        assert image_rows.sum() == 4 and ((types == 2).any(dim=1) == ~image_rows).all()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed and all(".visual." not in f".{n}" for n in changed)  # the tower is frozen by default
 
 
 def test_rewards_see_the_solution_of_their_own_prompt(tiny_model_dir, tmp_path, monkeypatch):
@@ -93,17 +122,42 @@ def test_rewards_see_the_solution_of_their_own_prompt(tiny_model_dir, tmp_path, 
     assert step_means and all(1.25 <= m <= 4.9 for m in step_means)
 
 
+def test_rewards_get_the_group_size_of_the_mode_they_score(tiny_model_dir, tmp_path):
+    """Ranking rewards need the group size: G in training, num_generations_eval in evaluation."""
+    data = write_records(tmp_path / "d.json", IMAGE_RECORDS)
+    trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:group_size"],
+                           num_generations=4, num_generations_eval=2, per_device_train_batch_size=4)
+    prompts = [[{"role": "user", "content": "Rate it."}]] * 4
+    completions = [[{"role": "assistant", "content": "<answer>3</answer>"}]] * 4
+    for training, group in ((True, 4.0), (False, 2.0)):
+        trainer.model.train(training)
+        rewards = trainer._calculate_rewards(inputs=[{"solution": 3.0}] * 4, prompts=prompts,
+                                             completions=completions, completion_ids_list=[[5]] * 4)
+        assert rewards[:, 0].tolist() == [group] * 4
+
+
 def test_completions_are_cut_before_vision_tokens(tiny_model_dir, tmp_path):
+    """Vision special tokens are not suppressed in sampling (the loss scores the whole vocabulary); a completion
+    that holds one ends just before it, its sampling log-probs with it; the cut fraction is logged."""
     data = write_records(tmp_path / "d.json", IMAGE_RECORDS)
     trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"])
-    image_pad = trainer._image_token_id
-    assert not set(trainer.generation_config.suppress_tokens or []) & set(trainer._vision_token_ids)
-    cut, _ = trainer._cut_at_vision_tokens([[5, 6, image_pad, 7], [5, 6]], None)
-    assert cut == [[5, 6], [5, 6]]
+    tok = trainer._tokenizer
+    special = [tok.convert_tokens_to_ids(t) for t in
+               ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")]
+    assert trainer._vision_token_ids == sorted(special)
+    # never suppressed in sampling: the loss scores the softmax over the whole vocabulary
+    assert not set(trainer.generation_config.suppress_tokens or []) & set(special)
+    image_pad, start = trainer._image_token_id, special[0]
+    eos = tok.eos_token_id
+    trainer.model.train()
+    ids = [[105, 106, image_pad, 107], [105, 106], [start, 109], [108, 109, 110, start, image_pad]]
+    logprobs = [[-1.0, -2.0, -3.0, -4.0], [-1.0, -2.0], [-5.0, -6.0], [-7.0, -8.0, -9.0, -1.0, -2.0]]
+    cut, cut_logprobs = trainer._cut_at_vision_tokens(ids, logprobs)
     # a completion whose first token is a vision token: TRL needs a last token, so it becomes end-of-text alone
-    eos = trainer.processing_class.tokenizer.eos_token_id
-    cut, logprobs = trainer._cut_at_vision_tokens([[image_pad, 5, 6], [7, image_pad]], [[-1.0, -2.0, -3.0], [-4.0, -5.0]])
-    assert cut == [[eos], [7]] and logprobs == [[-1.0], [-4.0]]
+    assert cut == [[105, 106], [105, 106], [eos], [108, 109, 110]]
+    assert cut_logprobs == [[-1.0, -2.0], [-1.0, -2.0], [-5.0], [-7.0, -8.0, -9.0]]
+    assert trainer._metrics["train"]["completions/cut_at_vision_token"] == [0.75]
+    assert trainer._cut_at_vision_tokens([[105, 106]], None) == ([[105, 106]], None)
 
 
 def test_bad_sample_policy(tiny_model_dir, tmp_path):

@@ -1,10 +1,16 @@
-"""Per-rank resource rows: one per step, in the rank's own file, each step's own wall time."""
+"""Per-rank resource rows: one per step, in the rank's own file, each step's own wall time; the curves drawn at the
+end of training: every logged reward and completion length, on any machine."""
 
 import json
+import math
+import os
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
-from vqrl.training.metrics import ResourceLogger
+from vqrl.training import metrics as M
+from vqrl.training.metrics import ResourceLogger, plot_curves
 
 
 def test_resource_logger_writes_one_row_per_step_per_rank(tmp_path):
@@ -60,3 +66,140 @@ def test_a_resumed_run_logs_each_step_once_in_both_files(tmp_path):
     rows = _rows(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 8))
     assert [r["attempt"] for r in rows] == [1.0] * 3 + [4.0] * 4  # the redone steps are the new attempt's
+
+
+def test_resource_rows_keep_millisecond_times(tmp_path, monkeypatch):
+    clock = iter([100.0, 100.12345])
+    monkeypatch.setattr(M, "time", SimpleNamespace(perf_counter=lambda: next(clock), time=lambda: 1_700_000_000.98765))
+    logger, args, state = ResourceLogger(str(tmp_path)), SimpleNamespace(process_index=0), SimpleNamespace(global_step=1)
+    logger.on_step_begin(args, state, None)
+    logger.on_step_end(args, state, None)
+    (row,) = _rows(tmp_path / "resources_rank0.jsonl")
+    assert row["step_seconds"] == 0.123 and row["time"] == 1_700_000_000.988
+
+
+def _write_metrics(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_curves_plot_every_reward_and_the_completion_lengths_that_were_logged(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    rows = [{"step": 1, "reward": 1.0, "rewards/fmt/mean": 0.5, "completions/mean_length": 10.0},
+            {"step": 2, "loss": 0.3},  # a row without a reward (e.g. the train summary) is not a point
+            {"step": 3, "reward": 2.0, "rewards/fmt/mean": 1.0, "rewards/acc/mean": 0.25,
+             "completions/mean_length": 12.0, "completions/max_length": 20.0}]
+    figures, savefig = [], matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        figures.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    png = tmp_path / "curves.png"
+    assert plot_curves(_write_metrics(tmp_path / "metrics.jsonl", rows), str(png)) == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rewards, lengths = figures[0].axes
+
+    def lines(ax):
+        return {line.get_label(): ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
+                for line in ax.get_lines()}
+
+    got = lines(rewards)
+    assert set(got) == {"reward (weighted sum)", "fmt", "acc"}
+    assert got["reward (weighted sum)"] == ([1, 3], [1.0, 2.0]) and got["fmt"] == ([1, 3], [0.5, 1.0])
+    assert math.isnan(got["acc"][1][0]) and got["acc"][1][1] == 0.25
+    got = lines(lengths)
+    assert set(got) == {"mean", "max"}  # min was never logged: no empty line for it
+    assert got["mean"] == ([1, 3], [10.0, 12.0])
+    assert math.isnan(got["max"][1][0]) and got["max"][1][1] == 20.0
+
+
+def test_no_curves_without_a_reward_row(tmp_path):
+    png = tmp_path / "curves.png"
+    assert plot_curves(_write_metrics(tmp_path / "metrics.jsonl", [{"step": 1, "loss": 0.3}]), str(png)) is None
+    assert plot_curves(str(tmp_path / "missing.jsonl"), str(png)) is None
+    assert not png.exists()
+
+
+def test_curves_are_written_whatever_backend_the_machine_configures(tmp_path):
+    """A training machine's matplotlibrc or MPLBACKEND may name an interactive backend that cannot start there (no
+    display); the curves are still written (plot_curves draws with Agg) and the end of training does not crash. The
+    stand-in backend fails to load as such a backend does."""
+    (tmp_path / "gui_backend.py").write_text('raise ImportError("this backend needs a display")\n')
+    metrics = _write_metrics(tmp_path / "metrics.jsonl", [{"step": 1, "reward": 1.0}, {"step": 2, "reward": 2.0}])
+    png = tmp_path / "curves.png"
+    env = {**os.environ, "MPLBACKEND": "module://gui_backend",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys; from vqrl.training.metrics import plot_curves; plot_curves(sys.argv[1], sys.argv[2])"
+    done = subprocess.run([sys.executable, "-c", code, metrics, str(png)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class FakeCuda:
+    """torch.cuda as ResourceLogger uses it, on a machine without a GPU: 1.5 GiB allocated at peak, 2 reserved."""
+
+    def __init__(self, initialized=True):
+        self.initialized, self.resets = initialized, 0
+
+    def is_available(self):
+        return True
+
+    def is_initialized(self):
+        return self.initialized
+
+    def current_device(self):
+        return 3
+
+    def max_memory_allocated(self):
+        return int(1.5 * 2**30)
+
+    def max_memory_reserved(self):
+        return 2 * 2**30
+
+    def reset_peak_memory_stats(self):
+        self.resets += 1
+
+
+def test_gpu_rows_carry_each_steps_peak_memory(tmp_path, monkeypatch):
+    """On a GPU each row has the step's peak memory, and the peak is reset so the next row is that step's own; a
+    process that never touched CUDA writes no made-up figure."""
+    for initialized in (True, False):
+        cuda = FakeCuda(initialized)
+        monkeypatch.setattr(M, "torch", SimpleNamespace(cuda=cuda))
+        out = tmp_path / str(initialized)
+        out.mkdir()
+        logger, args = ResourceLogger(str(out)), SimpleNamespace(process_index=0)
+        for step in (1, 2):
+            logger.on_step_begin(args, SimpleNamespace(global_step=step - 1), None)
+            logger.on_step_end(args, SimpleNamespace(global_step=step), None)
+        rows = _rows(out / "resources_rank0.jsonl")
+        if initialized:
+            assert [(r["gpu"], r["peak_allocated_gb"], r["peak_reserved_gb"]) for r in rows] == [(3, 1.5, 2.0)] * 2
+            assert cuda.resets == 2
+        else:
+            assert not any("gpu" in r for r in rows) and cuda.resets == 0
+
+
+def test_the_progress_bar_shows_reward_each_reward_loss_and_grad():
+    from vqrl.training.progress import CompactProgress
+
+    class Bar:
+        postfix = None
+
+        def set_postfix(self, values, refresh=True):
+            self.postfix = values
+
+    progress = CompactProgress()
+    progress.training_bar = Bar()
+    state = SimpleNamespace(is_world_process_zero=True)
+    progress.on_log(None, state, None, logs={"loss": 0.0123, "rewards/format/mean": 0.75, "grad_norm": 0.4,
+                                              "reward": 1.5, "rewards/format/std": 0.1, "epoch": 0.3})
+    assert list(progress.training_bar.postfix.items()) == [("reward", "1.5"), ("format", "0.75"), ("loss", "0.0123"),
+                                                           ("grad", "0.4")]
+    progress.training_bar = Bar()
+    progress.on_log(None, state, None, logs={"epoch": 0.3})  # nothing worth showing: the bar is left alone
+    assert progress.training_bar.postfix is None

@@ -73,6 +73,14 @@ def test_start_up_refuses_a_changed_hook_before_any_model_loads(monkeypatch, tmp
     assert "GRPOTrainer._compute_loss changed: it is now (self, model, inputs, extra=None)" in err
 
 
+def test_the_seam_tables_cannot_be_changed_by_accident():
+    import dataclasses
+
+    for entry in (*trl_seam.HOOKS, *trl_seam.FUNCTIONS):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            entry.library = "somewhere else"
+
+
 def test_missing_attribute_is_an_error_not_a_default():
     names = trl_seam.ATTRIBUTES + trl_seam.HF_GENERATION_ATTRIBUTES
     trainer = SimpleNamespace(**{name: 0 for name in names if name != "_entropy_bonus_enabled"})
@@ -80,6 +88,17 @@ def test_missing_attribute_is_an_error_not_a_default():
     with pytest.raises(trl_seam.SeamError, match=r"GRPOTrainer\._entropy_bonus_enabled is not set after "
                                                  r"GRPOTrainer.__init__"):
         trl_seam.check_trainer(trainer)
+
+
+def test_a_trainer_checks_trls_attributes_once_built(monkeypatch, tiny_model_dir, tmp_path):
+    from trainer_utils import make_trainer, write_records
+
+    data = write_records(tmp_path / "d.json", [{"image": "images/chelsea.jpg", "solution": 4.0,
+                                                 "type": "scoring_image"}])
+    monkeypatch.setattr(trl_seam, "ATTRIBUTES", trl_seam.ATTRIBUTES + ("_a_later_trl_dropped",))
+    with pytest.raises(trl_seam.SeamError, match=r"GRPOTrainer\._a_later_trl_dropped is not set after "
+                                                 r"GRPOTrainer.__init__"):
+        make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["format"])
 
 
 def test_hf_generation_settings_are_required_only_without_vllm():
@@ -91,6 +110,16 @@ def test_hf_generation_settings_are_required_only_without_vllm():
     trainer.use_vllm = False
     with pytest.raises(trl_seam.SeamError, match=r"GRPOTrainer\.generation_kwargs is not set"):
         trl_seam.check_trainer(trainer)
+
+
+def test_a_colocated_vllm_engine_is_required_of_trls_vllm_generation():
+    trainer = SimpleNamespace(**{name: 0 for name in trl_seam.ATTRIBUTES})
+    trainer.use_vllm, trainer.vllm_mode = True, "colocate"
+    trainer.vllm_generation = SimpleNamespace(generation_kwargs={})  # no llm
+    with pytest.raises(trl_seam.SeamError, match=r"GRPOTrainer\.vllm_generation\.llm is not set"):
+        trl_seam.check_trainer(trainer)
+    trainer.vllm_mode = "server"  # server mode has no engine in the process
+    trl_seam.check_trainer(trainer)
 
 
 def test_every_private_override_is_listed():

@@ -110,3 +110,29 @@ def test_a_large_logp_gap_is_reported_once_per_prompt_kind(caplog):
     with caplog.at_level("WARNING", logger="vqrl"):
         warn_on_logp_gap({"vllm/logp_gap_mean": 1.07}, set())  # text-only batches: the overall mean is theirs
     assert len(caplog.records) == 1 and "text-only prompts" in caplog.text
+
+
+def test_colocated_requests_carry_their_media_with_one_placeholder_per_image():
+    """The stand-in for TRL's vllm.LLM sends each prompt with its media and its run of image placeholders cut to
+    one (vLLM expands it again), and refuses an expansion other than the trainer's prompt."""
+    from types import SimpleNamespace
+
+    from vqrl.trainers.vllm_rollouts import MediaLLM
+
+    image_pad = 7
+    sent = [1, 2, image_pad, image_pad, image_pad, 3]
+
+    class Engine:
+        def __init__(self, expanded):
+            self.expanded, self.rows = expanded, None
+
+        def generate(self, rows, *args, **kwargs):
+            self.rows = rows
+            return [SimpleNamespace(prompt_token_ids=self.expanded)]
+
+    trainer = SimpleNamespace(_pending_media=[(["img"], [], [])], _image_token_id=image_pad, _video_token_id=None)
+    engine = Engine(sent)
+    MediaLLM(engine, trainer).generate([{"prompt_token_ids": sent}])
+    assert engine.rows == [{"prompt_token_ids": [1, 2, image_pad, 3], "multi_modal_data": {"image": "img"}}]
+    with pytest.raises(RuntimeError, match="vLLM expanded prompt 0 to 5 tokens where the processor gave 6"):
+        MediaLLM(Engine(sent[1:]), trainer).generate([{"prompt_token_ids": sent}])

@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -475,13 +476,31 @@ def deadline(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def watch(out: Path, options: list[str], command: list[str], seconds: float = 8.0) -> tuple[int, list[dict], str]:
-    """Run a Watchdog in this process; returns (exit code, events, what it printed)."""
+class SignalledWatchdog(Watchdog):
+    """A Watchdog that sends itself `sig` right after it writes the event `at` (a stop signal arriving then)."""
+
+    def __init__(self, *args, at: str, sig: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at, self.sig = at, sig
+
+    def event(self, kind, message, **fields):
+        super().event(kind, message, **fields)
+        if kind == self.at:
+            os.kill(os.getpid(), self.sig)  # handled by the watchdog's own handler, in this (the main) thread
+
+
+def watch(out: Path, options: list[str], command: list[str], seconds: float = 8.0,
+          signal_at: tuple[str, int] | None = None) -> tuple[int, list[dict], str]:
+    """Run a Watchdog in this process; returns (exit code, events, what it printed). With signal_at=(event, sig),
+    the watchdog receives `sig` right after it logs `event`."""
     opts = build_parser().parse_args(["--output_dir", str(out), *FAST, *options])
     err = io.StringIO()
     env = _env()
     with deadline(seconds), _environ(env):
-        code = Watchdog(opts, command, stderr=err).run()
+        if signal_at is None:
+            code = Watchdog(opts, command, stderr=err).run()
+        else:
+            code = SignalledWatchdog(opts, command, stderr=err, at=signal_at[0], sig=signal_at[1]).run()
     return code, events(out), err.getvalue()
 
 
@@ -569,3 +588,128 @@ def test_inprocess_the_whole_process_group_goes_even_after_success(tmp_path):
     assert code == 0
     assert not alive(int((tmp_path / "run" / "grandchild").read_text()))
     assert [k["reason"] for k in kinds(evs, "kill")] == ["cleanup after exit"]
+
+
+def test_inprocess_the_previous_signal_handlers_are_restored(tmp_path):
+    """`watchdog.main()` called from Python (a launcher, a notebook) leaves the caller's handlers as they were."""
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+
+    def mine(signum, frame):
+        pass
+
+    before = {sig: signal.signal(sig, mine) for sig in watched}
+    try:
+        code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, 'hb.beat(1, "train")\n'))
+        assert code == 0, err
+        assert {sig: signal.getsignal(sig) for sig in watched} == {sig: mine for sig in watched}
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("at", ["exit", "backoff"])
+def test_inprocess_a_stop_signal_after_a_crash_ends_the_watch_without_a_restart(tmp_path, at):
+    """SIGTERM arriving while the crashed run's processes are cleaned up (after its `exit` event), or during the
+    back-off before a restart, ends the watch with 143 and starts nothing more."""
+    crash = _child(tmp_path, """
+        hb.beat(1, "train")
+        time.sleep(0.1)
+        sys.exit(1)
+    """)
+    code, evs, err = watch(tmp_path / "run", ["--backoff", "30", "--max_restarts", "5"], crash,
+                           signal_at=(at, signal.SIGTERM))
+    assert code == 143, err
+    assert len(kinds(evs, "start")) == 1 and bool(kinds(evs, "restart")) == (at == "backoff")  # logged before it
+    assert evs[-1]["event"] == "signal" and evs[-1]["signal"] == "SIGTERM" and evs[-1]["watchdog_exit"] == 143
+
+
+def test_reaping_a_dead_leader_gives_its_exit_code(tmp_path):
+    """A run leader that died after the survivors check but is not reaped yet (a zombie) is reaped, so the `exit`
+    event of a killed hung run carries its code rather than None."""
+    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST])
+    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    assert dog._reap()  # no run yet: nothing to reap
+    dog.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    os.waitid(os.P_PID, dog.proc.pid, os.WEXITED | os.WNOWAIT)  # dead, and left a zombie
+    assert dog.proc.returncode is None
+    assert dog._reap() and dog.proc.returncode == 3
+
+
+def test_inprocess_a_restart_says_how_it_resumes(tmp_path):
+    crash = _child(tmp_path, "sys.exit(5)\n")
+    code, _, err = watch(tmp_path / "run", ["--max_restarts", "1"], crash)
+    assert code == 1 and "restarts within 600 s; --resume auto, VQRL_RESUME=auto)" in err
+    code, _, err = watch(tmp_path / "run2", ["--max_restarts", "1", "--no_resume_arg"], crash)
+    assert code == 1 and "restarts within 600 s; resume via env, VQRL_RESUME=auto)" in err
+
+
+class FlushRecorder(io.StringIO):
+    """A stderr that remembers what had been flushed (a redirected stderr is block-buffered)."""
+
+    flushed = ""
+
+    def flush(self):
+        self.flushed = self.getvalue()
+
+
+def test_each_line_reaches_stderr_at_once_even_when_the_log_cannot_be_written(tmp_path):
+    """The watchdog's own lines are flushed as they are printed (a `tail -f` of a redirected log sees them), and an
+    event log it cannot append to is said on stderr, not raised."""
+    out = tmp_path / "run"
+    (out / "watchdog.jsonl").mkdir(parents=True)  # cannot be appended to
+    opts = build_parser().parse_args(["--output_dir", str(out), *FAST])
+    err = FlushRecorder()
+    Watchdog(opts, ["true"], stderr=err).event("start", "started")
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 2 and "cannot append to" in lines[0] and lines[1].endswith("attempt 0: started")
+    assert err.flushed == err.getvalue()
+
+
+def test_a_watchdog_run_from_another_thread_polls_without_signal_handlers(tmp_path):
+    """Signal handlers can only be set in the main thread: from another one the watchdog still supervises the run
+    (by polling) and ends normally."""
+    opts = build_parser().parse_args(["--output_dir", str(tmp_path / "run"), *FAST])
+    cmd = _child(tmp_path, 'hb.beat(1, "train")\n')
+    result = {}
+
+    def target():
+        with _environ(_env()):
+            result["code"] = Watchdog(opts, cmd, stderr=io.StringIO()).run()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(30)
+    assert result == {"code": 0}
+    assert [e["event"] for e in events(tmp_path / "run")][-1] == "done"
+
+
+def test_sigkill_is_repeated_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch):
+    """A process that takes a while to go after SIGKILL (in the kernel, flushing to a slow disk) is signalled again
+    every 50 ms until it is gone: the watchdog does not spin a core of the node it shares with the run."""
+    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, "--grace", "0.1"])
+    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog.proc = SimpleNamespace(pid=4242, returncode=-signal.SIGKILL)
+    dog._rfd, dog._wfd = os.pipe()
+    gone_at = time.monotonic() + 0.5
+    sent = []
+    monkeypatch.setattr(dog, "_track_descendants", lambda: None)
+    monkeypatch.setattr(dog, "_survivors", lambda pgid: [4242] if time.monotonic() < gone_at else [])
+    monkeypatch.setattr(dog, "_signal_run", lambda pgid, sig: sent.append(sig))
+    try:
+        assert dog.stop_run("test") is True
+    finally:
+        os.close(dog._rfd)
+        os.close(dog._wfd)
+    assert sent[:2] == [signal.SIGTERM, signal.SIGCONT]
+    assert 3 <= sent.count(signal.SIGKILL) <= 20  # ~0.4 s of SIGKILL rounds, 50 ms apart
+
+
+def test_zero_restarts_and_no_same_step_limit_are_allowed_a_zero_poll_is_not(tmp_path, capsys):
+    from vqrl.watchdog import main
+
+    with deadline(8.0), _environ(_env()):
+        assert main(["--output_dir", str(tmp_path / "run"), *FAST, "--max_restarts", "0", "--same_step_limit", "0",
+                     "--", sys.executable, "-c", "pass"]) == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["--output_dir", str(tmp_path / "run2"), "--poll", "0", "--", "true"])
+    assert exited.value.code == 2 and "--poll must be > 0" in capsys.readouterr().err
