@@ -69,8 +69,8 @@ def random_model(name_or_path: str, dtype=torch.bfloat16, device: str = "cuda", 
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     tokenizer = qwen_tokenizer()
     arch = config.model_type
-    factor = 32 if arch == "qwen3_vl" else 28
-    processor = build_processor(arch, tokenizer, min_pixels=4 * factor * factor, max_pixels=1280 * factor * factor)
+    # build_processor takes budgets in Qwen2/2.5-VL's 28-px units and rescales them for Qwen3-VL's 32-px ones
+    processor = build_processor(arch, tokenizer, min_pixels=4 * 28 * 28, max_pixels=1280 * 28 * 28)
     return model, processor
 
 
