@@ -31,63 +31,33 @@ def main() -> int:
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vqrl.data.media import VisionSpec, load_image, load_video
-    from vqrl.modeling.vision import VISION_KEYS, encode_prompt, mm_token_type_ids, vision_token_ids
+    from logprob_probe import check_prompts, cut_at_vision, gap_stats, model_inputs, token_logps
+
+    from vqrl.modeling.vision import vision_token_ids
 
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")
-    spec = VisionSpec.for_processor(processor, video_fps=2.0, video_max_frames=8)
-    image = load_image(os.path.join(ROOT, "examples", "images", "chelsea.jpg"), spec)
-    frames, meta = load_video(os.path.join(ROOT, "examples", "videos", "rocket_pan_l0.mp4"), spec)
-    question = {"type": "text", "text": "How good is the quality? Think, then answer with a score from 1 to 5."}
-    prompts = {
-        "text": [{"role": "user", "content": [question]}],
-        "image": [{"role": "user", "content": [{"type": "image", "image": image}, question]}],
-        "video": [{"role": "user", "content": [{"type": "video", "video": frames, "video_metadata": meta}, question]}],
-    }
-    encoded = {k: encode_prompt(processor, v) for k, v in prompts.items()}
+    _, encoded = check_prompts(processor)
     cut_at = set(vision_token_ids(processor.tokenizer))
 
     def load(dtype, attn):
         return AutoModelForImageTextToText.from_pretrained(a.model, dtype=dtype, attn_implementation=attn,
                                                            use_safetensors=True).to(a.device).eval()
 
-    def inputs(model, ids, media, tokens):
-        x = torch.tensor([ids + tokens], device=a.device)
-        extra = {k: v.to(a.device) for k, v in media.items() if k in VISION_KEYS}
-        for k in ("pixel_values", "pixel_values_videos"):
-            if k in extra:
-                extra[k] = extra[k].to(model.dtype)
-        if extra:
-            extra["mm_token_type_ids"] = mm_token_type_ids(x, model.config.image_token_id, model.config.video_token_id)
-        return x, extra
-
     reference = load(torch.bfloat16, "sdpa")
     torch.manual_seed(0)
     samples = {}
     for kind, (ids, media) in encoded.items():
-        x, extra = inputs(reference, ids, media, [])
+        x, extra = model_inputs(reference, ids, media, [], a.device)
         with torch.no_grad():
             out = reference.generate(input_ids=x, attention_mask=torch.ones_like(x), **extra, do_sample=True,
                                      temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=a.tokens,
                                      min_new_tokens=a.tokens, num_return_sequences=a.samples)
-        rows = []
-        for row in out[:, x.shape[1]:].tolist():
-            cut = next((j for j, t in enumerate(row) if t in cut_at), len(row))
-            if cut:
-                rows.append(row[:cut])
-        samples[kind] = rows
+        rows = [row[:cut_at_vision(row, cut_at)] for row in out[:, x.shape[1]:].tolist()]
+        samples[kind] = [row for row in rows if row]
 
     def score(model):
-        result = {}
-        for kind, (ids, media) in encoded.items():
-            per = []
-            for tokens in samples[kind]:
-                x, extra = inputs(model, ids, media, tokens)
-                with torch.no_grad():
-                    logits = model(input_ids=x, **extra).logits[0, len(ids) - 1:-1].float()
-                per.append(logits.log_softmax(-1).gather(-1, torch.tensor(tokens, device=a.device)[:, None])[:, 0])
-            result[kind] = torch.cat(per).cpu()
-        return result
+        return {kind: torch.cat([token_logps(model, ids, media, tokens, a.device) for tokens in samples[kind]])
+                for kind, (ids, media) in encoded.items()}
 
     base = score(reference)
     del reference
@@ -100,11 +70,9 @@ def main() -> int:
             torch.cuda.empty_cache()
         result[name] = {}
         for kind in encoded:
-            gap = (other[kind] - base[kind]).abs().sort().values
-            result[name][kind] = {"mean": gap.mean().item(), "p99": gap[int(0.99 * (gap.numel() - 1))].item(),
-                                  "max": gap[-1].item(), "tokens": gap.numel()}
-            print(f"{name:>10} vs bf16_sdpa {kind:>6}: mean |Δlogp| {gap.mean():.4f}  p99 "
-                  f"{result[name][kind]['p99']:.4f}  ({gap.numel()} tokens)", flush=True)
+            stats = result[name][kind] = gap_stats(other[kind] - base[kind])
+            print(f"{name:>10} vs bf16_sdpa {kind:>6}: mean |Δlogp| {stats['mean']:.4f}  p99 {stats['p99']:.4f}  "
+                  f"({stats['tokens']} tokens)", flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -36,21 +36,13 @@ def main() -> int:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from vllm import LLM, SamplingParams
 
-    from vqrl.data.media import VisionSpec, load_image, load_video
-    from vqrl.modeling.vision import VISION_KEYS, encode_prompt, media_of, mm_token_type_ids, vision_token_ids
+    from logprob_probe import check_prompts, cut_at_vision, gap_stats, token_logps
+
+    from vqrl.modeling.vision import media_of, vision_token_ids
     from vqrl.modeling.vllm_requests import check_expansion, media_request
 
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")
-    spec = VisionSpec.for_processor(processor, video_fps=2.0, video_max_frames=8)
-    image = load_image(os.path.join(ROOT, "examples", "images", "chelsea.jpg"), spec)
-    frames, meta = load_video(os.path.join(ROOT, "examples", "videos", "rocket_pan_l0.mp4"), spec)
-    question = {"type": "text", "text": "How good is the quality? Think, then answer with a score from 1 to 5."}
-    prompts = {
-        "text": [{"role": "user", "content": [question]}],
-        "image": [{"role": "user", "content": [{"type": "image", "image": image}, question]}],
-        "video": [{"role": "user", "content": [{"type": "video", "video": frames, "video_metadata": meta}, question]}],
-    }
-    encoded = {k: encode_prompt(processor, v) for k, v in prompts.items()}
+    prompts, encoded = check_prompts(processor)
 
     llm = LLM(model=a.model, dtype=a.dtype, gpu_memory_utilization=a.gpu_memory_utilization, max_model_len=4096,
               seed=0, logprobs_mode="raw_logprobs", limit_mm_per_prompt={"image": 1, "video": 1},
@@ -72,7 +64,6 @@ def main() -> int:
 
     model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=getattr(torch, a.dtype),
                                                         attn_implementation="sdpa").to(a.device).eval()
-    config = model.config
     vision_tokens = set(vision_token_ids(processor.tokenizer))
     result = {"dtype": a.dtype, "model": a.model, "mm_encoder_attn_backend": a.mm_encoder_attn_backend}
     for (kind, (ids, vision)), out in zip(encoded.items(), outputs):
@@ -80,23 +71,13 @@ def main() -> int:
         for sample in out.outputs:
             tokens = list(sample.token_ids)
             sampled = torch.tensor([next(iter(d.values())).logprob for d in sample.logprobs])
-            cut = next((j for j, t in enumerate(tokens) if t in vision_tokens), len(tokens))  # as trainers cut
+            cut = cut_at_vision(tokens, vision_tokens)
             tokens, sampled = tokens[:cut], sampled[:cut]
-            if not tokens:
-                continue
-            x = torch.tensor([ids + tokens], device=a.device)
-            extra = {k: v.to(a.device) for k, v in vision.items() if k in VISION_KEYS}
-            if extra:
-                extra["mm_token_type_ids"] = mm_token_type_ids(x, config.image_token_id, config.video_token_id)
-            with torch.no_grad():
-                logits = model(input_ids=x, **extra).logits[0, len(ids) - 1:-1].float()
-            trained = logits.log_softmax(-1).gather(-1, torch.tensor(tokens, device=a.device)[:, None])[:, 0].cpu()
-            gaps.append((trained - sampled).abs())
-        gap = torch.cat(gaps).sort().values
-        result[kind] = {"mean": gap.mean().item(), "p99": gap[int(0.99 * (gap.numel() - 1))].item(),
-                        "max": gap[-1].item(), "tokens": gap.numel()}
+            if tokens:
+                gaps.append(token_logps(model, ids, vision, tokens, a.device) - sampled)
+        result[kind] = gap_stats(torch.cat(gaps))
         print(f"{kind:>6}: mean |Δlogp| {result[kind]['mean']:.4f}  p99 {result[kind]['p99']:.4f}  "
-              f"max {result[kind]['max']:.4f}  ({gap.numel()} tokens)", flush=True)
+              f"max {result[kind]['max']:.4f}  ({result[kind]['tokens']} tokens)", flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f, indent=2)
