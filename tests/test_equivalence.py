@@ -10,7 +10,7 @@ import pytest
 import torch
 import trl
 
-from trainer_utils import make_trainer, write_records
+from trainer_utils import count_vision_tower, make_trainer, write_records
 from vqrl.modeling import vision as V
 
 G = 4
@@ -74,18 +74,6 @@ def _assert_same(a, b, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(grads_a[k], grads_b[k], rtol=rtol, atol=atol, msg=lambda m: f"{k}: {m}")
 
 
-def _tower_rows(trainer):
-    """Count vision tower calls and the pixel rows (patches) they encode."""
-    seen = {"calls": 0, "rows": 0}
-
-    def hook(module, args, kwargs):
-        seen["calls"] += 1
-        seen["rows"] += int(args[0].shape[0])
-
-    visual = next(m for name, m in trainer.model.named_modules() if name.endswith("visual"))
-    return seen, visual.register_forward_pre_hook(hook, with_kwargs=True)
-
-
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
 def test_vision_once_equals_per_sequence(tiny_models, tmp_path, arch):
     """2 image prompts + 1 video prompt × G=4: log-probs (chunks straddling groups), loss and every gradient."""
@@ -103,7 +91,7 @@ def test_vision_once_equals_per_sequence(tiny_models, tmp_path, arch):
         finally:
             trainer._pending_vision = None
 
-    seen, handle = _tower_rows(trainer)
+    seen, handle = count_vision_tower(trainer)
     on = logps(True)
     work_on = dict(seen)
     seen.update(calls=0, rows=0)
@@ -207,7 +195,7 @@ def test_generation_prefill_encodes_each_image_once(tiny_models, tmp_path, arch)
         trainer.vision_once = on
         trainer._pending_sample_ids = [r["sample_id"] for r in rows for _ in range(G)]
         ids, images, fields = trainer._tokenize_prompts([r["prompt"] for r in rows for _ in range(G)])
-        seen, handle = _tower_rows(trainer)
+        seen, handle = count_vision_tower(trainer)
         torch.manual_seed(3)
         try:
             completions, _ = trainer._generate_single_turn(ids, images, fields, G)
@@ -247,7 +235,7 @@ def test_teacher_forced_probs_encode_once(tiny_model_dir, tmp_path):
     targets = [[17, 23, 19]] * len(prefixes)
 
     def probs(once: bool):
-        seen, handle = _tower_rows(trainer)
+        seen, handle = count_vision_tower(trainer)
         try:
             out = teacher_forced_probs(trainer.model, prefixes, targets, inputs["vision"], 0, encode_once=once)
         finally:

@@ -121,12 +121,17 @@ class _Interrupting:
         raise KeyboardInterrupt
 
 
-def test_the_mutated_file_is_restored_even_on_ctrl_c(tmp_path):
+def _tree_with_lt_mutant(tmp_path):
+    """A one-module tree holding SOURCE, and its `<` -> `<=` mutant."""
     tree = tmp_path / "tree"
     target = tree / "src" / "vqrl" / "m.py"
     target.parent.mkdir(parents=True)
     target.write_bytes(SOURCE.encode())
-    m = next(m for m in mutate.Finder("src/vqrl/m.py", SOURCE.encode()).run() if m.op == "Lt->LtE")
+    return tree, target, next(m for m in mutate.Finder("src/vqrl/m.py", SOURCE.encode()).run() if m.op == "Lt->LtE")
+
+
+def test_the_mutated_file_is_restored_even_on_ctrl_c(tmp_path):
+    tree, target, m = _tree_with_lt_mutant(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         mutate.run_mutant(m, tree, ["tests/test_x.py"], 10, _Interrupting())
     assert target.read_bytes() == SOURCE.encode()
@@ -146,11 +151,7 @@ class _Scripted:
 
 
 def test_tests_a_mutant_makes_vanish_are_dropped_and_the_rest_rerun(tmp_path):
-    tree = tmp_path / "tree"
-    target = tree / "src" / "vqrl" / "m.py"
-    target.parent.mkdir(parents=True)
-    target.write_bytes(SOURCE.encode())
-    m = next(m for m in mutate.Finder("src/vqrl/m.py", SOURCE.encode()).run() if m.op == "Lt->LtE")
+    tree, target, m = _tree_with_lt_mutant(tmp_path)
     runner = _Scripted([(4, f"ERROR: not found: {tree}/tests/test_q.py::test_a\n(no match in any of [...])", 1.0),
                         (1, "FAILED tests/test_q.py::test_b - assert 1 == 2", 2.0)])
     result = mutate.run_mutant(m, tree, ["tests/test_q.py::test_a[x]", "tests/test_q.py::test_b"], 60, runner)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import trl.trainer.grpo_trainer as trl_grpo
 
-from trainer_utils import make_trainer, write_records
+from trainer_utils import count_vision_tower, make_trainer, write_records
 from vqrl.modeling import vision as V
 from vqrl.modeling import vision_once
 
@@ -89,18 +89,6 @@ def _interleaved(n_groups: int) -> list[int]:
     return [g * G + k for k in range(G) for g in range(n_groups)]
 
 
-def _tower(trainer):
-    """Counts the vision tower's calls and the patch rows it encodes."""
-    seen = {"calls": 0, "rows": 0}
-
-    def hook(module, args, kwargs):
-        seen["calls"] += 1
-        seen["rows"] += int(args[0].shape[0])
-
-    visual = next(m for name, m in trainer.model.named_modules() if name.endswith("visual"))
-    return seen, visual.register_forward_pre_hook(hook, with_kwargs=True)
-
-
 def _logps_entropies_grads(trainer, batch, once: bool, chunk: int):
     """Log-probs and entropies of the completions, and the gradient of a fixed weighted sum of both."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
@@ -109,7 +97,7 @@ def _logps_entropies_grads(trainer, batch, once: bool, chunk: int):
     model.zero_grad()
     trainer.vision_once = once
     trainer._pending_vision = batch["vision"]
-    seen, handle = _tower(trainer)
+    seen, handle = count_vision_tower(trainer)
     try:
         logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
             model, ids, mask, COMPLETION_LEN, batch_size=chunk, compute_entropy=True)

@@ -55,3 +55,15 @@ def count_forward_calls(trainer) -> dict:
 
     trainer._generate_single_turn = uncounted
     return calls
+
+
+def count_vision_tower(trainer):
+    """Counts the vision tower's calls and the patch rows it encodes: ({"calls", "rows"}, the hook's handle)."""
+    seen = {"calls": 0, "rows": 0}
+
+    def hook(module, args, kwargs):
+        seen["calls"] += 1
+        seen["rows"] += int(args[0].shape[0])
+
+    visual = next(m for name, m in trainer.model.named_modules() if name.endswith("visual"))
+    return seen, visual.register_forward_pre_hook(hook, with_kwargs=True)
