@@ -39,6 +39,7 @@ def main() -> int:
     from logprob_probe import check_prompts, cut_at_vision, gap_stats, token_logps
 
     from vqrl.modeling.vision import media_of, vision_token_ids
+    from vqrl.modeling.vllm_compat import llm_drops_video_metadata
     from vqrl.modeling.vllm_requests import check_expansion, media_request
 
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")
@@ -51,7 +52,9 @@ def main() -> int:
                             seed=0)
     config = llm.llm_engine.model_config.hf_config
     placeholders = {config.image_token_id, config.video_token_id}
-    rows = [media_request(ids, *media_of(prompts[kind]), placeholders) for kind, (ids, _) in encoded.items()]
+    metadata_in_kwargs = llm_drops_video_metadata(llm)
+    rows = [media_request(ids, *media_of(prompts[kind]), placeholders, metadata_in_kwargs)
+            for kind, (ids, _) in encoded.items()]
     outputs = llm.generate(rows, params, use_tqdm=False)
     for i, ((ids, _), out) in enumerate(zip(encoded.values(), outputs)):
         check_expansion(ids, out.prompt_token_ids, i)
@@ -65,7 +68,10 @@ def main() -> int:
     model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=getattr(torch, a.dtype),
                                                         attn_implementation="sdpa").to(a.device).eval()
     vision_tokens = set(vision_token_ids(processor.tokenizer))
-    result = {"dtype": a.dtype, "model": a.model, "mm_encoder_attn_backend": a.mm_encoder_attn_backend}
+    import vllm
+
+    result = {"dtype": a.dtype, "model": a.model, "mm_encoder_attn_backend": a.mm_encoder_attn_backend,
+              "vllm": vllm.__version__, "video_metadata_in_kwargs": metadata_in_kwargs}
     for (kind, (ids, vision)), out in zip(encoded.items(), outputs):
         gaps = []
         for sample in out.outputs:

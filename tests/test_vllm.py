@@ -240,3 +240,5 @@ def test_logprob_check_script_scores_every_prompt_kind(model64, tmp_path):
     for kind in ("text", "image", "video"):
         assert result[kind]["tokens"] > 0
         assert result[kind]["p99"] < 1e-3, (kind, result[kind])
+    # this vLLM forwards Qwen2.5-VL's video metadata itself (vqrl.modeling.vllm_compat; 0.26 on the GPU does not)
+    assert result["video_metadata_in_kwargs"] is False

@@ -123,6 +123,8 @@ def test_colocated_requests_carry_their_media_with_one_placeholder_per_image():
     sent = [1, 2, image_pad, image_pad, image_pad, 3]
 
     class Engine:
+        llm_engine = SimpleNamespace(model_config=SimpleNamespace(hf_config=SimpleNamespace(model_type="qwen2_vl")))
+
         def __init__(self, expanded):
             self.expanded, self.rows = expanded, None
 
@@ -136,3 +138,75 @@ def test_colocated_requests_carry_their_media_with_one_placeholder_per_image():
     assert engine.rows == [{"prompt_token_ids": [1, 2, image_pad, 3], "multi_modal_data": {"image": "img"}}]
     with pytest.raises(RuntimeError, match="vLLM expanded prompt 0 to 5 tokens where the processor gave 6"):
         MediaLLM(Engine(sent[1:]), trainer).generate([{"prompt_token_ids": sent}])
+
+
+def _vllm_0_26_processor_call(processor, text: str, request: dict):
+    """What vLLM <= 0.26 hands Qwen2.5-VL's HF processor for a request: the videos with their metadata dropped (its
+    data parser keeps bare arrays), plus the request's own `mm_processor_kwargs` (read from vLLM 0.26's
+    multimodal/parse.py and processing/context.py)."""
+    video = request["multi_modal_data"]["video"]
+    array = video[0] if isinstance(video, tuple) else video
+    return processor(text=[text], videos=[torch.from_numpy(array).permute(0, 3, 1, 2)], return_tensors="pt",
+                     **request.get("mm_processor_kwargs", {}))
+
+
+def test_video_timing_survives_a_vllm_that_drops_video_metadata(tiny_model_dir):
+    """The H200's video log-prob gap (0.20 nats vs 0.03 on images): vLLM 0.26 drops a video's metadata before
+    Qwen2.5-VL's processor, which then assumes 24 fps (second_per_grid_ts 0.083, not the trainer's 1.0) and samples
+    under other temporal positions. With `metadata_in_kwargs` the metadata reaches the processor as its own
+    argument and the timing vLLM sees is the trainer's; without it, it is not (the bug)."""
+    from transformers import AutoProcessor
+
+    from vqrl.modeling.vision import encode_prompt, media_of
+    from vqrl.modeling.vllm_requests import media_request
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    frames = torch.randint(0, 256, (8, 3, 56, 56), dtype=torch.uint8)
+    meta = {"fps": 25.0, "total_num_frames": 100, "frames_indices": list(range(0, 96, 12)), "duration": 4.0,
+            "height": 56, "width": 56}  # 2 frames kept per second, as the data loader samples them
+    prompt = [{"role": "user", "content": [{"type": "video", "video": frames, "video_metadata": meta},
+                                           {"type": "text", "text": "Rate this video."}]}]
+    ids, vision = encode_prompt(processor, prompt)
+    assert vision["second_per_grid_ts"].tolist() == [1.0]
+    text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    video_pad = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+
+    fixed = media_request(ids, *media_of(prompt), {video_pad}, metadata_in_kwargs=True)
+    assert fixed["mm_processor_kwargs"] == {"video_metadata": [meta]}
+    seen = _vllm_0_26_processor_call(processor, text, fixed)
+    assert seen["second_per_grid_ts"].tolist() == vision["second_per_grid_ts"].tolist()
+    assert torch.equal(seen["pixel_values_videos"], vision["pixel_values_videos"])
+
+    as_pairs = media_request(ids, *media_of(prompt), {video_pad})  # a vLLM that forwards (array, metadata) pairs
+    assert isinstance(as_pairs["multi_modal_data"]["video"], tuple) and "mm_processor_kwargs" not in as_pairs
+    assert _vllm_0_26_processor_call(processor, text, as_pairs)["second_per_grid_ts"].tolist() != [1.0]
+
+
+def test_which_vllm_drops_video_metadata_is_read_from_vllm_itself(monkeypatch):
+    """Only Qwen2.5-VL's positions depend on the video's fps; for it, a vLLM whose Qwen2.5-VL processing class has
+    no data parser of its own (vLLM 0.26) drops the metadata, one with it (vLLM 0.32) forwards it, and a vLLM
+    without the class is an error naming its version."""
+    import sys
+    import types
+
+    from vqrl.modeling.vllm_compat import drops_video_metadata
+
+    def fake_vllm(info_class):
+        module = types.ModuleType("vllm.model_executor.models.qwen2_5_vl")
+        if info_class is not None:
+            module.Qwen2_5_VLProcessingInfo = info_class
+        monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.0.test"))
+        monkeypatch.setitem(sys.modules, "vllm.model_executor.models.qwen2_5_vl", module)
+
+    class Qwen2VLInfo:
+        def get_data_parser(self):
+            return "metadata dropped"
+
+    fake_vllm(type("Qwen2_5_VLProcessingInfo", (Qwen2VLInfo,), {}))  # inherits Qwen2-VL's parser: vLLM 0.26
+    assert drops_video_metadata("qwen2_5_vl") is True
+    assert drops_video_metadata("qwen2_vl") is False and drops_video_metadata("qwen3_vl") is False
+    fake_vllm(type("Qwen2_5_VLProcessingInfo", (Qwen2VLInfo,), {"get_data_parser": lambda self: "needs metadata"}))
+    assert drops_video_metadata("qwen2_5_vl") is False
+    fake_vllm(None)
+    with pytest.raises(RuntimeError, match="vLLM 0.0.test has no Qwen2_5_VLProcessingInfo"):
+        drops_video_metadata("qwen2_5_vl")

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..data.dataset import MediaLoader
 from ..data.prompts import SCORE_PREFIX, build_messages
 from ..modeling.vision import encode_prompt, media_of
+from ..modeling.vllm_compat import llm_drops_video_metadata
 from ..modeling.vllm_requests import check_expansion, media_request
 from .inference import mean_score
 from .settings import prompt_config, vision_spec
@@ -33,6 +34,7 @@ def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str, 
     prefix = tok.encode(SCORE_PREFIX, add_special_tokens=False)
     digits = {tok.convert_tokens_to_ids(str(d)): d for d in range(1, 6)}
     config = llm.llm_engine.model_config.hf_config
+    metadata_in_kwargs = llm_drops_video_metadata(llm)
     placeholders = {t for t in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
                     if t is not None}
     out: list[tuple[float | None, str, str]] = []
@@ -48,7 +50,7 @@ def score_with_vllm(args, records: list[dict]) -> list[tuple[float | None, str, 
             messages = build_messages(rec, media, cfg)
             ids, _ = encode_prompt(processor, messages)
             ids = ids + (prefix if args.mode == "expected" and not cfg.think else [])
-            rows.append(media_request(ids, *media_of(messages), placeholders))
+            rows.append(media_request(ids, *media_of(messages), placeholders, metadata_in_kwargs))
             sent.append(ids)
             results.append(None)  # filled below, in order
         scored = iter(_generate(llm, rows, sent, args, cfg, digits) if rows else [])

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def vllm_multi_modal_data(images: list, videos: list, metas: list) -> dict | None:
-    """vLLM's `multi_modal_data` for one prompt: PIL images, and videos as host uint8 (T, H, W, 3) arrays.
+def vllm_multi_modal_data(images: list, videos: list, metas: list, metadata_in_kwargs: bool = False) -> dict | None:
+    """vLLM's `multi_modal_data` for one prompt: PIL images, and videos as host uint8 (T, H, W, 3) arrays, each with
+    its metadata as an (array, metadata) pair unless `metadata_in_kwargs` (then bare arrays; see `media_request`).
 
     Frames may arrive in accelerator memory (accelerate's data loader moves every tensor of a batch to the device),
     so they are copied to the host before numpy sees them."""
@@ -20,7 +21,7 @@ def vllm_multi_modal_data(images: list, videos: list, metas: list) -> dict | Non
         data["image"] = images if len(images) > 1 else images[0]
     if videos:
         arrays = [v.detach().to("cpu").permute(0, 2, 3, 1).contiguous().numpy().astype(np.uint8) for v in videos]
-        items = [(a, m) if m else a for a, m in zip(arrays, metas)]
+        items = arrays if metadata_in_kwargs else [(a, m) if m else a for a, m in zip(arrays, metas)]
         data["video"] = items if len(items) > 1 else items[0]
     return data or None
 
@@ -39,12 +40,21 @@ def collapse_placeholders(ids: list[int], placeholders: set[int]) -> list[int]:
     return out
 
 
-def media_request(ids: list[int], images: list, videos: list, metas: list, placeholders: set[int]) -> dict:
-    """One vLLM request: token ids (placeholders collapsed when media come along) and the media."""
-    data = vllm_multi_modal_data(images, videos, metas)
+def media_request(ids: list[int], images: list, videos: list, metas: list, placeholders: set[int],
+                  metadata_in_kwargs: bool = False) -> dict:
+    """One vLLM request: token ids (placeholders collapsed when media come along) and the media.
+
+    `metadata_in_kwargs`: for a vLLM that drops a video's metadata on its way to the HF processor
+    (`vqrl.modeling.vllm_compat.drops_video_metadata`), the metadata goes as the processor's own `video_metadata`
+    argument instead. Without it Qwen2.5-VL's processor assumes 24 fps: second_per_grid_ts 0.083 instead of the
+    1.0 of 2 sampled fps, so vLLM samples video completions under other temporal positions than the loss scores."""
+    data = vllm_multi_modal_data(images, videos, metas, metadata_in_kwargs)
     if not data:
         return {"prompt_token_ids": list(ids)}
-    return {"prompt_token_ids": collapse_placeholders(ids, placeholders), "multi_modal_data": data}
+    row = {"prompt_token_ids": collapse_placeholders(ids, placeholders), "multi_modal_data": data}
+    if metadata_in_kwargs and videos and all(m is not None for m in metas):
+        row["mm_processor_kwargs"] = {"video_metadata": list(metas)}
+    return row
 
 
 def check_expansion(sent: list[int], processed: list[int], index: int) -> None:

@@ -12,6 +12,7 @@ import logging
 
 import torch
 
+from ..modeling.vllm_compat import llm_drops_video_metadata
 from ..modeling.vllm_requests import check_expansion, media_request
 
 logger = logging.getLogger("vqrl")
@@ -27,6 +28,7 @@ class MediaLLM:
 
     def __init__(self, llm, trainer):
         self._llm, self._trainer = llm, trainer
+        self._metadata_in_kwargs = llm_drops_video_metadata(llm)
 
     def generate(self, prompts, *args, **kwargs):
         media = self._trainer._pending_media or []
@@ -36,7 +38,8 @@ class MediaLLM:
                 "vllm_tensor_parallel_size > 1 are not supported yet (use tensor parallel 1 per training process)"
             )
         placeholders = {t for t in (self._trainer._image_token_id, self._trainer._video_token_id) if t is not None}
-        rows = [{**row, **media_request(row["prompt_token_ids"], *m, placeholders)} for row, m in zip(prompts, media)]
+        rows = [{**row, **media_request(row["prompt_token_ids"], *m, placeholders, self._metadata_in_kwargs)}
+                for row, m in zip(prompts, media)]
         outputs = self._llm.generate(rows, *args, **kwargs)
         for i, (row, output) in enumerate(zip(prompts, outputs)):
             check_expansion(row["prompt_token_ids"], output.prompt_token_ids, i)
