@@ -82,3 +82,36 @@ def test_bench_video_and_mixed_rows(tmp_path):
     assert bench.run(bench_args(tmp_path, ["trl"], image_sizes="mixed", image_size=224, prompts=4)) == 0
     mixed = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert len(set(mixed["visual_tokens_per_prompt"])) > 1  # different sizes, different token counts
+
+
+def test_rows_under_deepspeed_are_accelerate_launches_of_one_row(tmp_path, monkeypatch):
+    """`--accelerate_config`: each row is `accelerate launch` of the bench for that one trainer, with the config, the
+    process count and the DeepSpeed file found in the repository (as finetune_RL.sh does from another folder); the
+    launched ranks run their row instead of launching again, and no launch is tried without GPUs."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = os.path.join(repo, "configs", "accelerate", "zero3.yaml")
+    args = bench_args(tmp_path, ["trl", "standard"], accelerate_config=config, num_processes=2)
+    monkeypatch.chdir(tmp_path)  # configs/deepspeed/zero3.json is not found from here
+    cmd = bench.row_command("standard", args, str(tmp_path / "w"), str(tmp_path / "row.json"))
+    launch_end = cmd.index("vqrl.cli") - 1
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--config_file") + 1] == config and cmd[cmd.index("--num_processes") + 1] == "2"
+    assert cmd[cmd.index("--deepspeed_config_file") + 1] == os.path.join(repo, "configs", "deepspeed", "zero3.json")
+    inner = cmd[launch_end:]
+    assert inner[:3] == ["-m", "vqrl.cli", "bench"]
+    assert inner[inner.index("--trainers") + 1:inner.index("--trainers") + 3] == ["standard", "--steps"]
+    assert inner[inner.index("--isolate") + 1] == "false" and inner[inner.index("--out") + 1] == str(tmp_path / "row.json")
+    plain = bench.row_command("standard", bench_args(tmp_path, ["standard"]), "w", "o.json")
+    assert plain[1:4] == ["-m", "vqrl.cli", "bench"] and "accelerate.commands.launch" not in plain
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert not bench.launched()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert bench.launched()
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs GPUs"):
+        bench.run(args)
+    with pytest.raises(SystemExit, match="no such file"):
+        bench.run(bench_args(tmp_path, ["trl"], accelerate_config=str(tmp_path / "missing.yaml")))

@@ -219,18 +219,33 @@ def saved_model(a, workdir: str) -> str:
     return path
 
 
+def launched() -> bool:
+    """Whether this process is one rank of an `accelerate launch` (the bench then runs its row, it does not launch)."""
+    return "LOCAL_RANK" in os.environ or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def load_model(a, path: str):
+    """The saved random model, loaded after the trainer's config exists: under an accelerate DeepSpeed launch that
+    config registers DeepSpeed, so ZeRO-3 partitions the weights as they load (as a user's run does); the launch,
+    not `device_map`, then places them."""
+    from transformers import AutoModelForImageTextToText
+
+    placement = {} if launched() else {"device_map": a.device}
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, a.dtype),
+                                                        attn_implementation="sdpa", use_safetensors=True, **placement)
+    if a.freeze_vision_tower:
+        model.model.visual.requires_grad_(False)
+    return model
+
+
 def build(kind: str, a, workdir: str):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
     from .training.metrics import ResourceLogger
 
     path = saved_model(a, workdir)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, a.dtype), device_map=a.device,
-                                                        attn_implementation="sdpa")
     processor = AutoProcessor.from_pretrained(path, padding_side="left")
-    if a.freeze_vision_tower:
-        model.model.visual.requires_grad_(False)
     images = synthetic_images(a.prompts, a.image_size, kind=a.image_sizes)
     question = "How would you rate the overall visual quality of this image? Think first, then answer."
     if kind == "trl" and a.video:
@@ -244,7 +259,7 @@ def build(kind: str, a, workdir: str):
             "image": images,
         })
         cfg = GRPOConfig(**common_config(a, os.path.join(workdir, kind)))
-        trainer = GRPOTrainer(model=model, reward_funcs=[random_reward], args=cfg, train_dataset=ds,
+        trainer = GRPOTrainer(model=load_model(a, path), reward_funcs=[random_reward], args=cfg, train_dataset=ds,
                               processing_class=processor)
         trainer.add_callback(ResourceLogger(cfg.output_dir))  # peak memory read the same way as ours
         return trainer
@@ -258,8 +273,8 @@ def build(kind: str, a, workdir: str):
     records = []
     if a.video:
         width, height = (int(x) for x in a.video_size.split("x"))
-        for path in synthetic_videos(a.prompts, workdir, a.video_seconds, width, height):
-            records.append({"video": path, "solution": round(random.uniform(1, 5), 2), "type": "scoring_video",
+        for path_ in synthetic_videos(a.prompts, workdir, a.video_seconds, width, height):
+            records.append({"video": path_, "solution": round(random.uniform(1, 5), 2), "type": "scoring_video",
                             "question": question.replace("image", "video")})
     for i, img in enumerate([] if a.video else images):
         img.save(os.path.join(img_dir, f"{i}.png"))
@@ -277,7 +292,7 @@ def build(kind: str, a, workdir: str):
                      video_max_frames=a.video_frames, video_root=[img_dir],
                      heartbeat=False, freeze_vision_tower=a.freeze_vision_tower,
                      checkpoint_layers=a.checkpoint_layers, **vllm_options)
-    return build_trainer(cfg, ModelConfig(), model=model, processor=processor)
+    return build_trainer(cfg, ModelConfig(), model=load_model(a, path), processor=processor)
 
 
 def summarize(kind: str, timer: StepTimer, a, n_params: int, tokens: int, peak: float) -> dict:
@@ -299,13 +314,19 @@ def run_one(kind: str, a, workdir: str) -> dict:
     trainer = build(kind, a, workdir)
     instrument(trainer, timer)
     visual = visual_tokens(trainer)
-    n_params = sum(p.numel() for p in trainer.model.parameters())
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())  # ZeRO-3: full size
     trainer.train()
     seen = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]  # TRL: prompt + completion
     tokens = int((seen[-1] - seen[a.warmup - 1]) / (len(seen) - a.warmup)) if len(seen) > a.warmup >= 1 else int(
         seen[-1] / len(seen))
     result = summarize(kind, timer, a, n_params, tokens, peak_memory_gb(trainer.args.output_dir))
     result["params"] = n_params
+    processes = trainer.accelerator.num_processes
+    result["num_processes"] = processes  # TRL's token count sums every process: tokens/s is the whole launch's
+    result["tokens_per_s_per_gpu"] = result["tokens_per_s"] / processes
+    result["deepspeed_zero_stage"] = (trainer.accelerator.state.deepspeed_plugin.zero_stage
+                                      if trainer.is_deepspeed_enabled else None)
+    result["vision_once"] = getattr(trainer, "vision_once", None)
     budget = getattr(trainer, "activation_budget", None)
     if budget is not None:
         result["activation_budget"] = budget.log
@@ -414,6 +435,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", default=None, help="a name for this configuration in the JSON")
     parser.add_argument("--isolate", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                         help="each trainer in its own process (several trainers; a failing one is recorded)")
+    parser.add_argument("--accelerate_config", default=None,
+                        help="run every row under `accelerate launch` with this config, as users launch (e.g. "
+                        "configs/accelerate/zero3.yaml); plain TRL runs under the same config")
+    parser.add_argument("--num_processes", type=int, default=1,
+                        help="with --accelerate_config: processes (GPUs); each runs the same per-device batch")
     parser.add_argument("--out", default="outputs/bench.json")
 
 
@@ -434,15 +460,41 @@ def _argv(args: argparse.Namespace, **changes) -> list[str]:
     return argv
 
 
+def row_command(kind: str, args: argparse.Namespace, workdir: str, out: str) -> list[str]:
+    """The command that runs one row in its own process: `python -m vqrl.cli bench` for that trainer, under
+    `accelerate launch` when --accelerate_config is given. A DeepSpeed file the config names relative to the current
+    folder is looked up in the repository, as finetune_RL.sh does."""
+    inner = ["-m", "vqrl.cli", "bench", *_argv(args, trainers=[kind], out=out, workdir=workdir, isolate=False,
+                                                label=None)]
+    if not args.accelerate_config:
+        return [sys.executable, *inner]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config,
+              "--num_processes", str(args.num_processes)]
+    ds_json = deepspeed_file(args.accelerate_config)
+    if ds_json and not os.path.isabs(ds_json) and not os.path.exists(ds_json):
+        repo_json = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 ds_json)
+        if os.path.exists(repo_json):
+            launch += ["--deepspeed_config_file", repo_json]
+    return [*launch, *inner]
+
+
+def deepspeed_file(accelerate_config: str) -> str | None:
+    """The DeepSpeed JSON an accelerate config names (deepspeed_config.deepspeed_config_file), if any."""
+    import yaml
+
+    with open(accelerate_config) as f:
+        config = yaml.safe_load(f) or {}
+    return (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
+
+
 def run_isolated(kind: str, args: argparse.Namespace, workdir: str) -> dict:
-    """One trainer in a fresh process: a vLLM engine or compiled graphs of an earlier row can neither leak memory
-    into nor slow down the next, and peak memory is this trainer's own. A crash is recorded, not fatal."""
+    """One trainer in a fresh process (or launch): a vLLM engine or compiled graphs of an earlier row can neither
+    leak memory into nor slow down the next, and peak memory is this trainer's own. A crash is recorded, not fatal."""
     import subprocess
 
     out = os.path.join(workdir, f"row_{kind}.json")
-    cmd = [sys.executable, "-m", "vqrl.cli", "bench", *_argv(args, trainers=[kind], out=out, workdir=workdir,
-                                                              isolate=False, label=None)]
-    proc = subprocess.run(cmd, check=False)
+    proc = subprocess.run(row_command(kind, args, workdir, out), check=False)
     if proc.returncode != 0 or not os.path.exists(out):
         return {"trainer": kind, "error": f"exit code {proc.returncode}"}
     with open(out) as f:
@@ -450,18 +502,28 @@ def run_isolated(kind: str, args: argparse.Namespace, workdir: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.accelerate_config and not launched():
+        if not os.path.exists(args.accelerate_config):
+            raise SystemExit(f"vqrl bench: --accelerate_config {args.accelerate_config}: no such file")
+        if not torch.cuda.is_available():
+            raise SystemExit("vqrl bench: --accelerate_config needs GPUs (accelerate starts DeepSpeed only on GPUs)")
+    main = int(os.environ.get("RANK", "0")) == 0
     results = []
     with (tempfile.TemporaryDirectory() if not args.workdir else _keep(args.workdir)) as workdir:
-        if len(args.trainers) > 1 and args.isolate:
-            saved_model(args, workdir)  # written once, read by every row
+        isolated = (len(args.trainers) > 1 and args.isolate) or (args.accelerate_config and not launched())
+        if isolated:
+            saved_model(args, workdir)  # written once, read by every row (and every rank of a launch)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         for kind in args.trainers:
-            print(f"[bench] {kind} on {args.model}: {args.prompts} prompts x {args.generations} generations, "
-                  f"{args.completion_length} completion tokens", file=sys.stderr, flush=True)
-            isolated = len(args.trainers) > 1 and args.isolate
+            if main:
+                print(f"[bench] {kind} on {args.model}: {args.prompts} prompts x {args.generations} generations, "
+                      f"{args.completion_length} completion tokens", file=sys.stderr, flush=True)
             results.append(run_isolated(kind, args, workdir) if isolated else run_one(kind, args, workdir))
-            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            if main:
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    if not main:
+        return 0
     results = [r for r in results if "error" not in r] + [r for r in results if "error" in r]
     for r in results:
         if "error" in r:
