@@ -246,3 +246,29 @@ def test_teacher_forced_probs_encode_once(tiny_model_dir, tmp_path):
     torch.testing.assert_close(once, plain, rtol=1e-5, atol=1e-6)
     assert rows_once * G == rows_plain
     assert not torch.allclose(plain[0], plain[G]), "both images gave the same probabilities: the test is vacuous"
+
+
+@pytest.mark.parametrize("zero3", [False, True])
+def test_auto_turns_vision_once_and_compiled_generation_on_under_zero3(monkeypatch, zero3):
+    """Both were off under ZeRO-3 "until verified there"; the H200 run of scripts/zero3_equivalence_check.py (same
+    completions, loss and gradient norm with both on as with both off; docs/perf.md) verified them, so `auto` turns
+    them on there too, compiled decoding only while TRL gathers the whole model for generation."""
+    from types import SimpleNamespace
+
+    from vqrl.trainers import base
+
+    monkeypatch.setattr(base, "is_deepspeed_zero3_enabled", lambda: zero3)
+    monkeypatch.delenv(base.VISION_ONCE_ENV, raising=False)
+
+    def fake(gather=True, device="cuda", vllm=False, **settings):
+        args = SimpleNamespace(**{"vision_once": "auto", "compiled_generation": "auto",
+                                  "ds3_gather_for_generation": gather, **settings})
+        return SimpleNamespace(args=args, use_vllm=vllm, accelerator=SimpleNamespace(device=torch.device(device)),
+                               is_fsdp_enabled=False, model=torch.nn.Linear(1, 1))
+
+    assert base.VQRLTrainer._resolve_vision_once(fake()) is True
+    assert base.VQRLTrainer._compiled_generation(fake()) is True
+    assert base.VQRLTrainer._compiled_generation(fake(gather=False)) is (not zero3)  # per-layer gathers: not compiled
+    assert base.VQRLTrainer._compiled_generation(fake(device="cpu")) is False
+    assert base.VQRLTrainer._compiled_generation(fake(vllm=True)) is False
+    assert base.VQRLTrainer._resolve_vision_once(fake(vision_once="false")) is False

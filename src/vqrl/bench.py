@@ -291,7 +291,8 @@ def build(kind: str, a, workdir: str):
                      reward_funcs=["vqrl.bench:random_reward"], max_pixels=a.image_size * a.image_size,
                      video_max_frames=a.video_frames, video_root=[img_dir],
                      heartbeat=False, freeze_vision_tower=a.freeze_vision_tower,
-                     checkpoint_layers=a.checkpoint_layers, **vllm_options)
+                     checkpoint_layers=a.checkpoint_layers, vision_once=a.vision_once,
+                     compiled_generation=a.compiled_generation, **vllm_options)
     return build_trainer(cfg, ModelConfig(), model=load_model(a, path), processor=processor)
 
 
@@ -327,6 +328,7 @@ def run_one(kind: str, a, workdir: str) -> dict:
     result["deepspeed_zero_stage"] = (trainer.accelerator.state.deepspeed_plugin.zero_stage
                                       if trainer.is_deepspeed_enabled else None)
     result["vision_once"] = getattr(trainer, "vision_once", None)
+    result["compiled_generation"] = trainer._compiled_generation() if hasattr(trainer, "_compiled_generation") else None
     budget = getattr(trainer, "activation_budget", None)
     if budget is not None:
         result["activation_budget"] = budget.log
@@ -425,6 +427,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plain TRL trains the vision tower; keep False for a like-for-like comparison")
     parser.add_argument("--checkpoint_layers", default="all",
                         help="vqrl trainers: auto | all | N (plain TRL always recomputes every layer)")
+    parser.add_argument("--vision_once", default="auto", choices=["auto", "true", "false"],
+                        help="vqrl trainers: encode each image/video once per log-prob forward (auto: the trainer's "
+                        "default)")
+    parser.add_argument("--compiled_generation", default="auto", choices=["auto", "true", "false"],
+                        help="vqrl trainers: static-cache compiled decoding (auto: the trainer's default)")
     parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3)
     parser.add_argument("--vllm_sleep", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
                         help="vLLM sleep mode: frees its memory between generations (for the 7B on one GPU)")

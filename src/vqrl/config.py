@@ -52,12 +52,13 @@ class VQRLConfig(GRPOConfig):
         "help": "with freeze_vision_tower: keep the merger (the vision-to-language projector) trainable"})
     compiled_generation: str = field(default="auto", metadata={
         "help": "auto | true | false: decode with a static KV cache and a compiled, CUDA-graph forward (HF generate's "
-                "compile path). auto: on for CUDA without vLLM, ZeRO-3, FSDP or PEFT (the settings it was measured in)"})
+                "compile path). auto: on for CUDA without vLLM, FSDP or PEFT (the settings it was measured in); under ZeRO-3 "
+                "while TRL gathers the whole model for generation (ds3_gather_for_generation, its default)"})
 
     vision_once: str = field(default="auto", metadata={
         "help": "auto | true | false: every log-prob pass (and HF generation's prefill, and Refine's PD passes) "
                 "encodes each distinct image/video once, not once per completion; loss and gradients are unchanged "
-                "(tests/test_equivalence.py). auto: on, except under DeepSpeed ZeRO-3 (not yet run there on GPUs)"})
+                "(tests/test_equivalence.py; under ZeRO-3 on the H200: scripts/zero3_equivalence_check.py). auto: on"})
 
     checkpoint_layers: str = field(default="all", metadata={
         "help": "with --gradient_checkpointing: all | auto | N. all: every language layer recomputes its activations "

@@ -76,7 +76,8 @@ class EpochRepeatSampler(RepeatSampler):
 class VQRLTrainer(GRPOTrainer):
     """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes.
 
-    `--vision_once auto|true|false` (auto: on, except under ZeRO-3 where it has not yet run on GPUs): the log-prob
+    `--vision_once auto|true|false` (auto: on; under ZeRO-3 too, checked on the H200 by
+    scripts/zero3_equivalence_check.py): the log-prob
     passes encode each distinct image/video once per forward, and train micro-batches hold whole prompt groups where
     that cannot change the result (see `_groups_keep_result`)."""
 
@@ -156,17 +157,19 @@ class VQRLTrainer(GRPOTrainer):
             on = setting == "true"
             logger.info("vision-once %s (--vision_once %s)", "on" if on else "off", setting)
             return on
-        zero3 = is_deepspeed_zero3_enabled()
-        logger.info("vision-once %s (--vision_once auto%s)", "off" if zero3 else "on",
-                    " under DeepSpeed ZeRO-3, where it has not yet run on GPUs" if zero3 else "")
-        return not zero3
+        logger.info("vision-once on (--vision_once auto)")
+        return True
 
     def _compiled_generation(self) -> bool:
         choice = str(getattr(self.args, "compiled_generation", "false")).lower()
         if choice not in ("auto", "true", "false"):
             raise ValueError(f"compiled_generation must be auto, true or false, not {choice!r}")
         if choice == "auto":
-            return (not self.use_vllm and self.accelerator.device.type == "cuda" and not is_deepspeed_zero3_enabled()
+            # Under ZeRO-3 only while TRL gathers the whole model for generation (its default): decoding then runs
+            # on whole weights, as on one GPU (measured on the H200, docs/perf.md); per-layer gathers inside a
+            # compiled graph were never run.
+            gathered = not is_deepspeed_zero3_enabled() or getattr(self.args, "ds3_gather_for_generation", True)
+            return (not self.use_vllm and self.accelerator.device.type == "cuda" and gathered
                     and not self.is_fsdp_enabled and not hasattr(self.model, "peft_config"))  # measured without these
         return choice == "true" and not self.use_vllm
 

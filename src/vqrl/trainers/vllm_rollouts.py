@@ -113,6 +113,5 @@ def warn_on_logp_gap(metrics: dict[str, float], warned: set[str]) -> None:
         logger.warning(
             "vLLM's log-probs on %s prompts differ from the trained policy's by %.2f nats per token on average "
             "(bf16 numerics give ~0.03): vLLM samples from other inputs or weights than the policy, and TRL's "
-            "importance-sampling correction gives these rollouts little weight.%s", kind, gap,
-            " A known gap for video with vLLM 0.26 on GPUs (docs/perf.md): prefer --use_vllm false for video data."
-            if kind == "video" else " See docs/perf.md (log-prob check).")
+            "importance-sampling correction gives these rollouts little weight. See docs/perf.md (log-prob check; "
+            "scripts/vllm_logprob_check.py measures it per prompt kind).", kind, gap)
