@@ -6,7 +6,7 @@
 # .whl/setup-vllm.sh`; each part logs to its own file and a failing part does not stop the next.
 set -uo pipefail
 out=${1:-outputs/h200}
-parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap
+parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step
 trainers3b=${TRAINERS_3B:-"trl standard vllm refine refine_vllm"}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -34,6 +34,19 @@ for part in $parts; do
         --out "$out/logprob_check_3b_fp32.json" > "$out/logprob_check_fp32.log" 2>&1
       VLLM_ENABLE_V1_MULTIPROCESSING=0 python3 scripts/vllm_logprob_check.py --model /tmp/bw3/model --dtype bfloat16 \
         --mm_encoder_attn_backend TORCH_SDPA --out "$out/logprob_check_3b_sdpa.json" > "$out/logprob_check_sdpa.log" 2>&1 ;;
+    zero3)  # plain TRL and standard under ZeRO-3, the user's config, every visible GPU (docs/perf.md, ZeRO-3 section)
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers trl standard \
+        --accelerate_config configs/accelerate/zero3.yaml --num_processes "${NPROC:-1}" --steps 2 --warmup 1 \
+        --workdir /tmp/bz3 --out "$out/bench_3b_zero3.json" > "$out/bench_3b_zero3.log" 2>&1 ;;
+    zero3_equivalence)  # vision-once + compiled generation on vs off under ZeRO-3: same completions, loss, grad norm
+      python3 scripts/zero3_equivalence_check.py --nproc "${NPROC:-1}" --out /tmp/z3 > "$out/zero3_equivalence.log" 2>&1
+      rc=$?; cp /tmp/z3/zero3_equivalence.json "$out/" 2>/dev/null; (exit $rc) ;;
+    video_step)  # the speed issue's video target: a video row, then an image row with the same visual tokens per prompt
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --video true --steps 2 --warmup 1 \
+        --workdir /tmp/bv3 --out "$out/bench_3b_video.json" > "$out/bench_3b_video.log" 2>&1
+      side=$(python3 -c "import json,math; r=json.load(open('$out/bench_3b_video.json'))['results'][0]; t=max(r['visual_tokens_per_prompt']); print(28*round(math.sqrt(t)))") &&
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --image_size "$side" --steps 2 --warmup 1 \
+        --workdir /tmp/bv3 --out "$out/bench_3b_image_same_tokens.json" > "$out/bench_3b_image_same_tokens.log" 2>&1 ;;
     bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1 ;;
