@@ -4,9 +4,9 @@
 Two short runs of the standard trainer through the user's entry point (`accelerate launch` with
 configs/accelerate/zero3.yaml, `python -m vqrl.grpo`), same model, data, seed and float32 weights, one with
 `--vision_once true --compiled_generation true`, one with both false. A mixed data file (images and a video) puts
-both modalities in every step (and, on 2+ GPUs, different modalities on different ranks). The first step's
-completions come from the same weights and seed, so its logged loss, KL and grad norm must agree; the second
-step's loss and KL then say the updates agreed too. The optimizer is plain SGD (lr 1): Adam moves every parameter
+both modalities in every step (and, on 2+ GPUs, different modalities on different ranks); each run's log must say
+that its paths ran as asked. The first step's completions come from the same weights and seed, so its logged loss,
+grad norm, reward and completion length must agree; the second step's then say the updates agreed too. The optimizer is plain SGD (lr 1): Adam moves every parameter
 by ~lr whatever its gradient's size, so float noise in a near-zero gradient becomes a full-size update of either sign,
 and step 2 would compare that noise (measured with Adam at lr 1e-3: step 1 equal, step-2 KL 1 % apart). Writes <out>/zero3_equivalence.json; exits 1 on a mismatch.
 
@@ -65,6 +65,10 @@ def run(out: Path, model: str, nproc: int, fast: bool, steps: int) -> list[dict]
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"the {name} run failed (exit {proc.returncode}); see {out / name}.log")
+    log = (out / f"{name}.log").read_text()
+    ran = {"vision-once": "vision-once on" in log, "compiled generation": "compiled generation on" in log}
+    if any(on != fast for on in ran.values()):  # else the comparison would compare a path with itself
+        raise SystemExit(f"the {name} run did not run what it asked for: {ran} (see {out / name}.log)")
     return [r for r in read_metrics(str(out / name / "metrics.jsonl")) if "loss" in r]
 
 

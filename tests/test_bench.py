@@ -104,14 +104,29 @@ def test_rows_under_deepspeed_are_accelerate_launches_of_one_row(tmp_path, monke
     plain = bench.row_command("standard", bench_args(tmp_path, ["standard"]), "w", "o.json")
     assert plain[1:4] == ["-m", "vqrl.cli", "bench"] and "accelerate.commands.launch" not in plain
 
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
-    assert not bench.launched()
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    assert bench.launched()
-    monkeypatch.delenv("LOCAL_RANK")
+    # the ranks know they are the bench's launch by its own marker (accelerate's launchers set different variables)
+    calls = []
+    monkeypatch.setattr("subprocess.run", lambda cmd, check, env: calls.append(env) or argparse.Namespace(returncode=1))
+    assert bench.run_isolated("standard", args, str(tmp_path / "w"))["error"] == "exit code 1"
+    assert calls[0][bench.LAUNCHED_ROW] == "1"
+    monkeypatch.delenv(bench.LAUNCHED_ROW, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not bench.launched() and bench.processes() == 1
+    monkeypatch.setenv(bench.LAUNCHED_ROW, "1")
+    assert bench.launched() and bench.processes() == 2
+    monkeypatch.delenv(bench.LAUNCHED_ROW)
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs GPUs"):
         bench.run(args)
     with pytest.raises(SystemExit, match="no such file"):
         bench.run(bench_args(tmp_path, ["trl"], accelerate_config=str(tmp_path / "missing.yaml")))
+
+
+def test_bench_data_holds_a_generation_batch_for_every_process(tmp_path):
+    """TRL's sampler takes prompts x processes distinct rows for one generation batch and yields nothing with fewer:
+    a launch's data holds each process's prompts, written once by the bench before it launches."""
+    args = bench_args(tmp_path, ["standard"], prompts=3, num_processes=2)
+    img_dir, data = bench.bench_data(args, str(tmp_path / "w"), args.prompts * args.num_processes)
+    records = json.loads(open(data).read())
+    assert len(records) == 6 and len(os.listdir(img_dir)) == 6
+    assert bench.bench_data(args, str(tmp_path / "w"), 6, write=False) == (img_dir, data)  # a rank only reads

@@ -250,9 +250,10 @@ def test_teacher_forced_probs_encode_once(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("zero3", [False, True])
 def test_auto_turns_vision_once_and_compiled_generation_on_under_zero3(monkeypatch, zero3):
-    """Both were off under ZeRO-3 "until verified there"; the H200 run of scripts/zero3_equivalence_check.py (same
-    completions, loss and gradient norm with both on as with both off; docs/perf.md) verified them, so `auto` turns
-    them on there too, compiled decoding only while TRL gathers the whole model for generation."""
+    """Both were off under ZeRO-3 "until verified there"; the one-GPU H200 run of scripts/zero3_equivalence_check.py
+    (same loss, gradient norm, reward and completion lengths with both on as with both off; docs/perf.md) verified
+    them on one process, so `auto` turns them on there, compiled decoding only while TRL gathers the whole model for
+    generation, vision-once not yet with several ZeRO-3 ranks."""
     from types import SimpleNamespace
 
     from vqrl.trainers import base
@@ -260,13 +261,17 @@ def test_auto_turns_vision_once_and_compiled_generation_on_under_zero3(monkeypat
     monkeypatch.setattr(base, "is_deepspeed_zero3_enabled", lambda: zero3)
     monkeypatch.delenv(base.VISION_ONCE_ENV, raising=False)
 
-    def fake(gather=True, device="cuda", vllm=False, **settings):
+    def fake(gather=True, device="cuda", vllm=False, processes=1, **settings):
         args = SimpleNamespace(**{"vision_once": "auto", "compiled_generation": "auto",
                                   "ds3_gather_for_generation": gather, **settings})
-        return SimpleNamespace(args=args, use_vllm=vllm, accelerator=SimpleNamespace(device=torch.device(device)),
-                               is_fsdp_enabled=False, model=torch.nn.Linear(1, 1))
+        accelerator = SimpleNamespace(device=torch.device(device), num_processes=processes)
+        return SimpleNamespace(args=args, use_vllm=vllm, accelerator=accelerator, is_fsdp_enabled=False,
+                               model=torch.nn.Linear(1, 1))
 
     assert base.VQRLTrainer._resolve_vision_once(fake()) is True
+    # several ZeRO-3 ranks: each tower call is a collective, and that case has not run on GPUs: off until it has
+    assert base.VQRLTrainer._resolve_vision_once(fake(processes=2)) is (not zero3)
+    assert base.VQRLTrainer._resolve_vision_once(fake(processes=2, vision_once="true")) is True
     assert base.VQRLTrainer._compiled_generation(fake()) is True
     assert base.VQRLTrainer._compiled_generation(fake(gather=False)) is (not zero3)  # per-layer gathers: not compiled
     assert base.VQRLTrainer._compiled_generation(fake(device="cpu")) is False

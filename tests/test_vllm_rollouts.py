@@ -177,6 +177,9 @@ def test_video_timing_survives_a_vllm_that_drops_video_metadata(tiny_model_dir):
     assert seen["second_per_grid_ts"].tolist() == vision["second_per_grid_ts"].tolist()
     assert torch.equal(seen["pixel_values_videos"], vision["pixel_values_videos"])
 
+    with pytest.raises(ValueError, match="a prompt with 2 videos: this vLLM drops video metadata"):
+        media_request(ids, [], [frames, frames], [meta, meta], {video_pad}, metadata_in_kwargs=True)
+
     as_pairs = media_request(ids, *media_of(prompt), {video_pad})  # a vLLM that forwards (array, metadata) pairs
     assert isinstance(as_pairs["multi_modal_data"]["video"], tuple) and "mm_processor_kwargs" not in as_pairs
     assert _vllm_0_26_processor_call(processor, text, as_pairs)["second_per_grid_ts"].tolist() != [1.0]

@@ -188,6 +188,9 @@ def synthetic_videos(n: int, workdir: str, seconds: float, width: int, height: i
     return paths
 
 
+QUESTION = "How would you rate the overall visual quality of this image? Think first, then answer."
+
+
 def random_reward(completions, **kwargs):
     """Non-constant rewards, so advantages are non-zero and the backward pass does real work."""
     return [random.random() for _ in completions]
@@ -219,9 +222,19 @@ def saved_model(a, workdir: str) -> str:
     return path
 
 
+LAUNCHED_ROW = "VQRL_BENCH_LAUNCHED_ROW"  # set by row_command for the ranks of an accelerate launch
+
+
 def launched() -> bool:
-    """Whether this process is one rank of an `accelerate launch` (the bench then runs its row, it does not launch)."""
-    return "LOCAL_RANK" in os.environ or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    """Whether this process is one rank of the bench's own `accelerate launch` (it then runs its row, it does not
+    launch again; the launch, not `device_map`, places the model). Marked explicitly: accelerate's launchers differ
+    in what they set (one process without DeepSpeed sets no rank variables at all)."""
+    return os.environ.get(LAUNCHED_ROW) == "1"
+
+
+def processes() -> int:
+    """Processes of this launch (1 outside one)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if launched() else 1
 
 
 def load_model(a, path: str):
@@ -238,6 +251,30 @@ def load_model(a, path: str):
     return model
 
 
+def bench_data(a, workdir: str, n_prompts: int, write: bool = True) -> tuple[str, str]:
+    """(image folder, data file) of vqrl's rows: the synthetic images or videos and their records, written by one
+    process (the bench's, before it launches several ranks that all read them)."""
+    img_dir, data = os.path.join(workdir, "images"), os.path.join(workdir, f"bench_{n_prompts}.json")
+    if not write:
+        return img_dir, data
+    os.makedirs(img_dir, exist_ok=True)
+    records = []
+    if a.video:
+        width, height = (int(x) for x in a.video_size.split("x"))
+        for path in synthetic_videos(n_prompts, workdir, a.video_seconds, width, height):
+            records.append({"video": path, "solution": round(random.uniform(1, 5), 2), "type": "scoring_video",
+                            "question": QUESTION.replace("image", "video")})
+    else:
+        for i, img in enumerate(synthetic_images(n_prompts, a.image_size, kind=a.image_sizes)):
+            img.save(os.path.join(img_dir, f"{i}.png"))
+            records.append({"image": f"{i}.png", "solution": round(random.uniform(1, 5), 2), "type": "scoring_image",
+                            "question": QUESTION})
+    with open(data + ".part", "w") as f:
+        json.dump(records, f)
+    os.replace(data + ".part", data)
+    return img_dir, data
+
+
 def build(kind: str, a, workdir: str):
     from transformers import AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
@@ -246,17 +283,18 @@ def build(kind: str, a, workdir: str):
 
     path = saved_model(a, workdir)
     processor = AutoProcessor.from_pretrained(path, padding_side="left")
-    images = synthetic_images(a.prompts, a.image_size, kind=a.image_sizes)
-    question = "How would you rate the overall visual quality of this image? Think first, then answer."
+    # each process trains on its own a.prompts prompts per step (TRL's sampler needs prompts x processes distinct
+    # rows for one generation batch; with fewer it yields nothing)
+    n_prompts = a.prompts * processes()
     if kind == "trl" and a.video:
         raise ValueError("plain TRL 1.16 drops video from its loss: --video measures vqrl's trainers only")
     if kind == "trl":
         from datasets import Dataset
 
         ds = Dataset.from_dict({
-            "prompt": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]]
-            * a.prompts,
-            "image": images,
+            "prompt": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]]
+            * n_prompts,
+            "image": synthetic_images(n_prompts, a.image_size, kind=a.image_sizes),
         })
         cfg = GRPOConfig(**common_config(a, os.path.join(workdir, kind)))
         trainer = GRPOTrainer(model=load_model(a, path), reward_funcs=[random_reward], args=cfg, train_dataset=ds,
@@ -268,21 +306,7 @@ def build(kind: str, a, workdir: str):
     from .config import VQRLConfig
     from .grpo import build_trainer
 
-    img_dir = os.path.join(workdir, "images")
-    os.makedirs(img_dir, exist_ok=True)
-    records = []
-    if a.video:
-        width, height = (int(x) for x in a.video_size.split("x"))
-        for path_ in synthetic_videos(a.prompts, workdir, a.video_seconds, width, height):
-            records.append({"video": path_, "solution": round(random.uniform(1, 5), 2), "type": "scoring_video",
-                            "question": question.replace("image", "video")})
-    for i, img in enumerate([] if a.video else images):
-        img.save(os.path.join(img_dir, f"{i}.png"))
-        records.append({"image": f"{i}.png", "solution": round(random.uniform(1, 5), 2), "type": "scoring_image",
-                        "question": question})
-    data = os.path.join(workdir, "bench.json")
-    with open(data, "w") as f:
-        json.dump(records, f)
+    img_dir, data = bench_data(a, workdir, n_prompts, write=not launched())  # a launch's parent wrote it
     trainer_name, use_vllm = TRAINERS[kind]
     vllm_options = dict(vllm_mode="colocate", vllm_gpu_memory_utilization=a.vllm_gpu_memory_utilization,
                         vllm_enable_sleep_mode=a.vllm_sleep) if use_vllm else {}
@@ -322,9 +346,10 @@ def run_one(kind: str, a, workdir: str) -> dict:
         seen[-1] / len(seen))
     result = summarize(kind, timer, a, n_params, tokens, peak_memory_gb(trainer.args.output_dir))
     result["params"] = n_params
-    processes = trainer.accelerator.num_processes
-    result["num_processes"] = processes  # TRL's token count sums every process: tokens/s is the whole launch's
-    result["tokens_per_s_per_gpu"] = result["tokens_per_s"] / processes
+    n_processes = trainer.accelerator.num_processes
+    result["num_processes"] = n_processes  # TRL's token count sums every process: tokens/s is the whole launch's
+    result["tokens_per_s_per_gpu"] = result["tokens_per_s"] / n_processes
+    result["mfu"] /= n_processes  # the tokens are every process's, the peak one GPU's
     result["deepspeed_zero_stage"] = (trainer.accelerator.state.deepspeed_plugin.zero_stage
                                       if trainer.is_deepspeed_enabled else None)
     result["vision_once"] = getattr(trainer, "vision_once", None)
@@ -501,7 +526,8 @@ def run_isolated(kind: str, args: argparse.Namespace, workdir: str) -> dict:
     import subprocess
 
     out = os.path.join(workdir, f"row_{kind}.json")
-    proc = subprocess.run(row_command(kind, args, workdir, out), check=False)
+    env = {**os.environ, LAUNCHED_ROW: "1"} if args.accelerate_config else None
+    proc = subprocess.run(row_command(kind, args, workdir, out), check=False, env=env)
     if proc.returncode != 0 or not os.path.exists(out):
         return {"trainer": kind, "error": f"exit code {proc.returncode}"}
     with open(out) as f:
@@ -520,6 +546,8 @@ def run(args: argparse.Namespace) -> int:
         isolated = (len(args.trainers) > 1 and args.isolate) or (args.accelerate_config and not launched())
         if isolated:
             saved_model(args, workdir)  # written once, read by every row (and every rank of a launch)
+            if args.accelerate_config:
+                bench_data(args, workdir, args.prompts * args.num_processes)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         for kind in args.trainers:

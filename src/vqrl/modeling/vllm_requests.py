@@ -47,7 +47,14 @@ def media_request(ids: list[int], images: list, videos: list, metas: list, place
     `metadata_in_kwargs`: for a vLLM that drops a video's metadata on its way to the HF processor
     (`vqrl.modeling.vllm_compat.drops_video_metadata`), the metadata goes as the processor's own `video_metadata`
     argument instead. Without it Qwen2.5-VL's processor assumes 24 fps: second_per_grid_ts 0.083 instead of the
-    1.0 of 2 sampled fps, so vLLM samples video completions under other temporal positions than the loss scores."""
+    1.0 of 2 sampled fps, so vLLM samples video completions under other temporal positions than the loss scores.
+    Only for one video per prompt: such a vLLM runs its processor on the videos missing from its cache but passes
+    every video's metadata (the HF call then fails). A video without metadata gets the processor's default fps on
+    both sides (the trainer's `encode_prompt` too)."""
+    if metadata_in_kwargs and len(videos) > 1:
+        raise ValueError(f"a prompt with {len(videos)} videos: this vLLM drops video metadata (fps), and vqrl's "
+                         "workaround sends it for one video per prompt only; use one video per record, --use_vllm "
+                         "false, or a vLLM with vllm-project/vllm PR 47736 (e.g. 0.32)")
     data = vllm_multi_modal_data(images, videos, metas, metadata_in_kwargs)
     if not data:
         return {"prompt_token_ids": list(ids)}

@@ -76,8 +76,8 @@ class EpochRepeatSampler(RepeatSampler):
 class VQRLTrainer(GRPOTrainer):
     """GRPOTrainer whose per-sample vision tensors (images and videos) reach generate and all log-prob passes.
 
-    `--vision_once auto|true|false` (auto: on; under ZeRO-3 too, checked on the H200 by
-    scripts/zero3_equivalence_check.py): the log-prob
+    `--vision_once auto|true|false` (auto: on; under ZeRO-3 on one process too, checked on the H200 by
+    scripts/zero3_equivalence_check.py; off under ZeRO-3 on several, not yet run there): the log-prob
     passes encode each distinct image/video once per forward, and train micro-batches hold whole prompt groups where
     that cannot change the result (see `_groups_keep_result`)."""
 
@@ -132,6 +132,7 @@ class VQRLTrainer(GRPOTrainer):
             if self._compiled_generation():
                 # TRL turns HF generate's compile path off; decoding a 3B model is launch-bound, and a static cache
                 # with a CUDA-graph forward halves its time (docs/perf.md). Sampling itself is unchanged.
+                logger.info("compiled generation on (static KV cache, compiled decoding step)")
                 for key, value in (("cache_implementation", "static"), ("disable_compile", False)):
                     self.generation_kwargs[key] = value  # TRL also applies these to the model's own config
                     setattr(self.generation_config, key, value)
@@ -157,6 +158,12 @@ class VQRLTrainer(GRPOTrainer):
             on = setting == "true"
             logger.info("vision-once %s (--vision_once %s)", "on" if on else "off", setting)
             return on
+        if is_deepspeed_zero3_enabled() and self.accelerator.num_processes > 1:
+            # verified under ZeRO-3 on one GPU only (scripts/zero3_equivalence_check.py); with several ranks each
+            # rank's tower calls are ZeRO-3 collectives, and that run (--nproc 2) has not been made on GPUs yet
+            logger.info("vision-once off (--vision_once auto under ZeRO-3 on %d processes, not yet verified there; "
+                        "--vision_once true turns it on)", self.accelerator.num_processes)
+            return False
         logger.info("vision-once on (--vision_once auto)")
         return True
 
