@@ -650,3 +650,31 @@ def test_a_bad_out_is_refused_before_anything_is_read(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"vqrl convert: error: --out {tmp_path / 'out'} is not a regular file (a device, pipe or folder): " \
                   "give a file path"
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.jsonl"])
+def test_written_records_are_whole_lines_on_disk_before_the_rename(tmp_path, monkeypatch, name):
+    """write_records leaves a text file of whole lines (the JSON list too ends with a newline, as `cat` and line
+    tools expect), and fsync sees all of it, flushed out of Python's buffer, before the rename makes it visible."""
+    records = [{"image": "a.jpg", "solution": 4.0, "prompt": "é"}, {"image": "b.jpg", "solution": 1.5}]
+    synced, real_fsync, real_replace = [], C.os.fsync, C.os.replace
+
+    def fsync(fd):
+        synced.append(C.os.fstat(fd).st_size)
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append(("replace", Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(C.os, "fsync", fsync)
+    monkeypatch.setattr(C.os, "replace", replace)
+    out = tmp_path / name
+    C.write_records(records, out)
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and not data.endswith(b"\n\n")
+    assert synced == [len(data), ("replace", name)]
+    if name.endswith(".jsonl"):
+        assert [json.loads(line) for line in data.decode().splitlines()] == records
+    else:
+        assert json.loads(data) == records

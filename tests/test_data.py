@@ -359,6 +359,49 @@ def test_load_image_never_makes_a_zero_side(tmp_path):
     assert w >= spec.factor and h >= spec.factor and w % spec.factor == 0 and h % spec.factor == 0
 
 
+@pytest.mark.parametrize("size", [(5, 64), (64, 5), (3, 3), (7, 7)])
+def test_checking_a_jpeg_under_8_pixels_wide_or_high_counts_its_tokens(tmp_path, size):
+    """check_image decodes JPEGs at 1/8 scale as a shortcut; an image less than 8 px on a side must still be read
+    and counted as load_image would use it, not fail as unreadable."""
+    from vqrl.data.media import check_image
+
+    spec = VisionSpec()
+    path = str(tmp_path / "thin.jpg")
+    Image.new("RGB", size, (200, 30, 30)).save(path, format="JPEG")
+    assert check_image(path, spec) == spec.image_tokens(size[1], size[0])
+    assert check_image(path) == 0
+    assert load_image(path, spec).mode == "RGB"
+
+
+class _Header:
+    """A video container whose header says `frames` frames of `width` x `height` (no frame decodes)."""
+
+    def __init__(self, frames, height, width):
+        ctx = type("Ctx", (), {"height": height, "width": width})()
+        stream = type("Stream", (), {"average_rate": 25, "guessed_rate": None, "frames": frames, "duration": None,
+                                     "time_base": None, "codec_context": ctx, "thread_type": None})()
+        self.streams = type("Streams", (), {"video": [stream]})()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("frames, height, width", [(0, 64, 64), (10, 0, 64), (10, 64, 0), (10, 0, 0)])
+def test_a_video_header_with_no_frames_or_no_size_is_a_media_error(monkeypatch, frames, height, width):
+    """A header stating no frames, or frames of zero width or height, is refused with a clear reason: a video of
+    no pixels would otherwise reach the processor (or divide by zero in the resize)."""
+    from vqrl.data.media import MediaError, probe_video
+
+    monkeypatch.setattr(av, "open", lambda path: _Header(frames, height, width))
+    with pytest.raises(MediaError, match=rf"has no frames \({frames} frames of {width}x{height}\)"):
+        probe_video("v.mp4")
+    monkeypatch.setattr(av, "open", lambda path: _Header(10, 48, 64))
+    assert probe_video("v.mp4") == (10, 48, 64, 25.0)
+
+
 @pytest.mark.parametrize("path", VIDEOS, ids=os.path.basename)
 def test_load_video_examples(path):
     spec = VisionSpec()

@@ -62,3 +62,40 @@ def test_the_warmup_entry_wants_exactly_one_folder(capsys):
 
     assert main([]) == 2 and main(["a", "b"]) == 2
     assert capsys.readouterr().err.count("usage: python -m vqrl.training.warmup OUT") == 2
+
+
+def test_the_warmup_trains_in_full_precision_on_the_cpu_and_saves_a_float32_model(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """The embedded model must be the same on every machine: the warm-up trains on the CPU in float32 (no bf16 or
+    fp16 autocast, which would change its numbers and the demo's), with the vision tower frozen, and saves float32
+    safetensors with the processor. The SFT trainer is replaced by one that records what it was given."""
+    import torch
+    import trl
+
+    from vqrl.training.warmup import format_warmup
+
+    seen = {}
+
+    class RecordingSFT:
+        def __init__(self, model, args, train_dataset, processing_class):
+            seen.update(model=model, args=args, n=len(train_dataset))
+
+        def remove_callback(self, cb):
+            pass
+
+        def add_callback(self, cb):
+            pass
+
+        def train(self):
+            seen["trained"] = True
+
+    monkeypatch.setattr(trl, "SFTTrainer", RecordingSFT)
+    out = format_warmup(tiny_model_dir, tmp_path / "model", steps=3, batch=2, seed=5)
+    args, model = seen["args"], seen["model"]
+    assert seen["trained"] and seen["n"] == 6
+    assert args.use_cpu is True and args.bf16 is False and args.fp16 is False
+    assert args.max_steps == 3 and args.per_device_train_batch_size == 2 and args.seed == 5
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(p.requires_grad for p in model.model.visual.parameters())
+    assert any(p.requires_grad for p in model.model.language_model.parameters())
+    assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()

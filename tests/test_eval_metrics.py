@@ -145,6 +145,22 @@ def test_constant_mos_gives_zero():
     assert M.plcc([3.0] * 6, [1, 2, 3, 4, 5, 6]) == 0.0
 
 
+@pytest.mark.parametrize("which", ["mos", "pred"])
+def test_no_logistic_fit_is_tried_when_either_side_is_constant(which):
+    """A constant MOS or constant predictions leave nothing for the logistic to map: no fit is tried, the summary
+    says why (not "the fit failed"), and the raw values stand."""
+    mos, pred = _data(3, n=40)
+    if which == "mos":
+        mos = np.full_like(mos, 3.0)
+    else:
+        pred = np.full_like(pred, 3.0)
+    fit = M.fit_logistic(mos, pred)
+    assert fit.ok is False and fit.params is None and fit.reason == "constant MOS or constant predictions"
+    out = M.compute_metrics(mos, pred)
+    assert out["logistic_fit"] is False and out["logistic_note"] == "constant MOS or constant predictions"
+    assert out["plcc"] == out["plcc_raw"] == 0.0
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="length"):
         M.compute_metrics([1, 2, 3], [1, 2])

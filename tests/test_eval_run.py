@@ -153,6 +153,29 @@ def test_greedy_generation_returns_the_completion_from_its_first_token(tiny_mode
         assert completion == expected
 
 
+def test_generation_stops_each_completion_before_its_first_end_token(tiny_model_dir, monkeypatch):
+    """What generate returns ends before the first end token (EOS, pad or the generation config's): neither that
+    token nor the padding after it is part of the completion that is decoded and parsed."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vqrl.eval.inference import generate
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")
+    tok = processor.tokenizer
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    a, b, c = 11, 12, 13  # ordinary tokens
+    tails = [[a, b, eos, c, pad], [a, pad, pad, pad, pad], [eos, a, b, c, pad], [a, b, c, a, b]]
+    prompt = tok.encode("Rate the photo.", add_special_tokens=False)
+
+    def fake_generate(input_ids, **kwargs):
+        return torch.cat([input_ids, torch.tensor(tails)], dim=1)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    got = generate(model, processor, [prompt] * 4, [{}] * 4, 5, do_sample=False)
+    assert got == [[a, b], [a], [], [a, b, c, a, b]]
+
+
 def test_sample_mode_is_the_mean_of_the_k_scores_that_parse(tiny_model_dir, tmp_path, scripted_generate):
     calls, script = scripted_generate
     data = write_records(tmp_path / "d.json", images(tmp_path, 3))
@@ -565,3 +588,26 @@ def test_a_data_file_whose_every_image_is_unreadable_is_a_setup_error(tiny_model
     files = [write_records(tmp_path / "bad.json", bad), write_records(tmp_path / "good.json", good)]
     with pytest.raises(EvalError, match=r"setup looks wrong, not a few bad files: no usable record in .*bad.json"):
         eval_run.evaluate(_args(tiny_model_dir, files, tmp_path / "out", mode="expected", no_think=True))
+
+
+def test_an_atomic_write_is_whole_on_disk_before_the_rename(tmp_path, monkeypatch):
+    """metrics.json and the settings are written through write_atomic: fsync sees the whole text, flushed out of
+    Python's buffer, before the rename makes it visible (a power cut never exposes an empty metrics.json)."""
+    text = json.dumps({"srcc": 0.5, "note": "é"}, indent=2) + "\n"
+    synced, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_size)
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append(("replace", os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "fsync", fsync)
+    monkeypatch.setattr(store.os, "replace", replace)
+    path = tmp_path / "metrics.json"
+    store.write_atomic(str(path), text)
+    assert path.read_text(encoding="utf-8") == text
+    assert synced == [len(text.encode()), ("replace", "metrics.json")]
+    assert not (tmp_path / "metrics.json.tmp").exists()

@@ -117,8 +117,11 @@ def test_pd_logs_its_probabilities_its_share_and_its_time(tiny_model_dir, tmp_pa
     monkeypatch.setattr(refine, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     trainer.model.train()
     rows = [trainer.train_dataset[0]] * 2
+    calls_before = trainer.pd_forward_calls
     assert _pd(trainer, rows, [GATE_CASES[0][0], GATE_CASES[1][0]]) == pytest.approx([0.5, 0.0], abs=1e-6)
     logged = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith("refine/")}
+    # the forward passes this PD call made (its cost), not the running total
+    assert logged["refine/pd_forward_calls"] == trainer.pd_forward_calls - calls_before > 0
     assert logged["refine/pd_seconds"] == 0.25  # the time PD took, not a sum of clock readings
     assert logged["refine/frac_earning_pd"] == 0.5
     assert logged["refine/p_think"] == pytest.approx(0.7) and logged["refine/p_nothink"] == pytest.approx(0.2)

@@ -242,6 +242,8 @@ IOU_CASES = [
     ("[0, 0, 10, 10]", {"bbox": "[0, 0, 10, 10]"}, 1.0),
     ("[10, 10, 0, 0]", {"bbox": [0, 0, 10, 10]}, 0.0),  # degenerate prediction
     ("[0, 0, 10, 10]", {"bbox": [0, 0, 0, 10]}, 0.0),  # degenerate truth
+    ("[0, 50, 10, 100]", {"bbox": [0, 50, 10, 100]}, 1.0),  # a tall, narrow box (y1 > x2) is a valid truth
+    ("[0, 50, 10, 100]", {"bbox": [0, 50, 10, 50]}, 0.0),  # zero height: degenerate truth
     ("[0, 0, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
     ("[0, 0, nan, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
     ("[0, 0, 1e999, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
@@ -252,6 +254,34 @@ IOU_CASES = [
 @pytest.mark.parametrize("answer, row, expected", IOU_CASES)
 def test_iou(answer, row, expected):
     assert call("iou", f"<think>t</think><answer>{answer}</answer>", **row) == pytest.approx(expected)
+
+
+def test_a_readable_wrong_distortion_is_a_wrong_answer_not_a_parse_failure():
+    """parse_fail/distortion counts answers the reward could not read: a clearly named but wrong distortion is read
+    (it scores 0), an empty answer is not."""
+    from vqrl.rewards.perception import distortion_reward
+    row = {"distortion": "gaussian_blur", "severity": 3}
+    assert distortion_reward("<think>t</think><answer>jpeg compression</answer>", row) == (0.0, False)
+    assert distortion_reward("<think>t</think><answer>gaussian blur</answer>", row) == (0.25, False)
+    assert distortion_reward("<think>t</think><answer></answer>", row) == (0.0, True)
+    logged = []
+    REWARDS["distortion"](["<think>t</think><answer>jpeg compression</answer>", "<think>t</think><answer></answer>"],
+                          distortion=["gaussian_blur"] * 2, severity=[3, 3],
+                          log_metric=lambda k, v: logged.append((k, v)))
+    assert logged == [("parse_fail/distortion", pytest.approx(0.5))]
+
+
+def test_a_functions_options_are_its_keyword_parameters_with_defaults_not_trls_names():
+    """A custom reward's options (what --reward_kwargs may set) are its parameters with a default that can be passed
+    by keyword: not one without a default, not *args/**kwargs, not a name TRL or the data pass (RESERVED)."""
+    from vqrl.rewards.registry import options_of
+
+    def fn(completions, solution, needed, scale=2.0, *args, trainer_state=None, margin=0.5, **kwargs):
+        return []
+
+    assert options_of(fn) == {"scale": 2.0, "margin": 0.5}
+    assert options_of(fn, skip=0) == {"scale": 2.0, "margin": 0.5}
+    assert options_of(len) == {}  # a builtin without a readable signature
 
 
 def test_parse_failures_are_logged_per_reward():

@@ -643,6 +643,16 @@ def test_inprocess_a_restart_says_how_it_resumes(tmp_path):
     assert code == 1 and "restarts within 600 s; resume via env, VQRL_RESUME=auto)" in err
 
 
+def test_inprocess_each_restart_names_the_attempt_that_follows_it(tmp_path):
+    """A restart event's next_attempt is the attempt number the next start carries (what a reader of
+    watchdog.jsonl joins on), and attempts count up from 1 by one."""
+    code, evs, _ = watch(tmp_path / "run", ["--max_restarts", "2"], _child(tmp_path, "sys.exit(5)\n"))
+    starts, restarts = kinds(evs, "start"), kinds(evs, "restart")
+    assert code == 1 and [e["attempt"] for e in starts] == [1, 2, 3]
+    assert [e["next_attempt"] for e in restarts] == [2, 3]
+    assert [e["attempt"] for e in restarts] == [1, 2]
+
+
 class FlushRecorder(io.StringIO):
     """A stderr that remembers what had been flushed (a redirected stderr is block-buffered)."""
 
