@@ -611,3 +611,38 @@ def test_an_atomic_write_is_whole_on_disk_before_the_rename(tmp_path, monkeypatc
     assert path.read_text(encoding="utf-8") == text
     assert synced == [len(text.encode()), ("replace", "metrics.json")]
     assert not (tmp_path / "metrics.json.tmp").exists()
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("YES", True), ("1", True), ("False", False), ("no", False),
+                                         ("0", False)])
+def test_use_record_question_reads_true_and_false_words(text, value):
+    parser = argparse.ArgumentParser()
+    eval_run.add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--data", "d.json", "--out", "o", "--use_record_question", text])
+    assert args.use_record_question is value
+    assert parser.parse_args(["--model", "m", "--data", "d.json", "--out", "o"]).use_record_question is None
+
+
+def test_use_record_question_refuses_other_words(capsys):
+    parser = argparse.ArgumentParser()
+    eval_run.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--data", "d.json", "--out", "o", "--use_record_question", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_evaluate_says_which_records_it_skips_and_how_many_of_other_tasks_it_ignores(tiny_model_dir, tmp_path,
+                                                                                       scripted_generate, capsys):
+    """Nothing is dropped uncounted: a record that cannot be evaluated is named on stderr with its file, index and
+    reason, and records of other task types are counted in one line; the rest are evaluated."""
+    _, script = scripted_generate
+    recs = images(tmp_path, 2)
+    recs.insert(1, {"image": recs[0]["image"], "type": "choice_image", "solution": "A", "options": ["A. x", "B. y"]})
+    recs.append({"image": "missing.jpg", "type": "scoring_image", "solution": 3.0})
+    data = write_records(tmp_path / "d.json", recs)
+    script["texts"] = [["<answer>Score: 2</answer>"], ["<answer>Score: 3</answer>"]]
+    eval_run.evaluate(_args(tiny_model_dir, [data], tmp_path / "out", mode="greedy"))
+    err = capsys.readouterr().err
+    assert f"skipped: {data}:3: " in err and "missing.jpg" in err
+    assert "ignored 1 record(s) of other task types (only scoring records are evaluated)" in err
+    assert [r["prediction"] for r in rows_of(tmp_path / "out")] == ["2.000000", "3.000000"]

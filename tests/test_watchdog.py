@@ -253,6 +253,25 @@ def test_helpers():
     assert resume_command(["t", "--resume=auto"]) == ["t", "--resume=auto"]
     assert resume_command(["bash", "run.sh"], add_arg=False) == ["bash", "run.sh"]
     assert [backoff_delay(n, 30, 600) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]
+    assert split_argv(["--poll", "1"]) == (["--poll", "1"], [])  # no `--`: no command (main refuses that)
+
+
+def test_a_signal_is_named_and_an_unknown_number_stays_a_number():
+    from vqrl.watchdog import _signame
+
+    assert _signame(signal.SIGTERM) == "SIGTERM" and _signame(10_000) == "10000"
+
+
+@pytest.mark.parametrize("name", ["hang_timeout", "startup_timeout", "window", "backoff", "max_backoff", "grace"])
+def test_a_negative_duration_is_refused_by_name(name, capsys):
+    from vqrl.watchdog import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([f"--{name}", "-1", "--", "true"])
+    assert exited.value.code == 2 and f"--{name} must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["--poll", "1"])  # no command after `--`
+    assert exited.value.code == 2 and "give the command to supervise after `--`" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ fault injection
@@ -651,6 +670,39 @@ def test_inprocess_each_restart_names_the_attempt_that_follows_it(tmp_path):
     assert code == 1 and [e["attempt"] for e in starts] == [1, 2, 3]
     assert [e["next_attempt"] for e in restarts] == [2, 3]
     assert [e["attempt"] for e in restarts] == [1, 2]
+
+
+def test_inprocess_restarts_older_than_the_window_no_longer_count(tmp_path):
+    """--max_restarts counts restarts within the last --window seconds: a run that crashes now and then, each
+    crash after the earlier restarts left the window, is restarted every time (here 3 times with a limit of 1)."""
+    crash = _child(tmp_path, "time.sleep(0.3)\nsys.exit(5 if attempt < 4 else 0)\n")
+    code, evs, _ = watch(tmp_path / "run", ["--max_restarts", "1", "--window", "0.2"], crash, seconds=15)
+    assert code == 0 and [e["restarts_in_window"] for e in kinds(evs, "restart")] == [1, 1, 1]
+    code, evs, _ = watch(tmp_path / "run2", ["--max_restarts", "1", "--window", "600"], crash, seconds=15)
+    assert code == 1 and len(kinds(evs, "restart")) == 1 and len(kinds(evs, "give_up")) == 1
+
+
+def test_inprocess_a_descendant_that_left_the_process_group_is_stopped_too(tmp_path):
+    """A hung run's descendant that started its own session (setsid: a server, a daemonised worker) does not get the
+    process-group signal; the watchdog tracks the run's descendants and signals it itself, so no process of the old
+    run outlives the restart."""
+    pid_file = tmp_path / "escaped.pid"
+    body = f"""
+        if attempt == 1:
+            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+            open({str(pid_file)!r}, "w").write(str(p.pid))
+            hb.beat(1, "train")
+            time.sleep(60)  # hangs: no more beats
+    """
+    escaped = None
+    try:
+        code, evs, _ = watch(tmp_path / "run", [], _child(tmp_path, body), seconds=20)
+        escaped = int(pid_file.read_text())
+        assert code == 0 and [e["reason"] for e in kinds(evs, "restart")] == ["hang"]
+        assert not alive(escaped)
+    finally:
+        if escaped is not None and alive(escaped):
+            os.kill(escaped, signal.SIGKILL)
 
 
 class FlushRecorder(io.StringIO):
