@@ -136,3 +136,45 @@ def test_colocated_requests_carry_their_media_with_one_placeholder_per_image():
     assert engine.rows == [{"prompt_token_ids": [1, 2, image_pad, 3], "multi_modal_data": {"image": "img"}}]
     with pytest.raises(RuntimeError, match="vLLM expanded prompt 0 to 5 tokens where the processor gave 6"):
         MediaLLM(Engine(sent[1:]), trainer).generate([{"prompt_token_ids": sent}])
+
+
+def test_vllms_context_holds_the_prompt_and_the_completion():
+    """TRL sizes vLLM's context by the completion alone (as the seed did); vqrl makes room for the prompt too, keeps
+    a length the user set, and refuses one that leaves no room for any prompt."""
+    from types import SimpleNamespace
+
+    from vqrl.trainers.vllm_rollouts import size_context
+
+    def config(model_len, prompt, completion=256):
+        return SimpleNamespace(vllm_max_model_length=model_len, max_prompt_length=prompt,
+                               max_completion_length=completion)
+
+    sized = config(None, 512)
+    size_context(sized)
+    assert sized.vllm_max_model_length == 768
+    kept = config(4096, 512)
+    size_context(kept)
+    assert kept.vllm_max_model_length == 4096
+    unbounded = config(None, None)  # no prompt limit: vLLM's own default (the model's) stands
+    size_context(unbounded)
+    assert unbounded.vllm_max_model_length is None
+    size_context(config(257, 512))  # one token of prompt fits
+    with pytest.raises(ValueError, match="vllm_max_model_length 256 leaves no room for the prompt: it must exceed "
+                                         "max_completion_length 256"):
+        size_context(config(256, 512))
+
+
+def test_colocated_generation_is_routed_through_the_media_wrapper_and_server_mode_is_not():
+    from types import SimpleNamespace
+
+    from vqrl.trainers.vllm_rollouts import MediaLLM, attach
+
+    engine = SimpleNamespace(llm_engine="the engine", generate=None)
+    colocated = SimpleNamespace(vllm_mode="colocate", vllm_generation=SimpleNamespace(llm=engine))
+    attach(colocated)
+    wrapped = colocated.vllm_generation.llm
+    assert isinstance(wrapped, MediaLLM) and wrapped._llm is engine
+    assert wrapped.llm_engine == "the engine"  # everything else TRL reads is the engine's own
+    server = SimpleNamespace(vllm_mode="server", vllm_generation=SimpleNamespace(llm=engine))
+    attach(server)
+    assert server.vllm_generation.llm is engine
