@@ -646,3 +646,35 @@ def test_evaluate_says_which_records_it_skips_and_how_many_of_other_tasks_it_ign
     assert f"skipped: {data}:3: " in err and "missing.jpg" in err
     assert "ignored 1 record(s) of other task types (only scoring records are evaluated)" in err
     assert [r["prediction"] for r in rows_of(tmp_path / "out")] == ["2.000000", "3.000000"]
+
+
+def test_a_failed_atomic_write_names_the_file_and_reason_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    path.write_text("old\n")
+
+    def failing_fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store.os, "fsync", failing_fsync)
+    with pytest.raises(EvalError, match=rf"^cannot write {path}: Input/output error$"):
+        store.write_atomic(str(path), "new\n")
+    assert path.read_text() == "old\n" and not (tmp_path / "metrics.json.tmp").exists()
+
+
+def test_reading_predictions_drops_and_counts_cut_or_invalid_rows_only(tmp_path):
+    """A row cut inside a quoted field, a non-numeric or infinite MOS or prediction, a missing sample id or an extra
+    field is dropped and counted (it is predicted again); the good rows around it are kept."""
+    good = [_prediction(f"s{i}", "d", 2.0 + i, f"{1.5 + i:.6f}") for i in range(3)]
+    path = str(tmp_path / "predictions.csv")
+    store.append(path, good)
+    header = ",".join(store.FIELDS)
+    text = (tmp_path / "predictions.csv").read_text()
+    bad_rows = ["x1,d,a.jpg,not-a-number,2.0,c,\r\n", "x2,d,a.jpg,3.0,inf,c,\r\n", ",d,a.jpg,3.0,2.0,c,\r\n",
+                "x3,d,a.jpg,3.0,2.0,c,,extra\r\n"]
+    assert text.startswith(header)
+    (tmp_path / "predictions.csv").write_text(text + "".join(bad_rows), newline="")
+    rows, dropped = store.read(path)
+    assert sorted(rows) == ["s0", "s1", "s2"] and dropped == 4
+    (tmp_path / "predictions.csv").write_text(text + 's9,d,a.jpg,3.0,2.0,"a completion cut', newline="")
+    rows, dropped = store.read(path)
+    assert sorted(rows) == ["s0", "s1", "s2"] and dropped == 1

@@ -78,6 +78,8 @@ def test_parse_score(text, expected):
     ([{"role": "assistant", "content": "x"}, {"role": "tool", "content": "t"}, {"role": "assistant", "content": "y"}],
      "x\ny"),
     ({"role": "assistant", "content": "single"}, "single"),
+    ([{"role": "assistant", "content": ["plain part ", {"type": "text", "text": "and a text part"}, 7]}],
+     "plain part and a text part"),
     ([{"role": "assistant", "content": None}], ""),
     (None, ""),
     (42, ""),
@@ -225,6 +227,8 @@ CHOICE_CASES = [
     ("A", {"solution": "blurry", "options": ["blurry", "sharp"]}, 1),  # solution given as the option text
     ("B", {"solution": "B"}, 1),  # no options column: letters only
     ("B", {"solution": None, "options": OPTIONS}, 0),
+    ("Blurry!", {"solution": "blurry"}, 1),  # free-text solution, no options: the texts are compared
+    ("sharp", {"solution": "blurry"}, 0),
 ]
 
 
@@ -800,3 +804,31 @@ def test_a_severity_label_compares_by_its_level_and_its_words_only():
     assert _severity_keys(3) == {("level", 3)}
     assert _severity_keys("serious") == {("text", "serious")}
     assert _severity_keys("—") == set() and _severity_keys(None) == set()
+
+
+def test_a_free_text_choice_answer_that_differs_is_wrong_not_unreadable():
+    from vqrl.rewards.perception import choice_reward
+
+    assert choice_reward("<answer>sharp</answer>", {"solution": "blurry"}) == (0.0, False)
+    assert choice_reward("<answer>blurry</answer>", {"solution": "Blurry"}) == (1.0, False)
+
+
+def test_numbers_in_reads_signed_decimals_and_nothing_from_a_non_string():
+    from vqrl.rewards.parsing import numbers_in
+
+    assert numbers_in("box 1, 2.5 and -3 then 40") == [1.0, 2.5, -3.0, 40.0]
+    assert numbers_in(None) == [] and numbers_in(["1"]) == []
+
+
+def test_a_reward_value_that_is_not_a_finite_number_counts_as_zero_and_the_rest_is_clamped():
+    """Whatever a custom row function returns, TRL gets a finite number in [low, high]: None, text, NaN or an
+    infinity is 0; True is 1; a number outside the range is clamped."""
+    values = iter([None, "high", float("nan"), float("inf"), True, 7.5, -2.0, "0.25"])
+    func = RewardFunc("custom", lambda text, row: (next(values), False), 0.0, 2.0)
+    assert func(["c"] * 8) == [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.25]
+
+
+def test_a_reward_names_itself_and_its_options():
+    answer, fmt = build_reward_funcs(["answer", "format"], answer_threshold=0.35)
+    assert repr(answer) == "<reward answer, answer_threshold=0.35, answer_strict_less=False>"
+    assert repr(fmt) == "<reward format>"
