@@ -102,6 +102,27 @@ def test_json_list_cut_after_a_comma_reports_the_next_index(tmp_path):
     assert "truncated" in result.problems[0].reason
 
 
+def test_a_missing_comma_or_a_cut_right_after_a_record_keeps_the_records_before_it(tmp_path):
+    a, b = json.dumps(scoring("a.jpg")), json.dumps(scoring("b.jpg"))
+    (tmp_path / "d.json").write_text(f"[\n{a},\n{b}\n{a}]\n")  # no comma after b
+    result = read_records(tmp_path / "d.json")
+    assert [r["image"] for r in result.records] == ["a.jpg", "b.jpg"]
+    (problem,) = result.problems
+    assert problem.index == 2 and problem.reason == "invalid JSON at line 4 column 1: expected ',' or ']'"
+    (tmp_path / "e.json").write_text(f"[\n{a},\n{b}")  # cut right after b
+    result = read_records(tmp_path / "e.json")
+    assert [r["image"] for r in result.records] == ["a.jpg", "b.jpg"]
+    (problem,) = result.problems
+    assert problem.index == 2 and problem.reason.endswith("file ends before the closing ']' (truncated?)")
+
+
+def test_blank_lines_in_jsonl_are_skipped_not_the_end(tmp_path):
+    lines = [json.dumps(scoring("a.jpg")), "", "   ", json.dumps(scoring("b.jpg"))]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    result = read_records(tmp_path / "d.jsonl")
+    assert [(r["image"], r["_index"]) for r in result.records] == [("a.jpg", 0), ("b.jpg", 3)] and not result.problems
+
+
 @pytest.mark.parametrize("text", ["", "  \n\n"])
 def test_empty_file_is_one_problem_for_the_whole_file(tmp_path, text):
     (tmp_path / "d.json").write_text(text)

@@ -161,6 +161,28 @@ def test_no_logistic_fit_is_tried_when_either_side_is_constant(which):
     assert out["plcc"] == out["plcc_raw"] == 0.0
 
 
+@pytest.mark.parametrize("outcome, reason", [
+    (RuntimeError("Optimal parameters not found: maxfev reached"),
+     "logistic fit failed: Optimal parameters not found: maxfev reached"),
+    (np.array([np.nan, 1.0, 3.0, 1.0]), "logistic fit returned non-finite parameters"),
+    (np.array([4.0, 4.0, 3.0, 1.0]), "logistic fit collapsed to a constant"),  # b1 == b2: a flat mapping
+])
+def test_a_logistic_fit_that_fails_falls_back_to_the_raw_values_and_says_why(monkeypatch, outcome, reason):
+    """The summary never reports a PLCC from a failed or degenerate fit: the raw PLCC and RMSE stand, with the
+    reason in logistic_note."""
+    def fit(*args, **kwargs):
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome, None
+
+    monkeypatch.setattr(M.optimize, "curve_fit", fit)
+    mos, pred = _data(4, n=60)
+    got = M.fit_logistic(mos, pred)
+    assert got == M.LogisticFit(M.plcc(mos, pred), M.rmse(mos, pred), False, None, reason)
+    out = M.compute_metrics(mos, pred)
+    assert out["logistic_fit"] is False and out["logistic_note"] == reason and out["plcc"] == out["plcc_raw"]
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="length"):
         M.compute_metrics([1, 2, 3], [1, 2])

@@ -678,3 +678,18 @@ def test_reading_predictions_drops_and_counts_cut_or_invalid_rows_only(tmp_path)
     (tmp_path / "predictions.csv").write_text(text + 's9,d,a.jpg,3.0,2.0,"a completion cut', newline="")
     rows, dropped = store.read(path)
     assert sorted(rows) == ["s0", "s1", "s2"] and dropped == 1
+
+
+def test_the_settings_that_identify_predictions_name_a_hub_model_and_a_dropped_record_question(tmp_path):
+    """settings.json decides whether --out can be resumed: a hub id is the model as given (no files to fingerprint),
+    and --use_record_question false (another prompt) is recorded, while the default leaves older files valid."""
+    from vqrl.eval.settings import eval_settings
+
+    args = _args("Qwen/Qwen2.5-VL-7B-Instruct", ["d.json"], tmp_path / "out")
+    base = eval_settings(args)
+    assert base["model"] == "Qwen/Qwen2.5-VL-7B-Instruct" and "model_files" not in base
+    assert "use_record_question" not in base
+    args.use_record_question = True
+    assert eval_settings(args) == base
+    args.use_record_question = False
+    assert eval_settings(args) == {**base, "use_record_question": False}

@@ -158,6 +158,26 @@ def test_seed_score_text_is_the_seeds_truncation(mos):
     assert float(refine.seed_score_text(mos)) <= mos < float(refine.seed_score_text(mos)) + 0.01 + 1e-12
 
 
+@pytest.mark.parametrize("mos", [1e-05, 12345678901234567890.0, -3.25])
+def test_seed_score_text_of_a_number_str_cannot_truncate_is_the_plain_format(mos):
+    """Where repr() is not `digits.digits` (an exponent), the seed's truncation has no meaning: the target falls
+    back to the plain two-decimal score text, never a garbled one."""
+    from vqrl.data.prompts import format_score
+
+    text = refine.seed_score_text(mos)
+    assert text == (format_score(mos) if "e" in repr(mos) else "-3.25")
+
+
+def test_an_empty_pd_gate_is_a_configuration_problem(monkeypatch):
+    from types import SimpleNamespace
+
+    from vqrl.trainers.refine import RefineTrainer
+
+    monkeypatch.delenv("VQRL_VISION_ONCE", raising=False)
+    args = SimpleNamespace(pd_mode="seed", pd_weights=None, pd_gate=[], vision_once="auto")
+    assert "--pd_gate: must name at least one rule reward (e.g. format answer)" in RefineTrainer.config_problems(args)
+
+
 @pytest.mark.parametrize("text, thought", [
     ("<think>a</think><answer>Score: 4.40</answer>", "<think>a</think>"),
     ("<think>a</Think><answer>Score: 4.40</answer>", "<think>a</Think>"),
