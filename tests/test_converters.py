@@ -678,3 +678,43 @@ def test_written_records_are_whole_lines_on_disk_before_the_rename(tmp_path, mon
         assert [json.loads(line) for line in data.decode().splitlines()] == records
     else:
         assert json.loads(data) == records
+
+
+def test_a_split_with_no_records_names_the_split(tmp_path):
+    (tmp_path / "koniq10k_scores_and_distributions.csv").write_text(KONIQ_SCORES)
+    (tmp_path / "metadata").mkdir()
+    sets = "\n".join(line for line in KONIQ_SETS.splitlines() if not line.endswith(",test")) + "\n"
+    (tmp_path / "metadata/koniq10k_distributions_sets.csv").write_text(sets)
+    with pytest.raises(C.ConversionError, match=rf"^koniq: no records found under {tmp_path} for split 'test'$"):
+        C.convert("koniq", tmp_path, split="test")
+
+
+def test_spreadsheet_rows_without_a_name_are_skipped_not_the_rest(tmp_path):
+    """A row with values but no image name (a note, a subtotal) is left out; the rows after it are still read."""
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [
+        ["Image name", "MOS"], ["00001.jpg", 50], [None, 99], ["00002.jpg", 75]]})
+    touch(tmp_path, "TestImage/00001.jpg", "TestImage/00002.jpg")
+    assert [r["image"] for r in C.convert("spaq", tmp_path)] == ["TestImage/00001.jpg", "TestImage/00002.jpg"]
+    write_xlsx(tmp_path / "csiq.DMOS.xlsx", {"all_by_image": csiq_sheet([
+        [1600, 1, "noise", 1, 0.061, 0.062], [None, 9, "noise", 1, 0.1, 0.1], ["boston", 4, "jpeg", 3, 0.08, 0.4]])})
+    touch(tmp_path, "dst_imgs/awgn/1600.AWGN.1.png", "dst_imgs/jpeg/boston.JPEG.3.png")
+    assert sorted(r["image"] for r in C.convert("csiq", tmp_path)) == [
+        "dst_imgs/awgn/1600.AWGN.1.png", "dst_imgs/jpeg/boston.JPEG.3.png"]
+
+
+def test_a_sheet_without_the_header_row_is_named(tmp_path):
+    write_xlsx(tmp_path / "csiq.DMOS.xlsx", {"all_by_image": [["CSIQ"], ["no header here"]]})
+    with pytest.raises(C.ConversionError, match=r"csiq.DMOS.xlsx sheet 'all_by_image': no header row with columns "
+                                                r"'image', 'dst_type', 'dst_lev', 'dmos'"):
+        C.convert("csiq", tmp_path)
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [["name", "score"]]})
+    with pytest.raises(C.ConversionError, match=r"scores.xlsx: no header row with columns 'Image name', 'MOS'$"):
+        C.convert("spaq", tmp_path)
+
+
+def test_names_read_as_numbers_and_empty_matlab_cells_become_text():
+    assert C._name_str(1600.0) == "1600" and C._name_str(1600) == "1600" and C._name_str(" a.bmp ") == "a.bmp"
+    assert C._name_str(2.5) == "2.5"
+    cell = np.empty((3, 1), dtype=object)
+    cell[0, 0], cell[1, 0], cell[2, 0] = np.array(["a.bmp"]), np.array([]), np.array([["b.bmp"]])
+    assert C._mat_strings(cell) == ["a.bmp", "", "b.bmp"]

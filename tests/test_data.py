@@ -423,6 +423,29 @@ def test_a_video_header_with_no_frames_or_no_size_is_a_media_error(monkeypatch, 
     assert probe_video("v.mp4") == (10, 48, 64, 25.0)
 
 
+def test_a_video_header_without_a_frame_count_is_counted_from_its_duration(monkeypatch):
+    """Some containers store no frame count: it is the duration (in the stream's time base) times the frame rate."""
+    from fractions import Fraction
+
+    from vqrl.data.media import probe_video
+
+    header = _Header(0, 48, 64)
+    stream = header.streams.video[0]
+    stream.duration, stream.time_base = 300, Fraction(1, 100)  # 3 s at 25 fps
+    monkeypatch.setattr(av, "open", lambda path: header)
+    assert probe_video("v.mp4") == (75, 48, 64, 25.0)
+
+
+def test_a_frame_already_at_its_target_size_is_not_resampled():
+    from vqrl.data.media import _resize_frame
+
+    pixels = np.random.default_rng(0).integers(0, 256, (56, 84, 3), dtype=np.uint8)
+    same = _resize_frame(pixels, (56, 84))
+    assert same.dtype == torch.uint8 and torch.equal(same, torch.from_numpy(pixels).permute(2, 0, 1))
+    smaller = _resize_frame(pixels, (28, 56))
+    assert smaller.shape == (3, 28, 56) and smaller.dtype == torch.uint8
+
+
 @pytest.mark.parametrize("path", VIDEOS, ids=os.path.basename)
 def test_load_video_examples(path):
     spec = VisionSpec()
