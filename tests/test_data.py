@@ -1110,3 +1110,48 @@ def test_prompt_length_of_a_video_record_is_the_processors(tokenizer, tmp_path):
     assert validate_files([path], processor=proc, max_prompt_length=len(ids)) == []
     (problem,) = validate_files([path], processor=proc, max_prompt_length=len(ids) - 1)
     assert problem.reason.startswith(f"prompt is ~{len(ids)} tokens with its image/video tokens")
+
+
+def test_media_of_a_conversation_skips_text_only_messages_and_keeps_order():
+    from vqrl.modeling.vision import media_of
+
+    frames = torch.zeros(2, 3, 28, 28, dtype=torch.uint8)
+    prompt = [{"role": "system", "content": "You rate images."},
+              {"role": "user", "content": [{"type": "image", "image": "ref"}, {"type": "text", "text": "and"},
+                                           {"type": "image", "image": "img"}]},
+              {"role": "assistant", "content": "noted"},
+              {"role": "user", "content": [{"type": "video", "video": frames, "video_metadata": {"fps": 2.0}}]}]
+    images, videos, metas = media_of(prompt)
+    assert images == ["ref", "img"] and len(videos) == 1 and videos[0] is frames and metas == [{"fps": 2.0}]
+
+
+def test_a_record_whose_prompt_cannot_be_counted_is_one_problem_not_a_crash(tokenizer, tmp_path, monkeypatch):
+    from vqrl.data import checks
+    from vqrl.data.validate import validate_files
+    from vqrl.models.tiny import build_processor
+
+    proc = build_processor("qwen2_5_vl", tokenizer)
+    Image.new("RGB", (56, 56)).save(tmp_path / "ok.jpg")
+    path = write_json(tmp_path / "d.json", [scoring("ok.jpg"), scoring("ok.jpg")])
+    real = checks.prompt_tokens
+
+    def flaky(rec, *args, **kwargs):
+        if flaky.calls == 0:
+            flaky.calls += 1
+            raise ValueError("the chat template failed")
+        return real(rec, *args, **kwargs)
+
+    flaky.calls = 0
+    monkeypatch.setattr(checks, "prompt_tokens", flaky)
+    problems = validate_files([path], str(tmp_path), processor=proc, max_prompt_length=4096)
+    assert [p.reason for p in problems] == ["cannot count the prompt's tokens: ValueError: the chat template failed"]
+
+
+def test_load_eval_records_gives_the_usable_records_and_the_problem_lines(tmp_path):
+    from vqrl.eval.records import load_eval_records
+
+    Image.new("RGB", (56, 56)).save(tmp_path / "ok.jpg")
+    path = write_json(tmp_path / "d.json", [scoring("ok.jpg"), scoring("missing.jpg")])
+    records, problems = load_eval_records([path], str(tmp_path), None)
+    assert [r["image"] for r in records] == [str(tmp_path / "ok.jpg")]  # resolved under the root
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:1: ") and "missing.jpg" in problems[0]
