@@ -693,3 +693,15 @@ def test_the_settings_that_identify_predictions_name_a_hub_model_and_a_dropped_r
     assert eval_settings(args) == base
     args.use_record_question = False
     assert eval_settings(args) == {**base, "use_record_question": False}
+
+
+def test_stored_completions_are_decoded_without_special_tokens(tiny_model_dir, tmp_path, scripted_generate):
+    """A control token the model emits (a stray <|vision_start|> or <|im_start|>) is not text: predictions.csv keeps
+    the readable completion, and the score is parsed from it."""
+    _, script = scripted_generate
+    data = write_records(tmp_path / "d.json", images(tmp_path, 2))
+    script["texts"] = [["<|vision_start|><answer>Score: 3</answer>"], ["<|im_start|>no score<|im_start|>"]]
+    eval_run.evaluate(_args(tiny_model_dir, [data], tmp_path / "out", mode="greedy"))
+    rows = rows_of(tmp_path / "out")
+    assert [(r["prediction"], r["completion"]) for r in rows] == [("3.000000", "<answer>Score: 3</answer>"),
+                                                                   ("", "no score")]
