@@ -28,6 +28,11 @@ def test_warmup_examples_have_the_format_and_random_scores():
     assert examples[5]["completion"] == FormatExamples(64, seed=3)[5]["completion"]  # reproducible
     assert examples[5]["completion"] != FormatExamples(64, seed=4)[5]["completion"]
     assert all(len(r["images"]) == 1 and r["images"][0].size == (112, 112) for r in rows)
+    import numpy as np
+
+    for r in rows[:8]:  # something to look at: a gradient with noise, neither flat nor saturated
+        pixels = np.asarray(r["images"][0], dtype=float)
+        assert pixels.std() > 5 and 20 < pixels.mean() < 235 and len(np.unique(pixels)) > 50
     assert {"type": "image"} in rows[0]["prompt"][-1]["content"]
 
 
