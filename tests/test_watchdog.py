@@ -705,6 +705,20 @@ def test_inprocess_a_descendant_that_left_the_process_group_is_stopped_too(tmp_p
             os.kill(escaped, signal.SIGKILL)
 
 
+def test_inprocess_a_hang_names_the_step_and_the_phase_it_hung_in(tmp_path):
+    """Where a run hung is the first thing an operator needs: the hang event carries the last heartbeat's step and
+    phase (here a generation that never returns)."""
+    body = """
+        if attempt == 1:
+            hb.beat(3, "generate")
+            time.sleep(60)
+    """
+    code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, body), seconds=15)
+    (hang,) = kinds(evs, "hang")
+    assert code == 0 and hang["step"] == 3 and hang["phase"] == "generate"
+    assert "at step 3, phase 'generate'" in err
+
+
 class FlushRecorder(io.StringIO):
     """A stderr that remembers what had been flushed (a redirected stderr is block-buffered)."""
 
