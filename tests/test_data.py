@@ -951,6 +951,16 @@ def test_validate_data_names_bad_bit_depths_and_videos_without_frames(tmp_path, 
         load_video(str(tmp_path / "audio.mp4"), VisionSpec())
 
 
+@pytest.mark.parametrize("name", ["factor", "min_pixels", "max_pixels", "video_min_frames", "video_min_pixels",
+                                  "video_max_pixels", "video_total_pixels"])
+def test_a_budget_of_one_is_the_smallest_accepted_and_zero_is_refused(name):
+    small = {"min_pixels": 1, "video_min_pixels": 1, name: 1}
+    spec = VisionSpec(**small)
+    assert getattr(spec, name) == 1
+    with pytest.raises(ValueError, match=rf"^{name} must be at least 1, got 0$"):
+        VisionSpec(**{**small, name: 0})
+
+
 def test_validate_data_refuses_settings_training_would_refuse(tmp_path, capsys):
     path = write_json(tmp_path / "d.json", [scoring("a.jpg")])
     code, out, err = validate_in_process(capsys, path, "--video_max_frames", "0")

@@ -166,6 +166,8 @@ def test_no_logistic_fit_is_tried_when_either_side_is_constant(which):
      "logistic fit failed: Optimal parameters not found: maxfev reached"),
     (np.array([np.nan, 1.0, 3.0, 1.0]), "logistic fit returned non-finite parameters"),
     (np.array([4.0, 4.0, 3.0, 1.0]), "logistic fit collapsed to a constant"),  # b1 == b2: a flat mapping
+    # a range of 1e-12 on a MOS range of ~4: flat to within rounding, not a mapping to correlate
+    (np.array([3.0 + 1e-12, 3.0, 3.0, 1.0]), "logistic fit collapsed to a constant"),
 ])
 def test_a_logistic_fit_that_fails_falls_back_to_the_raw_values_and_says_why(monkeypatch, outcome, reason):
     """The summary never reports a PLCC from a failed or degenerate fit: the raw PLCC and RMSE stand, with the

@@ -705,6 +705,13 @@ def test_inprocess_a_descendant_that_left_the_process_group_is_stopped_too(tmp_p
             os.kill(escaped, signal.SIGKILL)
 
 
+def test_inprocess_a_successful_run_is_done_with_exit_0(tmp_path):
+    code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, 'hb.beat(2, "train")\n'))
+    (done,) = kinds(evs, "done")
+    assert code == 0 and done["exit_code"] == 0 and done["watchdog_exit"] == 0 and done["reason"] == "success"
+    assert evs[-1] is done and "run completed successfully" in err
+
+
 def test_inprocess_a_hang_names_the_step_and_the_phase_it_hung_in(tmp_path):
     """Where a run hung is the first thing an operator needs: the hang event carries the last heartbeat's step and
     phase (here a generation that never returns)."""
