@@ -45,8 +45,8 @@ class FakeLLM:
                     raise ValueError(f"at most {self.kwargs['limit_mm_per_prompt'][kind]} {kind}(s) per prompt")
             answer = FakeLLM.answers.pop(0)
             if isinstance(answer, dict):  # expected mode: the log-probs of the allowed digit tokens
-                outputs = [SimpleNamespace(logprobs=[{self.digit_ids[d]: SimpleNamespace(logprob=math.log(p))
-                                                      for d, p in answer.items()}])]
+                outputs = [SimpleNamespace(logprobs=[{self.digit_ids[d]: SimpleNamespace(
+                    logprob=math.log(p) if p > 0 else -1000.0) for d, p in answer.items()}])]  # 0: exp underflows
             else:
                 outputs = [SimpleNamespace(text=t) for t in answer]
             out.append(SimpleNamespace(prompt_token_ids=row["prompt_token_ids"], outputs=outputs))
@@ -135,6 +135,9 @@ def test_expected_mode_is_the_probability_weighted_digit(tiny_model_dir, tmp_pat
     FakeLLM.answers = [{1: 0.1, 2: 0.2, 3: 0.4, 4: 0.2, 5: 0.1}, {5: 0.5, 4: 0.25}]
     got = vllm_backend.score_with_vllm(args, data.records)
     assert [g[0] for g in got] == pytest.approx([3.0, (5 * 0.5 + 4 * 0.25) / 0.75])
+    FakeLLM.answers = [{d: 0.0 for d in range(1, 6)}, {2: 1.0}]  # no probability left on any digit: no score
+    assert [g[0] for g in vllm_backend.score_with_vllm(args, data.records)] == [None, 2.0]
+    FakeLLM.made.pop()
     params = FakeLLM.made[0].params[0].kwargs
     assert params["max_tokens"] == 1 and sorted(params["allowed_token_ids"]) == sorted(FakeLLM.digit_ids.values())
     # the prompt ends with the score prefix, so the next token is the first digit
