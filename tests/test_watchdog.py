@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -796,3 +797,13 @@ def test_zero_restarts_and_no_same_step_limit_are_allowed_a_zero_poll_is_not(tmp
     with pytest.raises(SystemExit) as exited:
         main(["--output_dir", str(tmp_path / "run2"), "--poll", "0", "--", "true"])
     assert exited.value.code == 2 and "--poll must be > 0" in capsys.readouterr().err
+
+
+def test_the_documented_defaults_are_the_watchdogs():
+    """docs/watchdog.md's option table is what an operator tunes from: each default it states is the parser's."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "watchdog.md").read_text()
+    rows = re.findall(r"^\| `--(\w+) [A-Z]+` \| ([\d.]+) \|", doc, flags=re.M)
+    defaults = vars(build_parser().parse_args([]))
+    assert {name for name, _ in rows} == {"hang_timeout", "startup_timeout", "max_restarts", "window",
+                                          "same_step_limit", "backoff", "max_backoff", "grace", "poll"}
+    assert {name: float(value) for name, value in rows} == {name: float(defaults[name]) for name, _ in rows}
