@@ -684,26 +684,34 @@ def test_inprocess_restarts_older_than_the_window_no_longer_count(tmp_path):
 
 
 def test_inprocess_a_descendant_that_left_the_process_group_is_stopped_too(tmp_path):
-    """A hung run's descendant that started its own session (setsid: a server, a daemonised worker) does not get the
-    process-group signal; the watchdog tracks the run's descendants and signals it itself, so no process of the old
-    run outlives the restart."""
-    pid_file = tmp_path / "escaped.pid"
+    """A hung run's descendant that started its own session (setsid: a server, a daemonised worker), a child of the
+    run or deeper down, does not get the process-group signal; the watchdog tracks all of the run's descendants and
+    signals them itself, so no process of the old run outlives the restart."""
+    child_pid, grandchild_pid = tmp_path / "child.pid", tmp_path / "grandchild.pid"
+    sleeper = "import time; time.sleep(60)"
+    inner = (f"import subprocess, sys, time; q = subprocess.Popen([sys.executable, '-c', {sleeper!r}], "
+             f"start_new_session=True); open({str(grandchild_pid)!r}, 'w').write(str(q.pid)); time.sleep(60)")
     body = f"""
         if attempt == 1:
-            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-            open({str(pid_file)!r}, "w").write(str(p.pid))
+            p = subprocess.Popen([sys.executable, "-c", {sleeper!r}], start_new_session=True)
+            open({str(child_pid)!r}, "w").write(str(p.pid))
+            subprocess.Popen([sys.executable, "-c", {inner!r}])  # stays in the group; its child leaves it
+            while not os.path.exists({str(grandchild_pid)!r}):
+                time.sleep(0.02)
+            time.sleep(0.3)  # the watchdog polls every 0.05 s: it has seen them
             hb.beat(1, "train")
             time.sleep(60)  # hangs: no more beats
     """
-    escaped = None
+    escaped = []
     try:
         code, evs, _ = watch(tmp_path / "run", [], _child(tmp_path, body), seconds=20)
-        escaped = int(pid_file.read_text())
+        escaped = [int(child_pid.read_text()), int(grandchild_pid.read_text())]
         assert code == 0 and [e["reason"] for e in kinds(evs, "restart")] == ["hang"]
-        assert not alive(escaped)
+        assert [alive(pid) for pid in escaped] == [False, False]
     finally:
-        if escaped is not None and alive(escaped):
-            os.kill(escaped, signal.SIGKILL)
+        for pid in escaped:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_inprocess_a_successful_run_is_done_with_exit_0(tmp_path):
