@@ -137,7 +137,6 @@ def test_expected_mode_is_the_probability_weighted_digit(tiny_model_dir, tmp_pat
     assert [g[0] for g in got] == pytest.approx([3.0, (5 * 0.5 + 4 * 0.25) / 0.75])
     FakeLLM.answers = [{d: 0.0 for d in range(1, 6)}, {2: 1.0}]  # no probability left on any digit: no score
     assert [g[0] for g in vllm_backend.score_with_vllm(args, data.records)] == [None, 2.0]
-    FakeLLM.made.pop()
     params = FakeLLM.made[0].params[0].kwargs
     assert params["max_tokens"] == 1 and sorted(params["allowed_token_ids"]) == sorted(FakeLLM.digit_ids.values())
     # the prompt ends with the score prefix, so the next token is the first digit
