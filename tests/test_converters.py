@@ -718,3 +718,11 @@ def test_names_read_as_numbers_and_empty_matlab_cells_become_text():
     cell = np.empty((3, 1), dtype=object)
     cell[0, 0], cell[1, 0], cell[2, 0] = np.array(["a.bmp"]), np.array([]), np.array([["b.bmp"]])
     assert C._mat_strings(cell) == ["a.bmp", "", "b.bmp"]
+
+
+def test_pipal_blank_lines_inside_a_label_file_are_skipped_not_the_end(tmp_path):
+    (tmp_path / "Train_Label").mkdir()
+    (tmp_path / "Train_Label/A0001.txt").write_text("A0001_00_00.bmp,1520\n\n  \nA0001_10_03.bmp,1000\n")
+    touch(tmp_path, "Train_Dis/A0001_00_00.bmp", "Train_Dis/A0001_10_03.bmp", "Train_Ref/A0001.bmp")
+    assert sorted(r["image"] for r in C.convert("pipal", tmp_path)) == [
+        "Train_Dis/A0001_00_00.bmp", "Train_Dis/A0001_10_03.bmp"]

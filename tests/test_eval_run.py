@@ -705,3 +705,16 @@ def test_stored_completions_are_decoded_without_special_tokens(tiny_model_dir, t
     rows = rows_of(tmp_path / "out")
     assert [(r["prediction"], r["completion"]) for r in rows] == [("3.000000", "<answer>Score: 3</answer>"),
                                                                    ("", "no score")]
+
+
+def test_a_stale_row_is_refused_even_after_records_not_yet_predicted():
+    """Every resumed row is checked against its record, not only those before the first record without a row."""
+    from vqrl.eval.records import refuse_stale_rows
+
+    records = [{"sample_id": "a", "type": "scoring_image", "image": "a.jpg", "solution": 3.0},
+               {"sample_id": "b", "type": "scoring_image", "image": "b.jpg", "solution": 4.0}]
+    done = {"b": {"path": "b.jpg", "mos": "2.0"}}  # b's MOS changed since; a was never predicted
+    with pytest.raises(EvalError, match=r"the row for sample 'b' is for b.jpg \(MOS 2.0\), but the data now says "
+                                        r"b.jpg \(MOS 4.0\)"):
+        refuse_stale_rows(done, records, "p.csv")
+    refuse_stale_rows({"b": {"path": "b.jpg", "mos": "4.0"}}, records, "p.csv")  # the same record: accepted

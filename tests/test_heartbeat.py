@@ -114,3 +114,20 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_last_beat_stands(tmp_pa
     monkeypatch.setattr(hb_module.os, "replace", real_replace)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heartbeat.json"]
     assert read_heartbeat(str(path))["step"] == 1
+
+
+def test_reporting_a_config_error_where_it_cannot_be_written_is_quiet(tmp_path, monkeypatch):
+    """The config-error record is written on the way out of a failed start: if it cannot be written, that is not
+    a second warning on top of the configuration error the user must read."""
+    import warnings
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv(hb_module.HEARTBEAT_ENV, str(blocker / "heartbeat.json"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert hb_module.report_config_error("--pd_gate: unknown reward") is False
+    assert caught == []
+    monkeypatch.setenv(hb_module.HEARTBEAT_ENV, str(tmp_path / "heartbeat.json"))
+    assert hb_module.report_config_error("--pd_gate: unknown reward") is True
+    assert read_heartbeat(str(tmp_path / "heartbeat.json"))["reason"] == "--pd_gate: unknown reward"

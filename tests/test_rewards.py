@@ -832,3 +832,14 @@ def test_a_reward_names_itself_and_its_options():
     answer, fmt = build_reward_funcs(["answer", "format"], answer_threshold=0.35)
     assert repr(answer) == "<reward answer, answer_threshold=0.35, answer_strict_less=False>"
     assert repr(fmt) == "<reward format>"
+
+
+@pytest.mark.parametrize("text, body", [
+    ('```json\n{"distortion": "blur"}\n```', '{"distortion": "blur"}'),
+    ('```{"distortion": "blur"}```', '{"distortion": "blur"}'),  # a one-line block
+    ('{"distortion": "blur"}', '{"distortion": "blur"}'),
+])
+def test_a_markdown_code_block_is_unwrapped_to_its_body(text, body):
+    from vqrl.rewards.perception import _unfence
+
+    assert _unfence(text) == body

@@ -735,6 +735,16 @@ def test_inprocess_a_hang_names_the_step_and_the_phase_it_hung_in(tmp_path):
     assert "at step 3, phase 'generate'" in err
 
 
+def test_inprocess_each_restart_waits_its_backoff(tmp_path):
+    """A crashed run is restarted only after the back-off delay (here 0.6 s), so a crash loop does not hammer the
+    node or the shared filesystem."""
+    crash = _child(tmp_path, "sys.exit(5 if attempt == 1 else 0)\n")
+    code, evs, _ = watch(tmp_path / "run", ["--backoff", "0.6", "--max_backoff", "0.6"], crash, seconds=15)
+    (backoff,) = kinds(evs, "backoff")
+    second_start = kinds(evs, "start")[1]
+    assert code == 0 and backoff["delay"] == 0.6 and second_start["time"] - backoff["time"] >= 0.55
+
+
 class FlushRecorder(io.StringIO):
     """A stderr that remembers what had been flushed (a redirected stderr is block-buffered)."""
 
@@ -794,6 +804,27 @@ def test_sigkill_is_repeated_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch)
         os.close(dog._wfd)
     assert sent[:2] == [signal.SIGTERM, signal.SIGCONT]
     assert 3 <= sent.count(signal.SIGKILL) <= 20  # ~0.4 s of SIGKILL rounds, 50 ms apart
+
+
+def test_the_grace_period_is_waited_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch):
+    """While a run has --grace seconds to exit after SIGTERM, the watchdog checks every 50 ms or so, sleeping in
+    between: it does not spin a core of the node it shares with the run."""
+    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, "--grace", "0.3"])
+    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog.proc = SimpleNamespace(pid=4242, returncode=-signal.SIGTERM)
+    dog._rfd, dog._wfd = os.pipe()
+    gone_at = time.monotonic() + 0.25  # exits within the grace period
+    naps, real_sleep = [], dog._sleep
+    monkeypatch.setattr(dog, "_track_descendants", lambda: None)
+    monkeypatch.setattr(dog, "_survivors", lambda pgid: [4242] if time.monotonic() < gone_at else [])
+    monkeypatch.setattr(dog, "_signal_run", lambda pgid, sig: None)
+    monkeypatch.setattr(dog, "_sleep", lambda seconds: (naps.append(seconds), real_sleep(seconds)))
+    try:
+        assert dog.stop_run("test") is True
+    finally:
+        os.close(dog._rfd)
+        os.close(dog._wfd)
+    assert 2 <= len(naps) <= 12 and all(0 < nap <= 0.05 for nap in naps), naps
 
 
 def test_zero_restarts_and_no_same_step_limit_are_allowed_a_zero_poll_is_not(tmp_path, capsys):
