@@ -900,6 +900,16 @@ def test_16_bit_grey_png_loads_scaled_not_white(tmp_path):
     assert abs(img.mean() - 127.5) < 2  # PIL's own convert gives ~254 (clipped to white)
 
 
+def test_16_bit_grey_black_and_white_stay_exactly_black_and_white(tmp_path):
+    from vqrl.data.media import decode_image
+
+    values = np.zeros((8, 8), dtype=np.uint16)
+    values[:, 4:] = 65535
+    Image.fromarray(values).save(tmp_path / "bw16.png")
+    img = np.asarray(decode_image(str(tmp_path / "bw16.png")))
+    assert img.shape == (8, 8, 3) and set(np.unique(img[:, :4])) == {0} and set(np.unique(img[:, 4:])) == {255}
+
+
 def test_float_tiff_on_0_1_loads_scaled_and_others_are_refused(tmp_path):
     values = np.tile(np.linspace(0, 1, 56, dtype=np.float32), (56, 1))
     Image.fromarray(values).save(tmp_path / "f.tif")
