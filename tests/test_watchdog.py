@@ -264,8 +264,10 @@ def test_a_signal_is_named_and_an_unknown_number_stays_a_number():
 
 
 @pytest.mark.parametrize("name", ["hang_timeout", "startup_timeout", "window", "backoff", "max_backoff", "grace"])
-def test_a_negative_duration_is_refused_by_name(name, capsys):
+def test_a_negative_duration_is_refused_by_name(name, capsys, tmp_path, monkeypatch):
     from vqrl.watchdog import main
+
+    monkeypatch.chdir(tmp_path)  # were it not refused, `true` would run with the current folder as output
 
     with pytest.raises(SystemExit) as exited:
         main([f"--{name}", "-1", "--", "true"])
