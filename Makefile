@@ -52,6 +52,7 @@ test-all: test test-slow test-vllm
 # Mutation testing (docs/testing.md): plants one plausible bug at a time in a temporary copy of src/ and runs the
 # tests that reach it; writes outputs/mutate/report.{md,json}. About 30-60 min for 80 mutants on 2 cores.
 # Options: make mutate MUTATE_ARGS="--seed 1 --max-mutants 100 --modules rewards modeling/vision_once.py"
+# --vllm also runs the vLLM tests (in $(VLLM_VENV)) for mutants of the vLLM modules the default suite lets through.
 MUTATE_ARGS ?=
 mutate: $(STAMP)
 	$(PY) scripts/mutate.py $(MUTATE_ARGS)

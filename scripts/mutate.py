@@ -58,6 +58,22 @@ TEST_MAP = {
     "src/vqrl/grpo.py": ["test_trainer*.py", "test_recipes*.py", "test_resume*.py"],
 }
 
+# Sources whose behaviour only the vLLM tests check (tests/test_vllm.py, `make test-vllm`: they need vLLM, in its own
+# venv, and are not in the default suite). With --vllm, a mutant of one of these that the default suite lets through
+# is run against these tests too, in .venv-vllm with vLLM's CPU settings (an engine start costs 35-50 s each).
+VLLM_TESTS = {
+    "src/vqrl/eval/vllm_backend.py": ["tests/test_vllm.py::test_eval_vllm_backend_agrees_with_hf"],
+    "src/vqrl/trainers/vllm*.py": ["tests/test_vllm.py::test_vllm_rollouts_with_images_and_videos_train_and_sync_weights",
+                                   "tests/test_vllm.py::test_use_vllm_with_every_trainer_small_micro_batches_mixed_media"],
+    "src/vqrl/modeling/vllm_requests.py": [
+        "tests/test_vllm.py::test_vllm_rollouts_with_images_and_videos_train_and_sync_weights",
+        "tests/test_vllm.py::test_eval_vllm_backend_agrees_with_hf",
+        "tests/test_vllm.py::test_use_vllm_with_every_trainer_small_micro_batches_mixed_media"],
+}
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu"}  # as `make test-vllm`
+VLLM_PYTHON = ".venv-vllm/bin/python"
+VLLM_TIMEOUT = 900.0  # seconds for one mutant's vLLM tests (engine starts, then a few small generations)
+
 # ---------------------------------------------------------------------------------------------------- mutants
 CMP_SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
             ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
@@ -463,8 +479,17 @@ def pytest_sessionfinish(session):
 '''
 
 
-def pytest_cmd(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *args]
+def pytest_cmd(args: list[str], python: str = sys.executable) -> list[str]:
+    return [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *args]
+
+
+def vllm_tests(path: str) -> list[str]:
+    """The vLLM tests (node ids) that check a source file, in VLLM_TESTS order; [] for a file they do not."""
+    out: list[str] = []
+    for pattern, nodeids in VLLM_TESTS.items():
+        if fnmatch.fnmatch(path, pattern):
+            out += [n for n in nodeids if n not in out]
+    return out
 
 
 def base_env(tree: Path) -> dict:
@@ -607,9 +632,12 @@ def select_tests(m: Mutant, base: dict, root: Path) -> tuple[list[str], str]:
 
 
 # ------------------------------------------------------------------------------------------------------ run
-def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner: Runner, stop: bool = True) -> dict:
+def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner: Runner, stop: bool = True,
+               python: str = sys.executable, env: dict | None = None, options: tuple[str, ...] = ()) -> dict:
     """Run the tests against the mutant; the file is restored whatever happens. A mutant can make tests vanish (an
-    empty parametrization): the plain suite would not notice that, so those are dropped and the rest run again."""
+    empty parametrization): the plain suite would not notice that, so those are dropped and the rest run again.
+    `python`, `env` (added to the usual environment) and pytest `options` run them elsewhere: the vLLM tests in
+    .venv-vllm, with `-m vllm` (the default options deselect them)."""
     target = tree / m.path
     original = target.read_bytes()
     vanished: list[str] = []
@@ -617,8 +645,8 @@ def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner
     try:
         target.write_bytes(m.apply(original))
         for _ in range(2):
-            rc, text, took = runner.run(pytest_cmd(["-x", *nodeids] if stop else nodeids), tree, base_env(tree),
-                                        timeout)
+            rc, text, took = runner.run(pytest_cmd([*options, *(["-x"] if stop else []), *nodeids], python), tree,
+                                        {**base_env(tree), **(env or {})}, timeout)
             seconds += took
             missing = [line.split("not found: ", 1)[1].strip() for line in text.splitlines()
                        if line.startswith("ERROR: not found: ")]
@@ -648,6 +676,20 @@ def run_mutant(m: Mutant, tree: Path, nodeids: list[str], timeout: float, runner
     killer = ", ".join(failed) if failed else ("collection/import error" if status == "killed" and rc == 2 else None)
     return {"status": status, "seconds": round(seconds, 1), "killed_by": killer, "rc": rc, "vanished": vanished,
             "log_tail": text[-2500:] if status in ("error", "survived") else ""}
+
+
+def with_vllm_tests(m: Mutant, tree: Path, res: dict, how: str, extra: list[str], vllm_python: str | None,
+                    runner: Runner, stop: bool = True) -> tuple[dict, str]:
+    """A survivor of the default suite whose module the vLLM tests check: with --vllm (`vllm_python` set) those
+    tests run against it in the vLLM venv; without, the report says they were not run. Other results stand."""
+    if res["status"] != "survived" or not extra:
+        return res, how
+    if vllm_python is None:
+        return res, f"{how}; its vLLM tests not run (--vllm)"
+    more = run_mutant(m, tree, extra, VLLM_TIMEOUT, runner, stop=stop, python=vllm_python, env=VLLM_ENV,
+                      options=("-m", "vllm"))
+    more["seconds"] = round(res["seconds"] + more["seconds"], 1)
+    return more, f"{how}; vLLM tests run"
 
 
 def sample(mutants: list[Mutant], sources: dict[str, bytes], seed: int, k: int) -> list[Mutant]:
@@ -728,8 +770,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="only run selected tests whose node id starts with one of these (e.g. tests/test_x.py)")
     p.add_argument("--no-stop", action="store_true",
                    help="run every selected test (not -x): killed_by lists all the tests that fail")
+    p.add_argument("--vllm", action="store_true",
+                   help="also run the vLLM tests (tests/test_vllm.py, in .venv-vllm on the CPU) for mutants of the "
+                        "vLLM modules the default suite lets through; each engine start costs 35-50 s")
+    p.add_argument("--vllm-python", default=VLLM_PYTHON, help="the Python of the vLLM venv (with --vllm)")
     p.add_argument("--list", action="store_true", help="list the candidate mutants and exit")
     args = p.parse_args(argv)
+    vllm_python = str((ROOT / args.vllm_python).absolute()) if args.vllm else None
+    if vllm_python and not os.access(vllm_python, os.X_OK):
+        raise SystemExit(f"mutate: --vllm needs the vLLM venv's Python at {vllm_python} (make test-vllm builds it)")
 
     if args.modules is None:
         args.modules = sorted({i.split(":")[0].split("src/vqrl/", 1)[-1] for i in args.mutant}) if args.mutant \
@@ -779,22 +828,26 @@ def main(argv: list[str] | None = None) -> int:
             if m.id in equivalents:
                 return {**row, "status": "equivalent", "reason": equivalents[m.id]}
             nodeids, how = select_tests(m, base, ROOT)
+            extra = vllm_tests(m.path)
             if args.tests:
                 nodeids = [n for n in nodeids if n.startswith(tuple(args.tests))]
-            if not nodeids:
-                return {**row, "status": "survived", "how": "no test in the default suite", "tests": []}
+                extra = [n for n in extra if n.startswith(tuple(args.tests))]
             seconds = {t["nodeid"]: t["seconds"] for t in base["tests"]}
             timeout = args.timeout_factor * sum(seconds[n] for n in nodeids) + 60
             tree = free.get()
             try:
                 if runner.stopping:
                     return {**row, "status": "interrupted"}
-                res = run_mutant(m, tree, nodeids, timeout, runner, stop=not args.no_stop)
+                res = run_mutant(m, tree, nodeids, timeout, runner, stop=not args.no_stop) if nodeids else \
+                    {"status": "survived", "seconds": 0.0, "killed_by": None, "rc": 0, "vanished": [], "log_tail": ""}
+                if not nodeids:
+                    how = "no test in the default suite"
+                res, how = with_vllm_tests(m, tree, res, how, extra, vllm_python, runner, stop=not args.no_stop)
             finally:
                 free.put(tree)
             print(f"[mutate] {k + 1}/{len(chosen)} {res['status']:<11} {m.id}  ({len(nodeids)} tests, "
                   f"{res['seconds']} s)", flush=True)
-            return {**row, **res, "how": how, "tests": nodeids}
+            return {**row, **res, "how": how, "tests": nodeids + (extra if "vLLM tests run" in how else [])}
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [pool.submit(one, k, m) for k, m in enumerate(chosen)]

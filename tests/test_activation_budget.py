@@ -120,3 +120,23 @@ def test_agreeing_in_a_process_group_runs_on_the_backends_device(tmp_path):
         assert AB.agree(3) == 3
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_the_decision_is_logged_in_gigabytes(gpu, caplog):
+    """The INFO line an operator reads to size a run states the measured peak, the usable memory and the estimate
+    per layer in GB (2**30 bytes), next to the layers kept."""
+    import logging
+
+    model = Model(4)
+    tokens = 10_000
+    budget = AB.ActivationBudget(model, "auto", lambda: tokens)
+    gpu.update(peak=40 * GB, reserved=50 * GB, free=30 * GB)
+    with caplog.at_level(logging.INFO, logger=AB.logger.name):
+        budget.on_step_end(None, None, None)
+        budget.on_step_end(None, None, None)
+    per_layer = AB.ESTIMATE_MARGIN * AB.bytes_per_token_per_layer(model.config) * tokens / GB
+    usable = budget.log["activation_budget/capacity_gb"]
+    assert usable == pytest.approx(AB.USABLE * 80)
+    assert (f"{budget.kept} of 4 language layers now keep their activations (measured peak 40.0 GB, usable "
+            f"{usable:.1f} GB, estimate {per_layer:.2f} GB per layer)") in caplog.text
+    assert budget.log["activation_budget/measured_peak_gb"] == 40.0

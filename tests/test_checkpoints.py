@@ -209,3 +209,23 @@ def test_publish_replaces_final_in_one_rename(tmp_path):
     C.publish(str(new), str(old), 9)
     assert (old / "model.safetensors").read_text() == "new" and C.marker_step(str(old)) == 9
     assert sorted(os.listdir(tmp_path)) == ["final"]
+
+
+def test_a_file_that_cannot_be_opened_for_syncing_does_not_stop_the_others(tmp_path, monkeypatch):
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    synced, opened, real_open = [], [], os.open
+
+    def open_(path, flags, *args):
+        opened.append(path)
+        if len(opened) == 1:  # the first file the walk meets cannot be opened
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(C.os, "open", open_)
+    monkeypatch.setattr(C.os, "fsync", fsync)
+    C._fsync_tree(str(tmp_path))
+    assert len(opened) == 2 and synced == [1]  # the other file is still synced

@@ -650,3 +650,79 @@ def test_a_bad_out_is_refused_before_anything_is_read(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"vqrl convert: error: --out {tmp_path / 'out'} is not a regular file (a device, pipe or folder): " \
                   "give a file path"
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.jsonl"])
+def test_written_records_are_whole_lines_on_disk_before_the_rename(tmp_path, monkeypatch, name):
+    """write_records leaves a text file of whole lines (the JSON list too ends with a newline, as `cat` and line
+    tools expect), and fsync sees all of it, flushed out of Python's buffer, before the rename makes it visible."""
+    records = [{"image": "a.jpg", "solution": 4.0, "prompt": "é"}, {"image": "b.jpg", "solution": 1.5}]
+    synced, real_fsync, real_replace = [], C.os.fsync, C.os.replace
+
+    def fsync(fd):
+        synced.append(C.os.fstat(fd).st_size)
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append(("replace", Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(C.os, "fsync", fsync)
+    monkeypatch.setattr(C.os, "replace", replace)
+    out = tmp_path / name
+    C.write_records(records, out)
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and not data.endswith(b"\n\n")
+    assert synced == [len(data), ("replace", name)]
+    if name.endswith(".jsonl"):
+        assert [json.loads(line) for line in data.decode().splitlines()] == records
+    else:
+        assert json.loads(data) == records
+
+
+def test_a_split_with_no_records_names_the_split(tmp_path):
+    (tmp_path / "koniq10k_scores_and_distributions.csv").write_text(KONIQ_SCORES)
+    (tmp_path / "metadata").mkdir()
+    sets = "\n".join(line for line in KONIQ_SETS.splitlines() if not line.endswith(",test")) + "\n"
+    (tmp_path / "metadata/koniq10k_distributions_sets.csv").write_text(sets)
+    with pytest.raises(C.ConversionError, match=rf"^koniq: no records found under {tmp_path} for split 'test'$"):
+        C.convert("koniq", tmp_path, split="test")
+
+
+def test_spreadsheet_rows_without_a_name_are_skipped_not_the_rest(tmp_path):
+    """A row with values but no image name (a note, a subtotal) is left out; the rows after it are still read."""
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [
+        ["Image name", "MOS"], ["00001.jpg", 50], [None, 99], ["00002.jpg", 75]]})
+    touch(tmp_path, "TestImage/00001.jpg", "TestImage/00002.jpg")
+    assert [r["image"] for r in C.convert("spaq", tmp_path)] == ["TestImage/00001.jpg", "TestImage/00002.jpg"]
+    write_xlsx(tmp_path / "csiq.DMOS.xlsx", {"all_by_image": csiq_sheet([
+        [1600, 1, "noise", 1, 0.061, 0.062], [None, 9, "noise", 1, 0.1, 0.1], ["boston", 4, "jpeg", 3, 0.08, 0.4]])})
+    touch(tmp_path, "dst_imgs/awgn/1600.AWGN.1.png", "dst_imgs/jpeg/boston.JPEG.3.png")
+    assert sorted(r["image"] for r in C.convert("csiq", tmp_path)) == [
+        "dst_imgs/awgn/1600.AWGN.1.png", "dst_imgs/jpeg/boston.JPEG.3.png"]
+
+
+def test_a_sheet_without_the_header_row_is_named(tmp_path):
+    write_xlsx(tmp_path / "csiq.DMOS.xlsx", {"all_by_image": [["CSIQ"], ["no header here"]]})
+    with pytest.raises(C.ConversionError, match=r"csiq.DMOS.xlsx sheet 'all_by_image': no header row with columns "
+                                                r"'image', 'dst_type', 'dst_lev', 'dmos'"):
+        C.convert("csiq", tmp_path)
+    write_xlsx(tmp_path / "Annotations/MOS and Image attribute scores.xlsx", {"Sheet1": [["name", "score"]]})
+    with pytest.raises(C.ConversionError, match=r"scores.xlsx: no header row with columns 'Image name', 'MOS'$"):
+        C.convert("spaq", tmp_path)
+
+
+def test_names_read_as_numbers_and_empty_matlab_cells_become_text():
+    assert C._name_str(1600.0) == "1600" and C._name_str(1600) == "1600" and C._name_str(" a.bmp ") == "a.bmp"
+    assert C._name_str(2.5) == "2.5"
+    cell = np.empty((3, 1), dtype=object)
+    cell[0, 0], cell[1, 0], cell[2, 0] = np.array(["a.bmp"]), np.array([]), np.array([["b.bmp"]])
+    assert C._mat_strings(cell) == ["a.bmp", "", "b.bmp"]
+
+
+def test_pipal_blank_lines_inside_a_label_file_are_skipped_not_the_end(tmp_path):
+    (tmp_path / "Train_Label").mkdir()
+    (tmp_path / "Train_Label/A0001.txt").write_text("A0001_00_00.bmp,1520\n\n  \nA0001_10_03.bmp,1000\n")
+    touch(tmp_path, "Train_Dis/A0001_00_00.bmp", "Train_Dis/A0001_10_03.bmp", "Train_Ref/A0001.bmp")
+    assert sorted(r["image"] for r in C.convert("pipal", tmp_path)) == [
+        "Train_Dis/A0001_00_00.bmp", "Train_Dis/A0001_10_03.bmp"]

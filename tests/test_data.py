@@ -102,6 +102,27 @@ def test_json_list_cut_after_a_comma_reports_the_next_index(tmp_path):
     assert "truncated" in result.problems[0].reason
 
 
+def test_a_missing_comma_or_a_cut_right_after_a_record_keeps_the_records_before_it(tmp_path):
+    a, b = json.dumps(scoring("a.jpg")), json.dumps(scoring("b.jpg"))
+    (tmp_path / "d.json").write_text(f"[\n{a},\n{b}\n{a}]\n")  # no comma after b
+    result = read_records(tmp_path / "d.json")
+    assert [r["image"] for r in result.records] == ["a.jpg", "b.jpg"]
+    (problem,) = result.problems
+    assert problem.index == 2 and problem.reason == "invalid JSON at line 4 column 1: expected ',' or ']'"
+    (tmp_path / "e.json").write_text(f"[\n{a},\n{b}")  # cut right after b
+    result = read_records(tmp_path / "e.json")
+    assert [r["image"] for r in result.records] == ["a.jpg", "b.jpg"]
+    (problem,) = result.problems
+    assert problem.index == 2 and problem.reason.endswith("file ends before the closing ']' (truncated?)")
+
+
+def test_blank_lines_in_jsonl_are_skipped_not_the_end(tmp_path):
+    lines = [json.dumps(scoring("a.jpg")), "", "   ", json.dumps(scoring("b.jpg"))]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    result = read_records(tmp_path / "d.jsonl")
+    assert [(r["image"], r["_index"]) for r in result.records] == [("a.jpg", 0), ("b.jpg", 3)] and not result.problems
+
+
 @pytest.mark.parametrize("text", ["", "  \n\n"])
 def test_empty_file_is_one_problem_for_the_whole_file(tmp_path, text):
     (tmp_path / "d.json").write_text(text)
@@ -357,6 +378,72 @@ def test_load_image_never_makes_a_zero_side(tmp_path):
     spec = VisionSpec(max_pixels=64 * 28 * 28)  # the tiny processors' budget
     w, h = load_image(save_image(tmp_path / "x.png", (50, 7000)), spec).size
     assert w >= spec.factor and h >= spec.factor and w % spec.factor == 0 and h % spec.factor == 0
+
+
+@pytest.mark.parametrize("size", [(5, 64), (64, 5), (3, 3), (7, 7)])
+def test_checking_a_jpeg_under_8_pixels_wide_or_high_counts_its_tokens(tmp_path, size):
+    """check_image decodes JPEGs at 1/8 scale as a shortcut; an image less than 8 px on a side must still be read
+    and counted as load_image would use it, not fail as unreadable."""
+    from vqrl.data.media import check_image
+
+    spec = VisionSpec()
+    path = str(tmp_path / "thin.jpg")
+    Image.new("RGB", size, (200, 30, 30)).save(path, format="JPEG")
+    assert check_image(path, spec) == spec.image_tokens(size[1], size[0])
+    assert check_image(path) == 0
+    assert load_image(path, spec).mode == "RGB"
+
+
+class _Header:
+    """A video container whose header says `frames` frames of `width` x `height` (no frame decodes)."""
+
+    def __init__(self, frames, height, width):
+        ctx = type("Ctx", (), {"height": height, "width": width})()
+        stream = type("Stream", (), {"average_rate": 25, "guessed_rate": None, "frames": frames, "duration": None,
+                                     "time_base": None, "codec_context": ctx, "thread_type": None})()
+        self.streams = type("Streams", (), {"video": [stream]})()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("frames, height, width", [(0, 64, 64), (10, 0, 64), (10, 64, 0), (10, 0, 0)])
+def test_a_video_header_with_no_frames_or_no_size_is_a_media_error(monkeypatch, frames, height, width):
+    """A header stating no frames, or frames of zero width or height, is refused with a clear reason: a video of
+    no pixels would otherwise reach the processor (or divide by zero in the resize)."""
+    from vqrl.data.media import MediaError, probe_video
+
+    monkeypatch.setattr(av, "open", lambda path: _Header(frames, height, width))
+    with pytest.raises(MediaError, match=rf"has no frames \({frames} frames of {width}x{height}\)"):
+        probe_video("v.mp4")
+    monkeypatch.setattr(av, "open", lambda path: _Header(10, 48, 64))
+    assert probe_video("v.mp4") == (10, 48, 64, 25.0)
+
+
+def test_a_video_header_without_a_frame_count_is_counted_from_its_duration(monkeypatch):
+    """Some containers store no frame count: it is the duration (in the stream's time base) times the frame rate."""
+    from fractions import Fraction
+
+    from vqrl.data.media import probe_video
+
+    header = _Header(0, 48, 64)
+    stream = header.streams.video[0]
+    stream.duration, stream.time_base = 300, Fraction(1, 100)  # 3 s at 25 fps
+    monkeypatch.setattr(av, "open", lambda path: header)
+    assert probe_video("v.mp4") == (75, 48, 64, 25.0)
+
+
+def test_a_frame_already_at_its_target_size_is_not_resampled():
+    from vqrl.data.media import _resize_frame
+
+    pixels = np.random.default_rng(0).integers(0, 256, (56, 84, 3), dtype=np.uint8)
+    same = _resize_frame(pixels, (56, 84))
+    assert same.dtype == torch.uint8 and torch.equal(same, torch.from_numpy(pixels).permute(2, 0, 1))
+    smaller = _resize_frame(pixels, (28, 56))
+    assert smaller.shape == (3, 28, 56) and smaller.dtype == torch.uint8
 
 
 @pytest.mark.parametrize("path", VIDEOS, ids=os.path.basename)
@@ -813,6 +900,16 @@ def test_16_bit_grey_png_loads_scaled_not_white(tmp_path):
     assert abs(img.mean() - 127.5) < 2  # PIL's own convert gives ~254 (clipped to white)
 
 
+def test_16_bit_grey_black_and_white_stay_exactly_black_and_white(tmp_path):
+    from vqrl.data.media import decode_image
+
+    values = np.zeros((8, 8), dtype=np.uint16)
+    values[:, 4:] = 65535
+    Image.fromarray(values).save(tmp_path / "bw16.png")
+    img = np.asarray(decode_image(str(tmp_path / "bw16.png")))
+    assert img.shape == (8, 8, 3) and set(np.unique(img[:, :4])) == {0} and set(np.unique(img[:, 4:])) == {255}
+
+
 def test_float_tiff_on_0_1_loads_scaled_and_others_are_refused(tmp_path):
     values = np.tile(np.linspace(0, 1, 56, dtype=np.float32), (56, 1))
     Image.fromarray(values).save(tmp_path / "f.tif")
@@ -862,6 +959,16 @@ def test_validate_data_names_bad_bit_depths_and_videos_without_frames(tmp_path, 
 
     with pytest.raises(MediaError, match=r"no video stream in the file \(streams: audio\)"):
         load_video(str(tmp_path / "audio.mp4"), VisionSpec())
+
+
+@pytest.mark.parametrize("name", ["factor", "min_pixels", "max_pixels", "video_min_frames", "video_min_pixels",
+                                  "video_max_pixels", "video_total_pixels"])
+def test_a_budget_of_one_is_the_smallest_accepted_and_zero_is_refused(name):
+    small = {"min_pixels": 1, "video_min_pixels": 1, name: 1}
+    spec = VisionSpec(**small)
+    assert getattr(spec, name) == 1
+    with pytest.raises(ValueError, match=rf"^{name} must be at least 1, got 0$"):
+        VisionSpec(**{**small, name: 0})
 
 
 def test_validate_data_refuses_settings_training_would_refuse(tmp_path, capsys):
@@ -1023,3 +1130,48 @@ def test_prompt_length_of_a_video_record_is_the_processors(tokenizer, tmp_path):
     assert validate_files([path], processor=proc, max_prompt_length=len(ids)) == []
     (problem,) = validate_files([path], processor=proc, max_prompt_length=len(ids) - 1)
     assert problem.reason.startswith(f"prompt is ~{len(ids)} tokens with its image/video tokens")
+
+
+def test_media_of_a_conversation_skips_text_only_messages_and_keeps_order():
+    from vqrl.modeling.vision import media_of
+
+    frames = torch.zeros(2, 3, 28, 28, dtype=torch.uint8)
+    prompt = [{"role": "system", "content": "You rate images."},
+              {"role": "user", "content": [{"type": "image", "image": "ref"}, {"type": "text", "text": "and"},
+                                           {"type": "image", "image": "img"}]},
+              {"role": "assistant", "content": "noted"},
+              {"role": "user", "content": [{"type": "video", "video": frames, "video_metadata": {"fps": 2.0}}]}]
+    images, videos, metas = media_of(prompt)
+    assert images == ["ref", "img"] and len(videos) == 1 and videos[0] is frames and metas == [{"fps": 2.0}]
+
+
+def test_a_record_whose_prompt_cannot_be_counted_is_one_problem_not_a_crash(tokenizer, tmp_path, monkeypatch):
+    from vqrl.data import checks
+    from vqrl.data.validate import validate_files
+    from vqrl.models.tiny import build_processor
+
+    proc = build_processor("qwen2_5_vl", tokenizer)
+    Image.new("RGB", (56, 56)).save(tmp_path / "ok.jpg")
+    path = write_json(tmp_path / "d.json", [scoring("ok.jpg"), scoring("ok.jpg")])
+    real = checks.prompt_tokens
+
+    def flaky(rec, *args, **kwargs):
+        if flaky.calls == 0:
+            flaky.calls += 1
+            raise ValueError("the chat template failed")
+        return real(rec, *args, **kwargs)
+
+    flaky.calls = 0
+    monkeypatch.setattr(checks, "prompt_tokens", flaky)
+    problems = validate_files([path], str(tmp_path), processor=proc, max_prompt_length=4096)
+    assert [p.reason for p in problems] == ["cannot count the prompt's tokens: ValueError: the chat template failed"]
+
+
+def test_load_eval_records_gives_the_usable_records_and_the_problem_lines(tmp_path):
+    from vqrl.eval.records import load_eval_records
+
+    Image.new("RGB", (56, 56)).save(tmp_path / "ok.jpg")
+    path = write_json(tmp_path / "d.json", [scoring("ok.jpg"), scoring("missing.jpg")])
+    records, problems = load_eval_records([path], str(tmp_path), None)
+    assert [r["image"] for r in records] == [str(tmp_path / "ok.jpg")]  # resolved under the root
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:1: ") and "missing.jpg" in problems[0]

@@ -28,6 +28,11 @@ def test_warmup_examples_have_the_format_and_random_scores():
     assert examples[5]["completion"] == FormatExamples(64, seed=3)[5]["completion"]  # reproducible
     assert examples[5]["completion"] != FormatExamples(64, seed=4)[5]["completion"]
     assert all(len(r["images"]) == 1 and r["images"][0].size == (112, 112) for r in rows)
+    import numpy as np
+
+    for r in rows[:8]:  # something to look at: a gradient with noise, neither flat nor saturated
+        pixels = np.asarray(r["images"][0], dtype=float)
+        assert pixels.std() > 5 and 20 < pixels.mean() < 235 and len(np.unique(pixels)) > 50
     assert {"type": "image"} in rows[0]["prompt"][-1]["content"]
 
 
@@ -62,3 +67,87 @@ def test_the_warmup_entry_wants_exactly_one_folder(capsys):
 
     assert main([]) == 2 and main(["a", "b"]) == 2
     assert capsys.readouterr().err.count("usage: python -m vqrl.training.warmup OUT") == 2
+
+
+@pytest.fixture
+def recording_sft(monkeypatch):
+    """TRL's SFTTrainer replaced by one that records what the warm-up gives it (and trains nothing)."""
+    import trl
+
+    seen = {"removed": [], "added": []}
+
+    class RecordingSFT:
+        def __init__(self, model, args, train_dataset, processing_class):
+            seen.update(model=model, args=args, dataset=train_dataset, processor=processing_class)
+
+        def remove_callback(self, cb):
+            seen["removed"].append(cb)
+
+        def add_callback(self, cb):
+            seen["added"].append(cb)
+
+        def train(self):
+            seen["trained"] = True
+
+    monkeypatch.setattr(trl, "SFTTrainer", RecordingSFT)
+    return seen
+
+
+def test_the_warmup_trains_in_full_precision_on_the_cpu_and_saves_a_float32_model(tiny_model_dir, tmp_path,
+                                                                                   recording_sft):
+    """The embedded model must be the same on every machine: the warm-up trains on the CPU in float32 (no bf16 or
+    fp16 autocast, which would change its numbers and the demo's), with the vision tower frozen, on the completion
+    only, with images kept (no column pruning, no truncation), and saves float32 safetensors with the processor."""
+    import torch
+    from transformers.trainer_callback import ProgressCallback
+
+    from vqrl.training.progress import CompactProgress
+    from vqrl.training.warmup import format_warmup
+
+    seen = recording_sft
+    out = format_warmup(tiny_model_dir, tmp_path / "model", steps=3, batch=2, seed=5)
+    args, model = seen["args"], seen["model"]
+    assert out == tmp_path / "model" and seen["trained"]
+    assert len(seen["dataset"]) == 6 and seen["dataset"][5] is not None  # steps x batch examples
+    assert args.use_cpu is True and args.bf16 is False and args.fp16 is False
+    assert args.max_steps == 3 and args.per_device_train_batch_size == 2 and args.seed == 5
+    assert args.completion_only_loss is True and args.remove_unused_columns is False and args.max_length is None
+    assert args.gradient_checkpointing is False and args.dataloader_num_workers == 0
+    assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 1  # 10 % of the steps, at least one
+    assert seen["removed"] == [ProgressCallback] and [type(c) for c in seen["added"]] == [CompactProgress]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(p.requires_grad for p in model.model.visual.parameters())
+    assert any(p.requires_grad for p in model.model.language_model.parameters())
+    assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    format_warmup(tiny_model_dir, tmp_path / "model2", steps=25, batch=1)
+    assert seen["args"].warmup_steps == 2 and len(seen["dataset"]) == 25
+
+
+def test_the_embedded_model_is_published_complete_in_one_rename(tmp_path, monkeypatch):
+    """build_embedded stages the random model and its warm-up beside the target, publishes the warmed model with its
+    completion marker, and leaves no staging behind; `python -m vqrl.training.warmup OUT` builds it at OUT's
+    absolute path."""
+    from vqrl.training import checkpoints, warmup
+
+    calls = []
+
+    def fake_warmup(model_dir, out, **kwargs):
+        calls.append((Path(model_dir), Path(out)))
+        assert (Path(model_dir) / "config.json").is_file()  # the random model, built first
+        Path(out).mkdir(parents=True)
+        (Path(out) / "model.safetensors").write_bytes(b"weights")
+        return Path(out)
+
+    monkeypatch.setattr(warmup, "format_warmup", fake_warmup)
+    target = tmp_path / "embedded"
+    (tmp_path / ".staging-embedded" / "leftover").mkdir(parents=True)  # an earlier build that crashed
+    assert warmup.build_embedded(target) == target
+    assert calls == [(tmp_path / ".staging-embedded" / "random", tmp_path / ".staging-embedded" / "model")]
+    assert (target / "model.safetensors").read_bytes() == b"weights" and (target / checkpoints.MARKER).is_file()
+    assert not (tmp_path / ".staging-embedded").exists()
+    built = []
+    monkeypatch.setattr(warmup, "build_embedded", built.append)
+    monkeypatch.chdir(tmp_path)
+    assert warmup.main(["rel/model"]) == 0 and built == [str(tmp_path / "rel" / "model")]
+
+

@@ -224,6 +224,29 @@ def test_compiled_generation_choice(tiny_model_dir, tmp_path):
         _trainer(tiny_model_dir, tmp_path, IMAGES, compiled_generation="sometimes")
 
 
+def test_compiled_generation_auto_is_on_only_for_plain_cuda_runs(tiny_model_dir, tmp_path, monkeypatch):
+    """auto turns the static cache and compile on where it was measured to help: HF generation on a CUDA device,
+    without vLLM, ZeRO-3, FSDP or peft; true never applies to vLLM rollouts."""
+    from types import SimpleNamespace
+
+    trainer = _trainer(tiny_model_dir, tmp_path, IMAGES, compiled_generation="auto")
+    assert trainer._compiled_generation() is False  # the CPU
+    monkeypatch.setattr(trainer, "accelerator", SimpleNamespace(device=SimpleNamespace(type="cuda")))
+    assert trainer._compiled_generation() is True
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    assert trainer._compiled_generation() is False
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", False)
+    monkeypatch.setattr(trainer.model, "peft_config", {"default": None}, raising=False)
+    assert trainer._compiled_generation() is False
+    monkeypatch.delattr(trainer.model, "peft_config")
+    monkeypatch.setattr(trainer, "use_vllm", True)
+    assert trainer._compiled_generation() is False
+    monkeypatch.setattr(trainer.args, "compiled_generation", "true")
+    assert trainer._compiled_generation() is False
+    monkeypatch.setattr(trainer, "use_vllm", False)
+    assert trainer._compiled_generation() is True
+
+
 def test_teacher_forced_probs_encode_once(tiny_model_dir, tmp_path):
     """Refine's PD pass: sharing each record's encoding across its G sequences gives the same probabilities."""
     from vqrl.modeling.teacher_forcing import teacher_forced_probs

@@ -145,6 +145,46 @@ def test_constant_mos_gives_zero():
     assert M.plcc([3.0] * 6, [1, 2, 3, 4, 5, 6]) == 0.0
 
 
+@pytest.mark.parametrize("which", ["mos", "pred"])
+def test_no_logistic_fit_is_tried_when_either_side_is_constant(which):
+    """A constant MOS or constant predictions leave nothing for the logistic to map: no fit is tried, the summary
+    says why (not "the fit failed"), and the raw values stand."""
+    mos, pred = _data(3, n=40)
+    if which == "mos":
+        mos = np.full_like(mos, 3.0)
+    else:
+        pred = np.full_like(pred, 3.0)
+    fit = M.fit_logistic(mos, pred)
+    assert fit.ok is False and fit.params is None and fit.reason == "constant MOS or constant predictions"
+    out = M.compute_metrics(mos, pred)
+    assert out["logistic_fit"] is False and out["logistic_note"] == "constant MOS or constant predictions"
+    assert out["plcc"] == out["plcc_raw"] == 0.0
+
+
+@pytest.mark.parametrize("outcome, reason", [
+    (RuntimeError("Optimal parameters not found: maxfev reached"),
+     "logistic fit failed: Optimal parameters not found: maxfev reached"),
+    (np.array([np.nan, 1.0, 3.0, 1.0]), "logistic fit returned non-finite parameters"),
+    (np.array([4.0, 4.0, 3.0, 1.0]), "logistic fit collapsed to a constant"),  # b1 == b2: a flat mapping
+    # a range of 1e-12 on a MOS range of ~4: flat to within rounding, not a mapping to correlate
+    (np.array([3.0 + 1e-12, 3.0, 3.0, 1.0]), "logistic fit collapsed to a constant"),
+])
+def test_a_logistic_fit_that_fails_falls_back_to_the_raw_values_and_says_why(monkeypatch, outcome, reason):
+    """The summary never reports a PLCC from a failed or degenerate fit: the raw PLCC and RMSE stand, with the
+    reason in logistic_note."""
+    def fit(*args, **kwargs):
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome, None
+
+    monkeypatch.setattr(M.optimize, "curve_fit", fit)
+    mos, pred = _data(4, n=60)
+    got = M.fit_logistic(mos, pred)
+    assert got == M.LogisticFit(M.plcc(mos, pred), M.rmse(mos, pred), False, None, reason)
+    out = M.compute_metrics(mos, pred)
+    assert out["logistic_fit"] is False and out["logistic_note"] == reason and out["plcc"] == out["plcc_raw"]
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="length"):
         M.compute_metrics([1, 2, 3], [1, 2])

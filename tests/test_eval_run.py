@@ -153,6 +153,29 @@ def test_greedy_generation_returns_the_completion_from_its_first_token(tiny_mode
         assert completion == expected
 
 
+def test_generation_stops_each_completion_before_its_first_end_token(tiny_model_dir, monkeypatch):
+    """What generate returns ends before the first end token (EOS, pad or the generation config's): neither that
+    token nor the padding after it is part of the completion that is decoded and parsed."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vqrl.eval.inference import generate
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")
+    tok = processor.tokenizer
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    a, b, c = 11, 12, 13  # ordinary tokens
+    tails = [[a, b, eos, c, pad], [a, pad, pad, pad, pad], [eos, a, b, c, pad], [a, b, c, a, b]]
+    prompt = tok.encode("Rate the photo.", add_special_tokens=False)
+
+    def fake_generate(input_ids, **kwargs):
+        return torch.cat([input_ids, torch.tensor(tails)], dim=1)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    got = generate(model, processor, [prompt] * 4, [{}] * 4, 5, do_sample=False)
+    assert got == [[a, b], [a], [], [a, b, c, a, b]]
+
+
 def test_sample_mode_is_the_mean_of_the_k_scores_that_parse(tiny_model_dir, tmp_path, scripted_generate):
     calls, script = scripted_generate
     data = write_records(tmp_path / "d.json", images(tmp_path, 3))
@@ -565,3 +588,133 @@ def test_a_data_file_whose_every_image_is_unreadable_is_a_setup_error(tiny_model
     files = [write_records(tmp_path / "bad.json", bad), write_records(tmp_path / "good.json", good)]
     with pytest.raises(EvalError, match=r"setup looks wrong, not a few bad files: no usable record in .*bad.json"):
         eval_run.evaluate(_args(tiny_model_dir, files, tmp_path / "out", mode="expected", no_think=True))
+
+
+def test_an_atomic_write_is_whole_on_disk_before_the_rename(tmp_path, monkeypatch):
+    """metrics.json and the settings are written through write_atomic: fsync sees the whole text, flushed out of
+    Python's buffer, before the rename makes it visible (a power cut never exposes an empty metrics.json)."""
+    text = json.dumps({"srcc": 0.5, "note": "é"}, indent=2) + "\n"
+    synced, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_size)
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append(("replace", os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "fsync", fsync)
+    monkeypatch.setattr(store.os, "replace", replace)
+    path = tmp_path / "metrics.json"
+    store.write_atomic(str(path), text)
+    assert path.read_text(encoding="utf-8") == text
+    assert synced == [len(text.encode()), ("replace", "metrics.json")]
+    assert not (tmp_path / "metrics.json.tmp").exists()
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("YES", True), ("1", True), ("False", False), ("no", False),
+                                         ("0", False)])
+def test_use_record_question_reads_true_and_false_words(text, value):
+    parser = argparse.ArgumentParser()
+    eval_run.add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--data", "d.json", "--out", "o", "--use_record_question", text])
+    assert args.use_record_question is value
+    assert parser.parse_args(["--model", "m", "--data", "d.json", "--out", "o"]).use_record_question is None
+
+
+def test_use_record_question_refuses_other_words(capsys):
+    parser = argparse.ArgumentParser()
+    eval_run.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--data", "d.json", "--out", "o", "--use_record_question", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_evaluate_says_which_records_it_skips_and_how_many_of_other_tasks_it_ignores(tiny_model_dir, tmp_path,
+                                                                                       scripted_generate, capsys):
+    """Nothing is dropped uncounted: a record that cannot be evaluated is named on stderr with its file, index and
+    reason, and records of other task types are counted in one line; the rest are evaluated."""
+    _, script = scripted_generate
+    recs = images(tmp_path, 2)
+    recs.insert(1, {"image": recs[0]["image"], "type": "choice_image", "solution": "A", "options": ["A. x", "B. y"]})
+    recs.append({"image": "missing.jpg", "type": "scoring_image", "solution": 3.0})
+    data = write_records(tmp_path / "d.json", recs)
+    script["texts"] = [["<answer>Score: 2</answer>"], ["<answer>Score: 3</answer>"]]
+    eval_run.evaluate(_args(tiny_model_dir, [data], tmp_path / "out", mode="greedy"))
+    err = capsys.readouterr().err
+    assert f"skipped: {data}:3: " in err and "missing.jpg" in err
+    assert "ignored 1 record(s) of other task types (only scoring records are evaluated)" in err
+    assert [r["prediction"] for r in rows_of(tmp_path / "out")] == ["2.000000", "3.000000"]
+
+
+def test_a_failed_atomic_write_names_the_file_and_reason_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    path.write_text("old\n")
+
+    def failing_fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store.os, "fsync", failing_fsync)
+    with pytest.raises(EvalError, match=rf"^cannot write {path}: Input/output error$"):
+        store.write_atomic(str(path), "new\n")
+    assert path.read_text() == "old\n" and not (tmp_path / "metrics.json.tmp").exists()
+
+
+def test_reading_predictions_drops_and_counts_cut_or_invalid_rows_only(tmp_path):
+    """A row cut inside a quoted field, a non-numeric or infinite MOS or prediction, a missing sample id or an extra
+    field is dropped and counted (it is predicted again); the good rows around it are kept."""
+    good = [_prediction(f"s{i}", "d", 2.0 + i, f"{1.5 + i:.6f}") for i in range(3)]
+    path = str(tmp_path / "predictions.csv")
+    store.append(path, good)
+    header = ",".join(store.FIELDS)
+    text = (tmp_path / "predictions.csv").read_text()
+    bad_rows = ["x1,d,a.jpg,not-a-number,2.0,c,\r\n", "x2,d,a.jpg,3.0,inf,c,\r\n", ",d,a.jpg,3.0,2.0,c,\r\n",
+                "x3,d,a.jpg,3.0,2.0,c,,extra\r\n"]
+    assert text.startswith(header)
+    (tmp_path / "predictions.csv").write_text(text + "".join(bad_rows), newline="")
+    rows, dropped = store.read(path)
+    assert sorted(rows) == ["s0", "s1", "s2"] and dropped == 4
+    (tmp_path / "predictions.csv").write_text(text + 's9,d,a.jpg,3.0,2.0,"a completion cut', newline="")
+    rows, dropped = store.read(path)
+    assert sorted(rows) == ["s0", "s1", "s2"] and dropped == 1
+
+
+def test_the_settings_that_identify_predictions_name_a_hub_model_and_a_dropped_record_question(tmp_path):
+    """settings.json decides whether --out can be resumed: a hub id is the model as given (no files to fingerprint),
+    and --use_record_question false (another prompt) is recorded, while the default leaves older files valid."""
+    from vqrl.eval.settings import eval_settings
+
+    args = _args("Qwen/Qwen2.5-VL-7B-Instruct", ["d.json"], tmp_path / "out")
+    base = eval_settings(args)
+    assert base["model"] == "Qwen/Qwen2.5-VL-7B-Instruct" and "model_files" not in base
+    assert "use_record_question" not in base
+    args.use_record_question = True
+    assert eval_settings(args) == base
+    args.use_record_question = False
+    assert eval_settings(args) == {**base, "use_record_question": False}
+
+
+def test_stored_completions_are_decoded_without_special_tokens(tiny_model_dir, tmp_path, scripted_generate):
+    """A control token the model emits (a stray <|vision_start|> or <|im_start|>) is not text: predictions.csv keeps
+    the readable completion, and the score is parsed from it."""
+    _, script = scripted_generate
+    data = write_records(tmp_path / "d.json", images(tmp_path, 2))
+    script["texts"] = [["<|vision_start|><answer>Score: 3</answer>"], ["<|im_start|>no score<|im_start|>"]]
+    eval_run.evaluate(_args(tiny_model_dir, [data], tmp_path / "out", mode="greedy"))
+    rows = rows_of(tmp_path / "out")
+    assert [(r["prediction"], r["completion"]) for r in rows] == [("3.000000", "<answer>Score: 3</answer>"),
+                                                                   ("", "no score")]
+
+
+def test_a_stale_row_is_refused_even_after_records_not_yet_predicted():
+    """Every resumed row is checked against its record, not only those before the first record without a row."""
+    from vqrl.eval.records import refuse_stale_rows
+
+    records = [{"sample_id": "a", "type": "scoring_image", "image": "a.jpg", "solution": 3.0},
+               {"sample_id": "b", "type": "scoring_image", "image": "b.jpg", "solution": 4.0}]
+    done = {"b": {"path": "b.jpg", "mos": "2.0"}}  # b's MOS changed since; a was never predicted
+    with pytest.raises(EvalError, match=r"the row for sample 'b' is for b.jpg \(MOS 2.0\), but the data now says "
+                                        r"b.jpg \(MOS 4.0\)"):
+        refuse_stale_rows(done, records, "p.csv")
+    refuse_stale_rows({"b": {"path": "b.jpg", "mos": "4.0"}}, records, "p.csv")  # the same record: accepted

@@ -92,3 +92,42 @@ def test_an_unwritable_heartbeat_warns_once_not_at_every_beat(tmp_path):
         assert [hb.beat(step) for step in range(5)] == [False] * 5
     assert [str(w.message).split(":")[0] for w in caught] == ["heartbeat"]
     assert caught[0].category is RuntimeWarning and str(blocker / "heartbeat.json") in str(caught[0].message)
+
+
+def test_a_failed_write_leaves_no_temporary_file_and_the_last_beat_stands(tmp_path, monkeypatch):
+    """A write that fails at the rename (a flaky disk) removes its temporary file: a week of failing beats does not
+    fill the output folder, and the heartbeat read is the last whole one."""
+    import warnings
+
+    path = tmp_path / "heartbeat.json"
+    hb = Heartbeat(path, min_interval=0.0)
+    assert hb.beat(1)
+    real_replace = hb_module.os.replace
+
+    def failing_replace(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(hb_module.os, "replace", failing_replace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert [hb.beat(step) for step in (2, 3)] == [False, False]
+    monkeypatch.setattr(hb_module.os, "replace", real_replace)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heartbeat.json"]
+    assert read_heartbeat(str(path))["step"] == 1
+
+
+def test_reporting_a_config_error_where_it_cannot_be_written_is_quiet(tmp_path, monkeypatch):
+    """The config-error record is written on the way out of a failed start: if it cannot be written, that is not
+    a second warning on top of the configuration error the user must read."""
+    import warnings
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv(hb_module.HEARTBEAT_ENV, str(blocker / "heartbeat.json"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert hb_module.report_config_error("--pd_gate: unknown reward") is False
+    assert caught == []
+    monkeypatch.setenv(hb_module.HEARTBEAT_ENV, str(tmp_path / "heartbeat.json"))
+    assert hb_module.report_config_error("--pd_gate: unknown reward") is True
+    assert read_heartbeat(str(tmp_path / "heartbeat.json"))["reason"] == "--pd_gate: unknown reward"

@@ -186,3 +186,63 @@ def test_tests_are_chosen_by_coverage_else_by_the_module_map():
     # not executed by any test: the test files mapped to the module
     assert mutate.select_tests(mutant(12), base, ROOT) == (["tests/test_rewards.py::t"], "not covered")
     assert mutate.select_tests(mutant(10, module_level=True), base, ROOT)[1] == "module-level"
+
+
+def test_vllm_modules_map_to_vllm_tests_that_exist():
+    """--vllm runs these tests for mutants of the vLLM modules: each named test exists in tests/test_vllm.py (a
+    renamed test would otherwise be reported as 'not found'), and modules without vLLM code get none."""
+    import ast
+
+    defined = {n.name for n in ast.parse((ROOT / "tests/test_vllm.py").read_text()).body
+               if isinstance(n, ast.FunctionDef)}
+    for nodeids in mutate.VLLM_TESTS.values():
+        assert nodeids and all(n.startswith("tests/test_vllm.py::") and n.split("::")[1] in defined for n in nodeids)
+    assert mutate.vllm_tests("src/vqrl/eval/vllm_backend.py") == [
+        "tests/test_vllm.py::test_eval_vllm_backend_agrees_with_hf"]
+    rollouts = mutate.vllm_tests("src/vqrl/trainers/vllm_rollouts.py")
+    assert rollouts == mutate.vllm_tests("src/vqrl/trainers/vllm.py") and len(rollouts) == 2
+    assert set(rollouts) < set(mutate.vllm_tests("src/vqrl/modeling/vllm_requests.py"))
+    assert mutate.vllm_tests("src/vqrl/data/media.py") == mutate.vllm_tests("src/vqrl/eval/run.py") == []
+
+
+class _Recording(_Scripted):
+    def run(self, cmd, cwd, env, timeout):
+        self.envs = [*getattr(self, "envs", []), env]
+        self.timeouts = [*getattr(self, "timeouts", []), timeout]
+        return super().run(cmd, cwd, env, timeout)
+
+
+def test_with_vllm_a_survivor_of_the_default_suite_runs_its_vllm_tests_in_the_vllm_venv(tmp_path):
+    tree, target, m = _tree_with_lt_mutant(tmp_path)
+    survived = {"status": "survived", "seconds": 4.0, "killed_by": None, "rc": 0, "vanished": [], "log_tail": ""}
+    extra = ["tests/test_vllm.py::test_eval_vllm_backend_agrees_with_hf"]
+    runner = _Recording([(1, f"FAILED {extra[0]} - assert 0.1 < 0.01", 50.0)])
+    res, how = mutate.with_vllm_tests(m, tree, dict(survived), "covered", extra, "/venvs/vllm/bin/python", runner)
+    assert res["status"] == "killed" and res["killed_by"] == extra[0] and res["seconds"] == 54.0
+    assert how == "covered; vLLM tests run"
+    (cmd,) = runner.commands
+    assert cmd[:3] == ["/venvs/vllm/bin/python", "-m", "pytest"] and cmd[-4:] == ["-m", "vllm", "-x", extra[0]]
+    assert runner.envs[0]["VLLM_TARGET_DEVICE"] == "cpu" and runner.envs[0]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert runner.envs[0]["PYTHONPATH"] == str(tree / "src") and runner.timeouts == [mutate.VLLM_TIMEOUT]
+    assert target.read_bytes() == SOURCE.encode()  # restored after the vLLM run too
+    # the vLLM tests pass: still a survivor, now of both suites
+    res, how = mutate.with_vllm_tests(m, tree, dict(survived), "covered", extra, "/py", _Recording([(0, "", 50.0)]))
+    assert res["status"] == "survived" and how == "covered; vLLM tests run"
+
+
+def test_without_vllm_or_for_other_mutants_no_vllm_test_runs(tmp_path):
+    tree, _, m = _tree_with_lt_mutant(tmp_path)
+    survived = {"status": "survived", "seconds": 4.0, "killed_by": None, "rc": 0, "vanished": [], "log_tail": ""}
+    extra = ["tests/test_vllm.py::test_eval_vllm_backend_agrees_with_hf"]
+    runner = _Recording([])
+    assert mutate.with_vllm_tests(m, tree, survived, "covered", extra, None, runner) == (
+        survived, "covered; its vLLM tests not run (--vllm)")
+    killed = {**survived, "status": "killed", "rc": 1}
+    assert mutate.with_vllm_tests(m, tree, killed, "covered", extra, "/py", runner) == (killed, "covered")
+    assert mutate.with_vllm_tests(m, tree, survived, "covered", [], "/py", runner) == (survived, "covered")
+    assert runner.commands == []
+
+
+def test_vllm_needs_the_vllm_venv(tmp_path):
+    with pytest.raises(SystemExit, match=r"--vllm needs the vLLM venv's Python at .*nowhere/python"):
+        mutate.main(["--vllm", "--vllm-python", str(tmp_path / "nowhere" / "python"), "--mutant", "x"])

@@ -117,8 +117,11 @@ def test_pd_logs_its_probabilities_its_share_and_its_time(tiny_model_dir, tmp_pa
     monkeypatch.setattr(refine, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     trainer.model.train()
     rows = [trainer.train_dataset[0]] * 2
+    calls_before = trainer.pd_forward_calls
     assert _pd(trainer, rows, [GATE_CASES[0][0], GATE_CASES[1][0]]) == pytest.approx([0.5, 0.0], abs=1e-6)
     logged = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith("refine/")}
+    # the forward passes this PD call made (its cost), not the running total
+    assert logged["refine/pd_forward_calls"] == trainer.pd_forward_calls - calls_before > 0
     assert logged["refine/pd_seconds"] == 0.25  # the time PD took, not a sum of clock readings
     assert logged["refine/frac_earning_pd"] == 0.5
     assert logged["refine/p_think"] == pytest.approx(0.7) and logged["refine/p_nothink"] == pytest.approx(0.2)
@@ -153,6 +156,26 @@ def test_seed_score_text_is_the_seeds_truncation(mos):
     if len(str(mos).partition(".")[2]) >= 2:
         assert refine.seed_score_text(mos) == str(mos)[:4]
     assert float(refine.seed_score_text(mos)) <= mos < float(refine.seed_score_text(mos)) + 0.01 + 1e-12
+
+
+@pytest.mark.parametrize("mos", [1e-05, 12345678901234567890.0, -3.25])
+def test_seed_score_text_of_a_number_str_cannot_truncate_is_the_plain_format(mos):
+    """Where repr() is not `digits.digits` (an exponent), the seed's truncation has no meaning: the target falls
+    back to the plain two-decimal score text, never a garbled one."""
+    from vqrl.data.prompts import format_score
+
+    text = refine.seed_score_text(mos)
+    assert text == (format_score(mos) if "e" in repr(mos) else "-3.25")
+
+
+def test_an_empty_pd_gate_is_a_configuration_problem(monkeypatch):
+    from types import SimpleNamespace
+
+    from vqrl.trainers.refine import RefineTrainer
+
+    monkeypatch.delenv("VQRL_VISION_ONCE", raising=False)
+    args = SimpleNamespace(pd_mode="seed", pd_weights=None, pd_gate=[], vision_once="auto")
+    assert "--pd_gate: must name at least one rule reward (e.g. format answer)" in RefineTrainer.config_problems(args)
 
 
 @pytest.mark.parametrize("text, thought", [

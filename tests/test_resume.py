@@ -243,3 +243,50 @@ def test_model_only_checkpoints_resume_with_fresh_optimizer_but_not_under_deepsp
     (ckpt_dir / "optimizer.pt").unlink()
     (ckpt_dir / "global_step3").mkdir()
     assert checkpoints.has_optimizer_state(str(ckpt_dir))
+
+
+def test_resuming_loads_every_saved_weight_into_the_live_model(tiny_model_dir, tmp_path, caplog):
+    """A resumed plain (not DeepSpeed/FSDP/peft) model gets every saved tensor, under the live module names, with no
+    key left out or unexpected; a checkpoint folder without weights is not read as one."""
+    import logging
+
+    import torch
+
+    trainer = make_trainer(tiny_model_dir, tmp_path / "run", [os.path.join(EXAMPLES, "RL_examples.json")])
+    model = trainer.model
+    ckpt = tmp_path / "checkpoint-1"
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model.save_pretrained(str(ckpt))
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    with caplog.at_level(logging.WARNING):
+        trainer._load_from_checkpoint(str(ckpt))
+    live = model.state_dict()
+    assert live.keys() == saved.keys()
+    assert all(torch.equal(live[k], saved[k]) for k in saved), [k for k in saved if not torch.equal(live[k], saved[k])]
+    assert "missing" not in caplog.text.lower() and "unexpected" not in caplog.text.lower()
+
+
+@pytest.mark.parametrize("engine", ["is_deepspeed_enabled", "is_fsdp_enabled"])
+def test_resuming_under_deepspeed_or_fsdp_goes_through_the_librarys_loader(tiny_model_dir, tmp_path, monkeypatch,
+                                                                            engine):
+    """DeepSpeed and FSDP hold partitioned parameters and read their own shards: their resume must go through
+    transformers' loader even when the checkpoint also holds consolidated model.safetensors, never through the
+    plain whole-model copy (which would write full tensors into partitioned ones)."""
+    from transformers import Trainer
+
+    trainer = make_trainer(tiny_model_dir, tmp_path / "run", [os.path.join(EXAMPLES, "RL_examples.json")])
+    ckpt = tmp_path / "checkpoint-1"
+    trainer.model.save_pretrained(str(ckpt))
+    calls = []
+    monkeypatch.setattr(Trainer, "_load_from_checkpoint",
+                        lambda self, resume_from_checkpoint, model=None: calls.append(resume_from_checkpoint))
+    monkeypatch.setattr(type(trainer.model), "from_pretrained",
+                        classmethod(lambda cls, *a, **k: pytest.fail("the plain whole-model path was taken")))
+    monkeypatch.setattr(trainer, engine, True, raising=False)
+    trainer._load_from_checkpoint(str(ckpt))
+    assert calls == [str(ckpt)]

@@ -78,6 +78,8 @@ def test_parse_score(text, expected):
     ([{"role": "assistant", "content": "x"}, {"role": "tool", "content": "t"}, {"role": "assistant", "content": "y"}],
      "x\ny"),
     ({"role": "assistant", "content": "single"}, "single"),
+    ([{"role": "assistant", "content": ["plain part ", {"type": "text", "text": "and a text part"}, 7]}],
+     "plain part and a text part"),
     ([{"role": "assistant", "content": None}], ""),
     (None, ""),
     (42, ""),
@@ -225,6 +227,8 @@ CHOICE_CASES = [
     ("A", {"solution": "blurry", "options": ["blurry", "sharp"]}, 1),  # solution given as the option text
     ("B", {"solution": "B"}, 1),  # no options column: letters only
     ("B", {"solution": None, "options": OPTIONS}, 0),
+    ("Blurry!", {"solution": "blurry"}, 1),  # free-text solution, no options: the texts are compared
+    ("sharp", {"solution": "blurry"}, 0),
 ]
 
 
@@ -242,6 +246,8 @@ IOU_CASES = [
     ("[0, 0, 10, 10]", {"bbox": "[0, 0, 10, 10]"}, 1.0),
     ("[10, 10, 0, 0]", {"bbox": [0, 0, 10, 10]}, 0.0),  # degenerate prediction
     ("[0, 0, 10, 10]", {"bbox": [0, 0, 0, 10]}, 0.0),  # degenerate truth
+    ("[0, 50, 10, 100]", {"bbox": [0, 50, 10, 100]}, 1.0),  # a tall, narrow box (y1 > x2) is a valid truth
+    ("[0, 50, 10, 100]", {"bbox": [0, 50, 10, 50]}, 0.0),  # zero height: degenerate truth
     ("[0, 0, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
     ("[0, 0, nan, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
     ("[0, 0, 1e999, 10]", {"bbox": [0, 0, 10, 10]}, 0.0),
@@ -252,6 +258,34 @@ IOU_CASES = [
 @pytest.mark.parametrize("answer, row, expected", IOU_CASES)
 def test_iou(answer, row, expected):
     assert call("iou", f"<think>t</think><answer>{answer}</answer>", **row) == pytest.approx(expected)
+
+
+def test_a_readable_wrong_distortion_is_a_wrong_answer_not_a_parse_failure():
+    """parse_fail/distortion counts answers the reward could not read: a clearly named but wrong distortion is read
+    (it scores 0), an empty answer is not."""
+    from vqrl.rewards.perception import distortion_reward
+    row = {"distortion": "gaussian_blur", "severity": 3}
+    assert distortion_reward("<think>t</think><answer>jpeg compression</answer>", row) == (0.0, False)
+    assert distortion_reward("<think>t</think><answer>gaussian blur</answer>", row) == (0.25, False)
+    assert distortion_reward("<think>t</think><answer></answer>", row) == (0.0, True)
+    logged = []
+    REWARDS["distortion"](["<think>t</think><answer>jpeg compression</answer>", "<think>t</think><answer></answer>"],
+                          distortion=["gaussian_blur"] * 2, severity=[3, 3],
+                          log_metric=lambda k, v: logged.append((k, v)))
+    assert logged == [("parse_fail/distortion", pytest.approx(0.5))]
+
+
+def test_a_functions_options_are_its_keyword_parameters_with_defaults_not_trls_names():
+    """A custom reward's options (what --reward_kwargs may set) are its parameters with a default that can be passed
+    by keyword: not one without a default, not *args/**kwargs, not a name TRL or the data pass (RESERVED)."""
+    from vqrl.rewards.registry import options_of
+
+    def fn(completions, solution, needed, scale=2.0, *args, trainer_state=None, margin=0.5, **kwargs):
+        return []
+
+    assert options_of(fn) == {"scale": 2.0, "margin": 0.5}
+    assert options_of(fn, skip=0) == {"scale": 2.0, "margin": 0.5}
+    assert options_of(len) == {}  # a builtin without a readable signature
 
 
 def test_parse_failures_are_logged_per_reward():
@@ -770,3 +804,42 @@ def test_a_severity_label_compares_by_its_level_and_its_words_only():
     assert _severity_keys(3) == {("level", 3)}
     assert _severity_keys("serious") == {("text", "serious")}
     assert _severity_keys("—") == set() and _severity_keys(None) == set()
+
+
+def test_a_free_text_choice_answer_that_differs_is_wrong_not_unreadable():
+    from vqrl.rewards.perception import choice_reward
+
+    assert choice_reward("<answer>sharp</answer>", {"solution": "blurry"}) == (0.0, False)
+    assert choice_reward("<answer>blurry</answer>", {"solution": "Blurry"}) == (1.0, False)
+
+
+def test_numbers_in_reads_signed_decimals_and_nothing_from_a_non_string():
+    from vqrl.rewards.parsing import numbers_in
+
+    assert numbers_in("box 1, 2.5 and -3 then 40") == [1.0, 2.5, -3.0, 40.0]
+    assert numbers_in(None) == [] and numbers_in(["1"]) == []
+
+
+def test_a_reward_value_that_is_not_a_finite_number_counts_as_zero_and_the_rest_is_clamped():
+    """Whatever a custom row function returns, TRL gets a finite number in [low, high]: None, text, NaN or an
+    infinity is 0; True is 1; a number outside the range is clamped."""
+    values = iter([None, "high", float("nan"), float("inf"), True, 7.5, -2.0, "0.25"])
+    func = RewardFunc("custom", lambda text, row: (next(values), False), 0.0, 2.0)
+    assert func(["c"] * 8) == [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.25]
+
+
+def test_a_reward_names_itself_and_its_options():
+    answer, fmt = build_reward_funcs(["answer", "format"], answer_threshold=0.35)
+    assert repr(answer) == "<reward answer, answer_threshold=0.35, answer_strict_less=False>"
+    assert repr(fmt) == "<reward format>"
+
+
+@pytest.mark.parametrize("text, body", [
+    ('```json\n{"distortion": "blur"}\n```', '{"distortion": "blur"}'),
+    ('```{"distortion": "blur"}```', '{"distortion": "blur"}'),  # a one-line block
+    ('{"distortion": "blur"}', '{"distortion": "blur"}'),
+])
+def test_a_markdown_code_block_is_unwrapped_to_its_body(text, body):
+    from vqrl.rewards.perception import _unfence
+
+    assert _unfence(text) == body

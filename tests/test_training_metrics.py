@@ -203,3 +203,10 @@ def test_the_progress_bar_shows_reward_each_reward_loss_and_grad():
     progress.training_bar = Bar()
     progress.on_log(None, state, None, logs={"epoch": 0.3})  # nothing worth showing: the bar is left alone
     assert progress.training_bar.postfix is None
+
+
+def test_reading_metrics_skips_a_cut_line_and_keeps_the_rows_after_it(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "rew\n{"step": 3, "reward": 0.7}\n')
+    assert [r["step"] for r in M.read_metrics(str(path))] == [1, 3]
+    assert M.read_metrics(str(tmp_path / "none.jsonl")) == []

@@ -172,3 +172,17 @@ def test_docs_list_the_same_hooks():
     assert page[start:page.index("<!-- end -->")].strip() == trl_seam.markdown_table()
     for name in trl_seam.ATTRIBUTES + trl_seam.HF_GENERATION_ATTRIBUTES + ("current_gradient_accumulation_steps",):
         assert f"`{name}`" in page, name
+
+
+def test_a_hook_that_is_gone_is_named_and_the_other_hooks_are_still_checked(monkeypatch):
+    first, second = trl_seam.HOOKS[0], trl_seam.HOOKS[1]
+    monkeypatch.delattr(GRPOTrainer, first.name)
+
+    def changed(self, renamed_argument):
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(GRPOTrainer, second.name, changed)
+    problems = trl_seam.library_problems()
+    assert len(problems) == 2
+    assert f"GRPOTrainer.{first.name} no longer exists; vqrl uses it to {first.use}" in problems[0]
+    assert f"GRPOTrainer.{second.name} changed" in problems[1]

@@ -213,3 +213,46 @@ def test_which_vllm_drops_video_metadata_is_read_from_vllm_itself(monkeypatch):
     fake_vllm(None)
     with pytest.raises(RuntimeError, match="vLLM 0.0.test has no Qwen2_5_VLProcessingInfo"):
         drops_video_metadata("qwen2_5_vl")
+
+
+def test_vllms_context_holds_the_prompt_and_the_completion():
+    """TRL sizes vLLM's context by the completion alone (as the seed did); vqrl makes room for the prompt too, keeps
+    a length the user set, and refuses one that leaves no room for any prompt."""
+    from types import SimpleNamespace
+
+    from vqrl.trainers.vllm_rollouts import size_context
+
+    def config(model_len, prompt, completion=256):
+        return SimpleNamespace(vllm_max_model_length=model_len, max_prompt_length=prompt,
+                               max_completion_length=completion)
+
+    sized = config(None, 512)
+    size_context(sized)
+    assert sized.vllm_max_model_length == 768
+    kept = config(4096, 512)
+    size_context(kept)
+    assert kept.vllm_max_model_length == 4096
+    unbounded = config(None, None)  # no prompt limit: vLLM's own default (the model's) stands
+    size_context(unbounded)
+    assert unbounded.vllm_max_model_length is None
+    size_context(config(257, 512))  # one token of prompt fits
+    with pytest.raises(ValueError, match="vllm_max_model_length 256 leaves no room for the prompt: it must exceed "
+                                         "max_completion_length 256"):
+        size_context(config(256, 512))
+
+
+def test_colocated_generation_is_routed_through_the_media_wrapper_and_server_mode_is_not():
+    from types import SimpleNamespace
+
+    from vqrl.trainers.vllm_rollouts import MediaLLM, attach
+
+    llm_engine = SimpleNamespace(model_config=SimpleNamespace(hf_config=SimpleNamespace(model_type="qwen2_vl")))
+    engine = SimpleNamespace(llm_engine=llm_engine, generate=None)
+    colocated = SimpleNamespace(vllm_mode="colocate", vllm_generation=SimpleNamespace(llm=engine))
+    attach(colocated)
+    wrapped = colocated.vllm_generation.llm
+    assert isinstance(wrapped, MediaLLM) and wrapped._llm is engine
+    assert wrapped.llm_engine is llm_engine  # everything else TRL reads is the engine's own
+    server = SimpleNamespace(vllm_mode="server", vllm_generation=SimpleNamespace(llm=engine))
+    attach(server)
+    assert server.vllm_generation.llm is engine

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,6 +254,27 @@ def test_helpers():
     assert resume_command(["t", "--resume=auto"]) == ["t", "--resume=auto"]
     assert resume_command(["bash", "run.sh"], add_arg=False) == ["bash", "run.sh"]
     assert [backoff_delay(n, 30, 600) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]
+    assert split_argv(["--poll", "1"]) == (["--poll", "1"], [])  # no `--`: no command (main refuses that)
+
+
+def test_a_signal_is_named_and_an_unknown_number_stays_a_number():
+    from vqrl.watchdog import _signame
+
+    assert _signame(signal.SIGTERM) == "SIGTERM" and _signame(10_000) == "10000"
+
+
+@pytest.mark.parametrize("name", ["hang_timeout", "startup_timeout", "window", "backoff", "max_backoff", "grace"])
+def test_a_negative_duration_is_refused_by_name(name, capsys, tmp_path, monkeypatch):
+    from vqrl.watchdog import main
+
+    monkeypatch.chdir(tmp_path)  # were it not refused, `true` would run with the current folder as output
+
+    with pytest.raises(SystemExit) as exited:
+        main([f"--{name}", "-1", "--", "true"])
+    assert exited.value.code == 2 and f"--{name} must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["--poll", "1"])  # no command after `--`
+    assert exited.value.code == 2 and "give the command to supervise after `--`" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ fault injection
@@ -643,6 +665,88 @@ def test_inprocess_a_restart_says_how_it_resumes(tmp_path):
     assert code == 1 and "restarts within 600 s; resume via env, VQRL_RESUME=auto)" in err
 
 
+def test_inprocess_each_restart_names_the_attempt_that_follows_it(tmp_path):
+    """A restart event's next_attempt is the attempt number the next start carries (what a reader of
+    watchdog.jsonl joins on), and attempts count up from 1 by one."""
+    code, evs, _ = watch(tmp_path / "run", ["--max_restarts", "2"], _child(tmp_path, "sys.exit(5)\n"))
+    starts, restarts = kinds(evs, "start"), kinds(evs, "restart")
+    assert code == 1 and [e["attempt"] for e in starts] == [1, 2, 3]
+    assert [e["next_attempt"] for e in restarts] == [2, 3]
+    assert [e["attempt"] for e in restarts] == [1, 2]
+
+
+def test_inprocess_restarts_older_than_the_window_no_longer_count(tmp_path):
+    """--max_restarts counts restarts within the last --window seconds: a run that crashes now and then, each
+    crash after the earlier restarts left the window, is restarted every time (here 3 times with a limit of 1)."""
+    crash = _child(tmp_path, "time.sleep(0.3)\nsys.exit(5 if attempt < 4 else 0)\n")
+    code, evs, _ = watch(tmp_path / "run", ["--max_restarts", "1", "--window", "0.2"], crash, seconds=15)
+    assert code == 0 and [e["restarts_in_window"] for e in kinds(evs, "restart")] == [1, 1, 1]
+    code, evs, _ = watch(tmp_path / "run2", ["--max_restarts", "1", "--window", "600"], crash, seconds=15)
+    assert code == 1 and len(kinds(evs, "restart")) == 1 and len(kinds(evs, "give_up")) == 1
+
+
+def test_inprocess_a_descendant_that_left_the_process_group_is_stopped_too(tmp_path):
+    """A hung run's descendant that started its own session (setsid: a server, a daemonised worker), a child of the
+    run or deeper down, does not get the process-group signal; the watchdog tracks all of the run's descendants and
+    signals them itself, so no process of the old run outlives the restart."""
+    child_pid, grandchild_pid = tmp_path / "child.pid", tmp_path / "grandchild.pid"
+    sleeper = "import time; time.sleep(60)"
+    inner = (f"import subprocess, sys, time; q = subprocess.Popen([sys.executable, '-c', {sleeper!r}], "
+             f"start_new_session=True); open({str(grandchild_pid)!r}, 'w').write(str(q.pid)); time.sleep(60)")
+    body = f"""
+        if attempt == 1:
+            p = subprocess.Popen([sys.executable, "-c", {sleeper!r}], start_new_session=True)
+            open({str(child_pid)!r}, "w").write(str(p.pid))
+            subprocess.Popen([sys.executable, "-c", {inner!r}])  # stays in the group; its child leaves it
+            while not os.path.exists({str(grandchild_pid)!r}):
+                time.sleep(0.02)
+            time.sleep(0.3)  # the watchdog polls every 0.05 s: it has seen them
+            hb.beat(1, "train")
+            time.sleep(60)  # hangs: no more beats
+    """
+    escaped = []
+    try:
+        code, evs, _ = watch(tmp_path / "run", [], _child(tmp_path, body), seconds=20)
+        escaped = [int(child_pid.read_text()), int(grandchild_pid.read_text())]
+        assert code == 0 and [e["reason"] for e in kinds(evs, "restart")] == ["hang"]
+        assert [alive(pid) for pid in escaped] == [False, False]
+    finally:
+        for pid in escaped:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_inprocess_a_successful_run_is_done_with_exit_0(tmp_path):
+    code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, 'hb.beat(2, "train")\n'))
+    (done,) = kinds(evs, "done")
+    assert code == 0 and done["exit_code"] == 0 and done["watchdog_exit"] == 0 and done["reason"] == "success"
+    assert evs[-1] is done and "run completed successfully" in err
+
+
+def test_inprocess_a_hang_names_the_step_and_the_phase_it_hung_in(tmp_path):
+    """Where a run hung is the first thing an operator needs: the hang event carries the last heartbeat's step and
+    phase (here a generation that never returns)."""
+    body = """
+        if attempt == 1:
+            hb.beat(3, "generate")
+            time.sleep(60)
+    """
+    code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, body), seconds=15)
+    (hang,) = kinds(evs, "hang")
+    assert code == 0 and hang["step"] == 3 and hang["phase"] == "generate"
+    assert "at step 3, phase 'generate'" in err
+
+
+def test_inprocess_each_restart_waits_its_backoff(tmp_path):
+    """A crashed run is restarted only after the back-off delay (here 0.6 s), so a crash loop does not hammer the
+    node or the shared filesystem."""
+    crash = _child(tmp_path, "sys.exit(5 if attempt == 1 else 0)\n")
+    code, evs, _ = watch(tmp_path / "run", ["--backoff", "0.6", "--max_backoff", "0.6"], crash, seconds=15)
+    (backoff,) = kinds(evs, "backoff")
+    second_start = kinds(evs, "start")[1]
+    assert code == 0 and backoff["delay"] == 0.6 and second_start["time"] - backoff["time"] >= 0.55
+
+
 class FlushRecorder(io.StringIO):
     """A stderr that remembers what had been flushed (a redirected stderr is block-buffered)."""
 
@@ -704,6 +808,27 @@ def test_sigkill_is_repeated_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch)
     assert 3 <= sent.count(signal.SIGKILL) <= 20  # ~0.4 s of SIGKILL rounds, 50 ms apart
 
 
+def test_the_grace_period_is_waited_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch):
+    """While a run has --grace seconds to exit after SIGTERM, the watchdog checks every 50 ms or so, sleeping in
+    between: it does not spin a core of the node it shares with the run."""
+    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, "--grace", "0.3"])
+    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog.proc = SimpleNamespace(pid=4242, returncode=-signal.SIGTERM)
+    dog._rfd, dog._wfd = os.pipe()
+    gone_at = time.monotonic() + 0.25  # exits within the grace period
+    naps, real_sleep = [], dog._sleep
+    monkeypatch.setattr(dog, "_track_descendants", lambda: None)
+    monkeypatch.setattr(dog, "_survivors", lambda pgid: [4242] if time.monotonic() < gone_at else [])
+    monkeypatch.setattr(dog, "_signal_run", lambda pgid, sig: None)
+    monkeypatch.setattr(dog, "_sleep", lambda seconds: (naps.append(seconds), real_sleep(seconds)))
+    try:
+        assert dog.stop_run("test") is True
+    finally:
+        os.close(dog._rfd)
+        os.close(dog._wfd)
+    assert 2 <= len(naps) <= 12 and all(0 < nap <= 0.05 for nap in naps), naps
+
+
 def test_zero_restarts_and_no_same_step_limit_are_allowed_a_zero_poll_is_not(tmp_path, capsys):
     from vqrl.watchdog import main
 
@@ -713,3 +838,13 @@ def test_zero_restarts_and_no_same_step_limit_are_allowed_a_zero_poll_is_not(tmp
     with pytest.raises(SystemExit) as exited:
         main(["--output_dir", str(tmp_path / "run2"), "--poll", "0", "--", "true"])
     assert exited.value.code == 2 and "--poll must be > 0" in capsys.readouterr().err
+
+
+def test_the_documented_defaults_are_the_watchdogs():
+    """docs/watchdog.md's option table is what an operator tunes from: each default it states is the parser's."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "watchdog.md").read_text()
+    rows = re.findall(r"^\| `--(\w+) [A-Z]+` \| ([\d.]+) \|", doc, flags=re.M)
+    defaults = vars(build_parser().parse_args([]))
+    assert {name for name, _ in rows} == {"hang_timeout", "startup_timeout", "max_restarts", "window",
+                                          "same_step_limit", "backoff", "max_backoff", "grace", "poll"}
+    assert {name: float(value) for name, value in rows} == {name: float(defaults[name]) for name, _ in rows}
