@@ -32,3 +32,27 @@ def tiny_models(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture
+def durability_log(monkeypatch):
+    """Spies on a module's os.fsync and os.replace: returns `watch(module)`, whose list records, in order, the size of
+    each file at its fsync and ("replace", name of the destination) at each rename (the real calls still run)."""
+    import os
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(os.fstat(fd).st_size)
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    def watch(module):
+        monkeypatch.setattr(module.os, "fsync", fsync)
+        monkeypatch.setattr(module.os, "replace", replace)
+        return events
+
+    return watch

@@ -78,21 +78,10 @@ def test_resume_path(tmp_path):
         C.resolve_resume(str(tmp_path / "file"), str(tmp_path))
 
 
-def test_every_file_is_on_disk_before_the_rename_makes_the_checkpoint_visible(tmp_path, monkeypatch):
+def test_every_file_is_on_disk_before_the_rename_makes_the_checkpoint_visible(tmp_path, durability_log):
     """fsync sees each file whole (the marker's JSON flushed out of Python's buffer first), and all before the
     rename: a power cut after it cannot expose an empty marker or zero-filled weights."""
-    synced, real_fsync, real_replace = [], os.fsync, os.replace
-
-    def fsync(fd):
-        synced.append(os.fstat(fd).st_size)
-        return real_fsync(fd)
-
-    def replace(src, dst):
-        synced.append(("replace", os.path.basename(dst)))
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(C.os, "fsync", fsync)
-    monkeypatch.setattr(C.os, "replace", replace)
+    synced = durability_log(C)
     _complete(tmp_path, 4)
     marker_size = len((tmp_path / "checkpoint-4" / C.MARKER).read_bytes())
     assert synced[0] == marker_size > 0  # the marker, written out before its fsync

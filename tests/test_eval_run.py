@@ -590,22 +590,11 @@ def test_a_data_file_whose_every_image_is_unreadable_is_a_setup_error(tiny_model
         eval_run.evaluate(_args(tiny_model_dir, files, tmp_path / "out", mode="expected", no_think=True))
 
 
-def test_an_atomic_write_is_whole_on_disk_before_the_rename(tmp_path, monkeypatch):
+def test_an_atomic_write_is_whole_on_disk_before_the_rename(tmp_path, durability_log):
     """metrics.json and the settings are written through write_atomic: fsync sees the whole text, flushed out of
     Python's buffer, before the rename makes it visible (a power cut never exposes an empty metrics.json)."""
     text = json.dumps({"srcc": 0.5, "note": "é"}, indent=2) + "\n"
-    synced, real_fsync, real_replace = [], os.fsync, os.replace
-
-    def fsync(fd):
-        synced.append(os.fstat(fd).st_size)
-        return real_fsync(fd)
-
-    def replace(src, dst):
-        synced.append(("replace", os.path.basename(dst)))
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(store.os, "fsync", fsync)
-    monkeypatch.setattr(store.os, "replace", replace)
+    synced = durability_log(store)
     path = tmp_path / "metrics.json"
     store.write_atomic(str(path), text)
     assert path.read_text(encoding="utf-8") == text
