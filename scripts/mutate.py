@@ -769,6 +769,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh-baseline", action="store_true", help="do not reuse a cached baseline of the same tree")
     p.add_argument("--tests", nargs="+", default=None,
                    help="only run selected tests whose node id starts with one of these (e.g. tests/test_x.py)")
+    p.add_argument("--only-tests", nargs="+", default=None,
+                   help="run exactly these pytest targets (files or node ids) against each mutant, with no baseline "
+                        "run: a quick check that a new test kills a mutant (e.g. --mutant ID --only-tests "
+                        "tests/test_x.py::test_y); a mutant times out after 900 s")
     p.add_argument("--no-stop", action="store_true",
                    help="run every selected test (not -x): killed_by lists all the tests that fail")
     p.add_argument("--vllm", action="store_true",
@@ -818,7 +822,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(max(1, args.jobs)):
             copies.append(Path(tempfile.mkdtemp(prefix="vqrl-mutate-")))
             copy_tree(ROOT, files, copies[-1])
-        base = baseline(ROOT, copies[0], files, out, runner, reuse=not args.fresh_baseline)
+        base = None if args.only_tests else \
+            baseline(ROOT, copies[0], files, out, runner, reuse=not args.fresh_baseline)
         free: queue.Queue[Path] = queue.Queue()
         for c in copies:
             free.put(c)
@@ -828,13 +833,16 @@ def main(argv: list[str] | None = None) -> int:
                    "diff": diff(m, sources[m.path])}
             if m.id in equivalents:
                 return {**row, "status": "equivalent", "reason": equivalents[m.id]}
-            nodeids, how = select_tests(m, base, ROOT)
-            extra = vllm_tests(m.path)
-            if args.tests:
-                nodeids = [n for n in nodeids if n.startswith(tuple(args.tests))]
-                extra = [n for n in extra if n.startswith(tuple(args.tests))]
-            seconds = {t["nodeid"]: t["seconds"] for t in base["tests"]}
-            timeout = args.timeout_factor * sum(seconds[n] for n in nodeids) + 60
+            if base is None:  # --only-tests
+                nodeids, how, extra, timeout = list(args.only_tests), "tests given (--only-tests)", [], 900.0
+            else:
+                nodeids, how = select_tests(m, base, ROOT)
+                extra = vllm_tests(m.path)
+                if args.tests:
+                    nodeids = [n for n in nodeids if n.startswith(tuple(args.tests))]
+                    extra = [n for n in extra if n.startswith(tuple(args.tests))]
+                seconds = {t["nodeid"]: t["seconds"] for t in base["tests"]}
+                timeout = args.timeout_factor * sum(seconds[n] for n in nodeids) + 60
             tree = free.get()
             try:
                 if runner.stopping:

@@ -246,3 +246,24 @@ def test_without_vllm_or_for_other_mutants_no_vllm_test_runs(tmp_path):
 def test_vllm_needs_the_vllm_venv(tmp_path):
     with pytest.raises(SystemExit, match=r"--vllm needs the vLLM venv's Python at .*nowhere/python"):
         mutate.main(["--vllm", "--vllm-python", str(tmp_path / "nowhere" / "python"), "--mutant", "x"])
+
+
+def test_only_tests_runs_exactly_the_tests_given_without_a_baseline(tmp_path, monkeypatch):
+    """`--only-tests`: the quick check that a new test kills a mutant skips the 5-minute traced baseline."""
+    calls = []
+
+    def no_baseline(*args, **kwargs):
+        raise AssertionError("the baseline ran")
+
+    def fake_run(m, tree, nodeids, timeout, runner, stop=True, **kwargs):
+        calls.append((m.id, nodeids, timeout, (tree / m.path).is_file()))
+        return {"status": "killed", "seconds": 0.1, "killed_by": nodeids[0], "rc": 1, "vanished": [], "log_tail": ""}
+
+    monkeypatch.setattr(mutate, "baseline", no_baseline)
+    monkeypatch.setattr(mutate, "run_mutant", fake_run)
+    monkeypatch.setattr(mutate, "tree_files", lambda root: ["src/vqrl/rewards/scoring.py"])
+    ident = next(m.id for m in mutate.find_mutants(ROOT, ["rewards/scoring.py"]))
+    assert mutate.main(["--mutant", ident, "--only-tests", "tests/test_rewards.py::test_a", "tests/test_b.py",
+                        "--out", str(tmp_path / "out")]) == 0
+    assert calls == [(ident, ["tests/test_rewards.py::test_a", "tests/test_b.py"], 900.0, True)]
+    assert '"killed_by": "tests/test_rewards.py::test_a"' in (tmp_path / "out" / "report.json").read_text()
