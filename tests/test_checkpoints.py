@@ -218,3 +218,25 @@ def test_a_file_that_cannot_be_opened_for_syncing_does_not_stop_the_others(tmp_p
     monkeypatch.setattr(C.os, "fsync", fsync)
     C._fsync_tree(str(tmp_path))
     assert len(opened) == 2 and synced == [1]  # the other file is still synced
+
+
+def test_a_staging_root_that_cannot_be_removed_does_not_fail_the_save(tmp_path, monkeypatch):
+    """The checkpoint is complete once renamed: a staging root that will not go (an NFS silly-rename file, a busy
+    mount) is left for clean_partial, it does not turn a written checkpoint into a failed save."""
+    import errno
+    import shutil
+
+    staged = _staged(tmp_path, 6)
+    real_rmdir = os.rmdir
+
+    def busy(path, *args, **kwargs):
+        if os.path.basename(str(path)).startswith(C.STAGING_PREFIX):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil.os, "rmdir", busy)
+    assert C.finalize(str(staged), str(tmp_path), 6) == str(tmp_path / "checkpoint-6")
+    monkeypatch.undo()
+    assert C.latest_complete(str(tmp_path)) == str(tmp_path / "checkpoint-6")
+    assert C.clean_partial(str(tmp_path)) == [str(tmp_path / f"{C.STAGING_PREFIX}6")]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-6"]

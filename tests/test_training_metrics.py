@@ -210,3 +210,82 @@ def test_reading_metrics_skips_a_cut_line_and_keeps_the_rows_after_it(tmp_path):
     path.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "rew\n{"step": 3, "reward": 0.7}\n')
     assert [r["step"] for r in M.read_metrics(str(path))] == [1, 3]
     assert M.read_metrics(str(tmp_path / "none.jsonl")) == []
+
+
+def test_each_logged_step_is_one_synced_row_of_its_finite_numbers(tmp_path, durability_log):
+    """Rank 0 appends one row per log, synced to disk at once (a crash right after a step keeps it): the step, the
+    epoch and every finite number; text, NaN and infinities are left out. Other ranks and empty logs write nothing."""
+    from vqrl.training.metrics import MetricsLogger
+
+    synced = durability_log(M)
+    logger = MetricsLogger(str(tmp_path))
+    zero = SimpleNamespace(global_step=4, epoch=0.5, is_world_process_zero=True)
+    other = SimpleNamespace(global_step=4, epoch=0.5, is_world_process_zero=False)
+    logger.on_log(None, other, None, logs={"loss": 1.0})
+    logger.on_log(None, zero, None, logs={})
+    logger.on_log(None, zero, None, logs=None)
+    assert not (tmp_path / "metrics.jsonl").exists() and synced == []
+    logger.on_log(None, zero, None, logs={"loss": 0.25, "reward": 2, "lr": float("nan"), "kl": float("inf"),
+                                          "name": "x", "grad_norm": -float("inf")})
+    zero.global_step = 5
+    logger.on_log(None, zero, None, logs={"loss": 0.125})
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert _rows(tmp_path / "metrics.jsonl") == [{"step": 4, "epoch": 0.5, "loss": 0.25, "reward": 2},
+                                                 {"step": 5, "epoch": 0.5, "loss": 0.125}]
+    first = len(text.splitlines()[0]) + 1
+    assert synced == [first, len(text)]  # each row on disk as it is written
+
+
+def test_a_restart_keeps_the_rows_up_to_the_resumed_step_on_rank_zero_only(tmp_path):
+    from vqrl.training.metrics import MetricsLogger, keep_steps_up_to
+
+    path = _write_metrics(tmp_path / "metrics.jsonl", [{"step": s, "loss": float(s)} for s in (1, 2, 3, 4)]
+                          + [{"loss": 9.0}])  # a row without a step counts as step 0
+    logger = MetricsLogger(str(tmp_path))
+    logger.on_train_begin(None, SimpleNamespace(global_step=2, is_world_process_zero=False), None)
+    assert [r.get("step") for r in M.read_metrics(path)] == [1, 2, 3, 4, None]
+    logger.on_train_begin(None, SimpleNamespace(global_step=2, is_world_process_zero=True), None)
+    assert [r.get("step") for r in M.read_metrics(path)] == [1, 2, None]
+    keep_steps_up_to(path, 0)
+    assert M.read_metrics(path) == [{"loss": 9.0}]
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]  # the temporary file was renamed, not left
+    fresh = tmp_path / "new" / "sub" / "metrics.jsonl"
+    keep_steps_up_to(str(fresh), 3)  # a first start: the folder is made, the file starts empty
+    assert fresh.read_text() == ""
+
+
+def test_the_end_of_training_draws_the_curves_next_to_the_metrics_on_rank_zero(tmp_path):
+    from vqrl.training.metrics import MetricsLogger
+
+    _write_metrics(tmp_path / "metrics.jsonl", [{"step": 1, "reward": 1.0, "completions/mean_length": 4.0}])
+    logger = MetricsLogger(str(tmp_path))
+    logger.on_train_end(None, SimpleNamespace(is_world_process_zero=False), None)
+    assert not (tmp_path / "curves.png").exists()
+    logger.on_train_end(None, SimpleNamespace(is_world_process_zero=True), None)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_curves_are_labelled_sized_and_leave_no_figure_open(tmp_path, monkeypatch):
+    """Each panel names its axes and curves in a legend (the total reward drawn thicker than its parts), the PNG is
+    1100 x 400 pixels, and the figure is closed (a long run's end must not leak figures into a notebook)."""
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    figures, savefig = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (figures.append(fig), savefig(fig, *a, **k))[1])
+    rows = [{"step": 1, "reward": 1.0, "rewards/b/mean": 0.5, "rewards/a/mean": 0.2, "rewards/a/std": 0.1,
+             "completions/min_length": 3.0, "completions/mean_length": 5.0}]
+    png = tmp_path / "curves.png"
+    open_before = plt.get_fignums()
+    plot_curves(_write_metrics(tmp_path / "metrics.jsonl", rows), str(png))
+    rewards, lengths = figures[0].axes
+    assert (rewards.get_xlabel(), rewards.get_ylabel(), rewards.get_title()) == ("step", "reward", "Rewards")
+    assert (lengths.get_xlabel(), lengths.get_ylabel(), lengths.get_title()) == ("step", "tokens", "Completion length")
+    assert [t.get_text() for t in rewards.get_legend().get_texts()] == ["reward (weighted sum)", "a", "b"]
+    assert [t.get_text() for t in lengths.get_legend().get_texts()] == ["mean", "min"]
+    assert [t.get_fontsize() for t in rewards.get_legend().get_texts() + lengths.get_legend().get_texts()] == [8.0] * 5
+    assert [line.get_linewidth() for line in rewards.get_lines()][0] == 2
+    assert Image.open(png).size == (1100, 400)
+    assert plt.get_fignums() == open_before

@@ -130,7 +130,7 @@ def plot_curves(metrics_path: str, out_png: str) -> str | None:
             ax2.plot(steps, [r.get(key, math.nan) for r in rows], label=label)
     ax2.set(xlabel="step", ylabel="tokens", title="Completion length")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout()  # pragma: no mutate (plot styling: the panels' spacing)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
