@@ -140,3 +140,108 @@ def test_the_decision_is_logged_in_gigabytes(gpu, caplog):
     assert (f"{budget.kept} of 4 language layers now keep their activations (measured peak 40.0 GB, usable "
             f"{usable:.1f} GB, estimate {per_layer:.2f} GB per layer)") in caplog.text
     assert budget.log["activation_budget/measured_peak_gb"] == 40.0
+
+
+def test_the_setting_is_read_whatever_its_case_or_spacing():
+    assert [AB.parse_setting(v) for v in (" Auto ", "ALL", "0", "12", 3)] == ["auto", "all", 0, 12, 3]
+    for bad in ("-1", "1.5", "", "none"):
+        with pytest.raises(ValueError, match=f"checkpoint_layers must be auto, all or a number of layers, not {bad!r}"):
+            AB.parse_setting(bad)
+
+
+def test_the_per_layer_estimate_reads_a_flat_config_and_derives_the_head_size():
+    """A config without text_config (a text-only model) or without head_dim (hidden_size / heads) still gives the
+    estimate: 2 bytes x (12 h + 4 kv + 4 intermediate) + 8 h float32 bytes."""
+    flat = SimpleNamespace(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_key_value_heads=2,
+                           head_dim=None)
+    assert AB.bytes_per_token_per_layer(flat) == 2 * (12 * 512 + 4 * 2 * 64 + 4 * 2048) + 8 * 512
+    assert AB.bytes_per_token_per_layer(flat, dtype_bytes=4) == 4 * (12 * 512 + 4 * 2 * 64 + 4 * 2048) + 8 * 512
+
+
+def test_a_fixed_number_is_capped_at_the_layers_there_are():
+    model = Model(3)
+    budget = AB.ActivationBudget(model, 5, lambda: 1)
+    assert budget.kept == 3 and not budget.auto
+    budget.apply()
+    assert [layer.gradient_checkpointing for layer in model.layers] == [False] * 3
+    budget = AB.ActivationBudget(model, 1, lambda: 1)
+    budget.apply()
+    assert [layer.gradient_checkpointing for layer in model.layers] == [False, True, True]
+
+
+def test_nothing_is_measured_without_a_gpu_or_with_a_fixed_number(gpu, monkeypatch):
+    gpu.update(peak=1 * GB, free=100 * GB)
+    fixed = AB.ActivationBudget(Model(4), 2, lambda: 10)
+    for _ in range(3):
+        fixed.on_step_end(None, None, None)
+    assert fixed.kept == 2 and fixed.steps == 0 and fixed.log == {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    auto = AB.ActivationBudget(Model(4), "auto", lambda: 10)
+    for _ in range(3):
+        auto.on_step_end(None, None, None)
+    assert auto.kept is None and auto.steps == 0
+
+
+def _measured(gpu, layers, room_layers, tokens=10_000):
+    """A budget decided at its second step with room for `room_layers` layers above a 40 GB peak."""
+    model = Model(layers)
+    budget = AB.ActivationBudget(model, "auto", lambda: tokens)
+    per_layer = AB.ESTIMATE_MARGIN * budget.per_token * tokens
+    gpu.update(peak=40 * GB, reserved=0)
+    gpu["free"] = int((40 * GB + room_layers * per_layer) / AB.USABLE) + 1
+    budget.on_step_end(None, None, None)
+    budget.on_step_end(None, None, None)
+    return model, budget, per_layer
+
+
+def test_a_step_that_peaks_exactly_at_the_plan_keeps_the_layers(gpu, caplog):
+    import logging
+
+    model, budget, per_layer = _measured(gpu, 8, 3.5)
+    assert budget.kept == 3 and budget.planned_peak == 40 * GB + 3 * per_layer
+    gpu["peak"] = budget.planned_peak
+    with caplog.at_level(logging.WARNING, logger=AB.logger.name):
+        budget.on_step_end(None, None, None)
+    assert budget.kept == 3 and caplog.text == ""
+    assert budget.log["activation_budget/kept_layers"] == 3
+    assert budget.log["activation_budget/checked_peak_gb"] == budget.planned_peak / GB
+    gpu["peak"] = 141 * GB  # later steps are not checked again
+    budget.on_step_end(None, None, None)
+    assert budget.kept == 3
+
+
+def test_a_step_over_the_plan_halves_the_kept_layers_and_says_so(gpu, caplog):
+    import logging
+
+    model, budget, per_layer = _measured(gpu, 8, 3.5)
+    gpu["peak"] = budget.planned_peak + 1
+    with caplog.at_level(logging.WARNING, logger=AB.logger.name):
+        budget.on_step_end(None, None, None)
+    assert budget.kept == 1 and [layer.gradient_checkpointing for layer in model.layers] == [False] + [True] * 7
+    assert budget.log["activation_budget/kept_layers"] == 1
+    peak_gb = (budget.planned_peak + 1) / GB
+    assert f"step peak {peak_gb:.1f} GB over plan; 1 layers keep activations now" in caplog.text
+
+
+def test_with_room_for_every_layer_only_a_step_near_the_limit_halves_them(gpu):
+    """All 4 layers fit with room to spare: a step above the plan but below 97 % of the usable memory is fine; one
+    above it halves the kept layers."""
+    model, budget, per_layer = _measured(gpu, 4, 40)
+    capacity = budget.log["activation_budget/capacity_gb"] * GB
+    assert budget.kept == 4 and budget.log["activation_budget/layers"] == 4
+    assert budget.planned_peak < capacity * 0.97 - 1
+    gpu["peak"] = int(capacity * 0.97) - 1
+    budget.on_step_end(None, None, None)
+    assert budget.kept == 4
+    model, budget, per_layer = _measured(gpu, 4, 40)
+    gpu["peak"] = int(capacity * 0.97) + 1
+    budget.on_step_end(None, None, None)
+    assert budget.kept == 2
+
+
+def test_no_tokens_yet_keeps_nothing_and_checks_nothing(gpu):
+    model, budget, _ = _measured(gpu, 4, 10, tokens=0)
+    assert budget.kept == 0 and budget.planned_peak == 40 * GB
+    gpu["peak"] = 200 * GB
+    budget.on_step_end(None, None, None)
+    assert budget.kept == 0 and "activation_budget/checked_peak_gb" not in budget.log

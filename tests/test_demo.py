@@ -121,6 +121,12 @@ def test_the_warmup_trains_in_full_precision_on_the_cpu_and_saves_a_float32_mode
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
     format_warmup(tiny_model_dir, tmp_path / "model2", steps=25, batch=1)
     assert seen["args"].warmup_steps == 2 and len(seen["dataset"]) == 25
+    format_warmup(tiny_model_dir, tmp_path / "model3")  # the embedded model's recipe: build_embedded's defaults
+    args = seen["args"]
+    assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate, args.seed) == (120, 8, 4e-3, 0)
+    assert (args.warmup_steps, args.weight_decay, args.logging_steps, args.save_strategy) == (12, 0.0, 5, "no")
+    assert len(seen["dataset"]) == 960 and seen["processor"].image_processor.size["longest_edge"] == 12544
+    assert seen["dataset"][0]["completion"] == FormatExamples(1, seed=0)[0]["completion"]  # seed 0, thinking
 
 
 def test_the_embedded_model_is_published_complete_in_one_rename(tmp_path, monkeypatch):
@@ -134,14 +140,17 @@ def test_the_embedded_model_is_published_complete_in_one_rename(tmp_path, monkey
     def fake_warmup(model_dir, out, **kwargs):
         calls.append((Path(model_dir), Path(out)))
         assert (Path(model_dir) / "config.json").is_file()  # the random model, built first
-        Path(out).mkdir(parents=True)
+        Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "model.safetensors").write_bytes(b"weights")
         return Path(out)
 
     monkeypatch.setattr(warmup, "format_warmup", fake_warmup)
     target = tmp_path / "embedded"
-    (tmp_path / ".staging-embedded" / "leftover").mkdir(parents=True)  # an earlier build that crashed
+    (tmp_path / ".staging-embedded" / "model").mkdir(parents=True)  # an earlier build that crashed mid-way
+    (tmp_path / ".staging-embedded" / "model" / "adapter_model.safetensors").write_bytes(b"stale")
     assert warmup.build_embedded(target) == target
+    assert sorted(os.listdir(target)) == sorted(["model.safetensors", checkpoints.MARKER])  # nothing stale in it
+    assert checkpoints.marker_step(str(target)) == 0
     assert calls == [(tmp_path / ".staging-embedded" / "random", tmp_path / ".staging-embedded" / "model")]
     assert (target / "model.safetensors").read_bytes() == b"weights" and (target / checkpoints.MARKER).is_file()
     assert not (tmp_path / ".staging-embedded").exists()
@@ -151,3 +160,25 @@ def test_the_embedded_model_is_published_complete_in_one_rename(tmp_path, monkey
     assert warmup.main(["rel/model"]) == 0 and built == [str(tmp_path / "rel" / "model")]
 
 
+
+
+def test_the_warmup_examples_are_pinned_to_their_seed():
+    """The embedded model (and the demo's numbers in the README) are what the seed-0 examples make them: the same
+    images, scores and questions on every machine. Half the examples carry the seed's question, half vqrl's
+    default; without thinking the target is the bare answer and the prompt asks for no reasoning."""
+    import hashlib
+
+    from vqrl.training.warmup import SEED_QUESTION
+
+    examples = FormatExamples(4, seed=0)
+    assert len(examples) == 4 and len(FormatExamples(7, seed=0).as_dataset()) == 7
+    rows = [examples[i] for i in range(4)]
+    assert [hashlib.sha256(r["images"][0].tobytes()).hexdigest()[:16] for r in rows] == [
+        "af51ae38cd9c1eb3", "0f1aad87d237a46f", "55d87c8008137d34", "a9d86da79be48f29"]
+    assert [r["completion"][0]["content"][0]["text"] for r in rows] == [
+        f"<think>I look at the image.</think><answer>Score: {s}</answer>" for s in ("1.87", "2.56", "3.72", "3.87")]
+    assert [SEED_QUESTION in json.dumps(r["prompt"]) for r in rows] == [False, True, False, True]
+    bare = FormatExamples(2, seed=0, think=False)[1]
+    assert bare["completion"][0]["content"][0]["text"] == "<answer>Score: 2.56</answer>"
+    assert "with no reasoning" in json.dumps(bare["prompt"]) and "with no reasoning" not in json.dumps(rows[1]["prompt"])
+    assert hashlib.sha256(bare["images"][0].tobytes()).hexdigest()[:16] == "0f1aad87d237a46f"
