@@ -131,3 +131,63 @@ def test_reporting_a_config_error_where_it_cannot_be_written_is_quiet(tmp_path, 
     monkeypatch.setenv(hb_module.HEARTBEAT_ENV, str(tmp_path / "heartbeat.json"))
     assert hb_module.report_config_error("--pd_gate: unknown reward") is True
     assert read_heartbeat(str(tmp_path / "heartbeat.json"))["reason"] == "--pd_gate: unknown reward"
+
+
+def test_a_step_must_be_an_integer_or_none(tmp_path):
+    """A config-error heartbeat has no step (null) and is read; a step of true, 1.5 or "3" is no heartbeat."""
+    import json
+
+    path = tmp_path / "heartbeat.json"
+    path.write_text(json.dumps({"step": None, "phase": "config_error", "time": 1.0}))
+    assert read_heartbeat(path) == {"step": None, "phase": "config_error", "time": 1.0}
+    path.write_text(json.dumps({"phase": "train", "time": 2}))
+    assert read_heartbeat(path) == {"phase": "train", "time": 2}
+    for step in (True, 1.5, "3"):
+        path.write_text(json.dumps({"step": step, "phase": "train", "time": 1.0}))
+        assert read_heartbeat(path) is None, step
+
+
+def test_a_heartbeat_in_the_working_folder_is_written_and_swept(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / ".heartbeat.dead.tmp"
+    others = [tmp_path / "model.tmp", tmp_path / ".heartbeat.json.bak"]  # not the heartbeat's temp files
+    for path in [old, *others]:
+        path.write_text("{")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    hb = Heartbeat("heartbeat.json", min_interval=0.0)
+    assert not old.exists() and all(p.exists() for p in others)
+    assert hb.beat(2, "train") and read_heartbeat(tmp_path / "heartbeat.json")["step"] == 2
+
+
+def test_the_unwritable_warning_points_at_the_caller_of_beat(tmp_path):
+    import warnings
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    hb = Heartbeat(blocker / "heartbeat.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hb.beat(1)
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_a_phase_announces_itself_even_right_after_the_same_beat(tmp_path):
+    """Entering a phase writes its first beat (with its start time) even when the same step and phase were beaten
+    within min_interval; its beating thread is a daemon (a stuck phase cannot keep the process from exiting)."""
+    path = tmp_path / "heartbeat.json"
+    hb = Heartbeat(path, min_interval=60.0)
+    assert hb.beat(5, "save")
+    with hb.phase("save", 5, interval=60.0):
+        inside = read_heartbeat(path)
+        (thread,) = [t for t in threading.enumerate() if t.name == "heartbeat-save"]
+        assert thread.daemon
+    assert inside["phase"] == "save" and "phase_started" in inside
+
+
+def test_a_config_error_is_recorded_only_under_a_watchdog(monkeypatch):
+    monkeypatch.delenv(hb_module.HEARTBEAT_ENV, raising=False)
+    assert hb_module.report_config_error("bad flag") is False
+    monkeypatch.setenv(hb_module.HEARTBEAT_ENV, "")
+    assert hb_module.report_config_error("bad flag") is False
