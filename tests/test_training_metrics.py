@@ -236,7 +236,7 @@ def test_each_logged_step_is_one_synced_row_of_its_finite_numbers(tmp_path, dura
     assert synced == [first, len(text)]  # each row on disk as it is written
 
 
-def test_a_restart_keeps_the_rows_up_to_the_resumed_step_on_rank_zero_only(tmp_path):
+def test_a_restart_keeps_the_rows_up_to_the_resumed_step_on_rank_zero_only(tmp_path, monkeypatch):
     from vqrl.training.metrics import MetricsLogger, keep_steps_up_to
 
     path = _write_metrics(tmp_path / "metrics.jsonl", [{"step": s, "loss": float(s)} for s in (1, 2, 3, 4)]
@@ -252,6 +252,10 @@ def test_a_restart_keeps_the_rows_up_to_the_resumed_step_on_rank_zero_only(tmp_p
     fresh = tmp_path / "new" / "sub" / "metrics.jsonl"
     keep_steps_up_to(str(fresh), 3)  # a first start: the folder is made, the file starts empty
     assert fresh.read_text() == ""
+    monkeypatch.chdir(tmp_path / "new")  # a bare file name: the working folder
+    _write_metrics(tmp_path / "new" / "m.jsonl", [{"step": 1}, {"step": 2}])
+    keep_steps_up_to("m.jsonl", 1)
+    assert M.read_metrics(str(tmp_path / "new" / "m.jsonl")) == [{"step": 1}]
 
 
 def test_the_end_of_training_draws_the_curves_next_to_the_metrics_on_rank_zero(tmp_path):
