@@ -192,8 +192,10 @@ def test_a_daemon_the_run_started_is_stopped_with_it(tmp_path):
 
 
 def test_hang_timeout_zero_disables_hang_detection(tmp_path):
-    """--hang_timeout 0: a run that never beats (and a startup timeout long past) is left to finish."""
+    """--hang_timeout 0: a run that never beats (and a startup timeout long past) is left to finish. (Its output
+    folder exists already, as when a watchdog is started again on a run.)"""
     cmd = _child(tmp_path, "time.sleep(0.5)\n")
+    (tmp_path / "run").mkdir()
     code, evs, err = watch(tmp_path / "run", ["--hang_timeout", "0", "--startup_timeout", "0.1"], cmd)
     assert code == 0, err
     assert [e["event"] for e in evs] == ["start", "exit", "done"]
