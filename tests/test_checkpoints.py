@@ -240,3 +240,44 @@ def test_a_staging_root_that_cannot_be_removed_does_not_fail_the_save(tmp_path, 
     assert C.latest_complete(str(tmp_path)) == str(tmp_path / "checkpoint-6")
     assert C.clean_partial(str(tmp_path)) == [str(tmp_path / f"{C.STAGING_PREFIX}6")]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-6"]
+
+
+def _busy_rmdir(monkeypatch, prefix):
+    """Folders whose name starts with `prefix` cannot be removed (busy: an open file on NFS, a mount)."""
+    import errno
+    import shutil
+
+    real_rmdir = os.rmdir
+
+    def rmdir(path, *args, **kwargs):
+        if os.path.basename(str(path)).startswith(prefix):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil.os, "rmdir", rmdir)
+
+
+def test_a_stale_copy_that_cannot_be_removed_does_not_stop_the_new_one(tmp_path, monkeypatch):
+    """Replacing a stale checkpoint-4: its set-aside copy may not go at once; the new checkpoint-4 is published all
+    the same and the set-aside copy is a leftover clean_partial removes later."""
+    stale = tmp_path / "checkpoint-4"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("stale")
+    staged = _staged(tmp_path, 4)
+    _busy_rmdir(monkeypatch, ".trash-")
+    assert C.finalize(str(staged), str(tmp_path), 4) == str(stale)
+    monkeypatch.undo()
+    assert (stale / "model.safetensors").read_text() == "model.safetensors of step 4"
+    (trash,) = [n for n in os.listdir(tmp_path) if n.startswith(".trash-")]
+    assert trash == f".trash-checkpoint-4-{os.getpid()}"
+    assert C.clean_partial(str(tmp_path)) == [str(tmp_path / trash)]
+
+
+def test_a_leftover_that_cannot_be_removed_yet_does_not_stop_the_cleaning(tmp_path, monkeypatch):
+    _complete(tmp_path, 1)
+    for name in (".staging-checkpoint-2", ".trash-final-9"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x")
+    _busy_rmdir(monkeypatch, ".staging-")
+    assert str(tmp_path / ".trash-final-9") in C.clean_partial(str(tmp_path))  # no error: the next run retries
+    assert sorted(os.listdir(tmp_path)) == [".staging-checkpoint-2", "checkpoint-1"]
