@@ -13,7 +13,7 @@ class Bar:
         self.postfix, self.description, self.n = None, None, 0
 
     def set_postfix(self, values, refresh=True):
-        self.postfix = values
+        self.postfix, self.refreshed = values, refresh
 
     def set_description(self, text):
         self.description = text
@@ -43,6 +43,7 @@ def test_each_reward_follows_the_total_even_without_it_and_values_are_short():
     progress.on_log(None, state, None, logs={"grad_norm": 12345.678, "rewards/accuracy/mean": 0.123456,
                                               "rewards/format/mean": 1, "rewards/note/mean": "n/a", "loss": "nan"})
     assert list(progress.training_bar.postfix.items()) == [("accuracy", "0.123"), ("format", "1"), ("grad", "1.23e+04")]
+    assert progress.training_bar.refreshed is True  # shown now, not one step late at the bar's next update
     progress.training_bar = Bar()
     progress.on_log(None, SimpleNamespace(is_world_process_zero=False), None, logs={"reward": 1.0})
     assert progress.training_bar.postfix is None
