@@ -253,3 +253,30 @@ def test_the_grace_period_after_a_stop_signal_is_slept_not_spun(tmp_path, monkey
         os.close(dog._rfd)
         os.close(dog._wfd)
     assert state["checks"] <= 20, f"{state['checks']} process scans in a 0.3 s grace period"
+
+
+def test_a_run_that_never_beats_is_hung_after_the_startup_timeout_to_a_tenth_of_a_second(tmp_path, monkeypatch):
+    """The hang event of a run that never wrote a heartbeat: its age after the start to 0.1 s, no step or phase,
+    and why; then the stop and the give-up (no restarts allowed). Clock and run are fakes: exact figures."""
+    dog = make_dog(tmp_path, monkeypatch, "--startup_timeout", "0.6", "--hang_timeout", "5", "--poll", "0.25",
+                   "--max_restarts", "0")
+    run = FakeRun(dog, monkeypatch, dies_on=(signal.SIGTERM,))
+
+    def start(command, resume):
+        dog.proc = SimpleNamespace(pid=PID, returncode=None, poll=lambda: None)
+
+    def stop_run(reason, sig=signal.SIGTERM):
+        dog.proc.returncode = -sig
+        return True
+
+    monkeypatch.setattr(dog, "_start", start)
+    monkeypatch.setattr(dog, "stop_run", stop_run)
+    assert dog._loop() == 1
+    assert run.naps == [0.25, 0.25, 0.25]
+    hang, exit_, give_up = events(tmp_path)
+    assert (hang["event"], hang["age"], hang["step"], hang["phase"]) == ("hang", 0.8, None, None)
+    assert hang["reason"] == (f"no heartbeat at {dog.hb_path} within 1 s of start (--startup_timeout 0.6); is the "
+                              "trainer writing it?")
+    assert (exit_["event"], exit_["exit_code"], exit_["reason"]) == ("exit", -signal.SIGTERM, "killed after hang")
+    assert (give_up["event"], give_up["reason"]) == ("give_up", "0 restarts within the last 86400 s already "
+                                                               "(--max_restarts 0)")
