@@ -820,7 +820,7 @@ def test_the_grace_period_is_waited_at_a_pace_not_in_a_busy_loop(tmp_path, monke
     monkeypatch.setattr(dog, "_track_descendants", lambda: None)
     monkeypatch.setattr(dog, "_survivors", lambda pgid: [4242] if time.monotonic() < gone_at else [])
     monkeypatch.setattr(dog, "_signal_run", lambda pgid, sig: None)
-    monkeypatch.setattr(dog, "_sleep", lambda seconds: (naps.append(seconds), real_sleep(seconds)))
+    monkeypatch.setattr(dog, "_sleep", lambda seconds, *handled: (naps.append(seconds), real_sleep(seconds, *handled)))
     try:
         assert dog.stop_run("test") is True
     finally:

@@ -134,7 +134,7 @@ def test_the_watch_and_the_back_off_sleep_instead_of_spinning(tmp_path, monkeypa
     dog = Watchdog(opts, crash, stderr=io.StringIO())
     checks, naps, real_track, real_sleep = [], [], dog._track_descendants, dog._sleep
     monkeypatch.setattr(dog, "_track_descendants", lambda: (checks.append(1), real_track())[1])
-    monkeypatch.setattr(dog, "_sleep", lambda seconds: (naps.append(seconds), real_sleep(seconds))[1])
+    monkeypatch.setattr(dog, "_sleep", lambda seconds, *handled: (naps.append(seconds), real_sleep(seconds, *handled))[1])
     with deadline(15), _environ(_env()):
         assert dog.run() == 0
     assert 4 <= len(checks) <= 400, len(checks)  # two attempts of 0.3 s and their start-up, polled every 50 ms

@@ -179,9 +179,11 @@ class Watchdog:
         for fd in (self._rfd, self._wfd):
             os.close(fd)
 
-    def _sleep(self, seconds: float) -> None:
-        """Sleep up to `seconds`; return early when a signal (stop or child exit) arrives."""
-        if self.pending or seconds <= 0:
+    def _sleep(self, seconds: float, handled: int = 0) -> None:
+        """Sleep up to `seconds`; return early when a signal (stop or child exit) arrives. `handled`: stop signals
+        already being acted on, which must not cut the naps short (a grace period after Ctrl-C would be a busy loop
+        rescanning every process of the node)."""
+        if len(self.pending) > handled or seconds <= 0:
             return
         ready, _, _ = select.select([self._rfd], [], [], seconds)
         if ready:
@@ -260,7 +262,7 @@ class Watchdog:
         while time.monotonic() < deadline and self._survivors(pgid):
             if len(self.pending) > handled:  # a second Ctrl-C: do not wait out the grace period
                 break
-            self._sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            self._sleep(min(0.05, max(0.0, deadline - time.monotonic())), handled)
         survivors = self._survivors(pgid)
         if not survivors:
             return self._reap()
@@ -270,7 +272,7 @@ class Watchdog:
         deadline = time.monotonic() + patience
         while survivors and time.monotonic() < deadline:
             self._signal_run(pgid, signal.SIGKILL)
-            self._sleep(0.05)
+            self._sleep(0.05, handled)
             survivors = self._survivors(pgid)
         if survivors:
             self.event("kill", f"processes {survivors} survived SIGKILL for {patience:.0f} s",
