@@ -1175,3 +1175,74 @@ def test_load_eval_records_gives_the_usable_records_and_the_problem_lines(tmp_pa
     records, problems = load_eval_records([path], str(tmp_path), None)
     assert [r["image"] for r in records] == [str(tmp_path / "ok.jpg")]  # resolved under the root
     assert len(problems) == 1 and problems[0].startswith(f"{path}:1: ") and "missing.jpg" in problems[0]
+
+
+def test_the_prompt_length_check_counts_an_image_under_the_given_spec_or_else_the_processors(tokenizer, tmp_path):
+    """check_media and validate_read count an image's tokens under the spec they are given (--max_pixels), and under
+    the processor's own spec when given none: the same prompt fits a smaller pixel budget and not the processor's."""
+    from vqrl.data import checks
+    from vqrl.data.records import read_files
+    from vqrl.data.validate import validate_read
+    from vqrl.models.tiny import build_processor
+
+    proc = build_processor("qwen2_5_vl", tokenizer)
+    own = VisionSpec.for_processor(proc)
+    small = VisionSpec.for_processor(proc, max_pixels=own.min_pixels)
+    save_image(tmp_path / "big.png", (400, 300))
+    path = write_json(tmp_path / "d.json", [scoring("big.png")])
+    results = read_files([path], str(tmp_path))
+    records = results[0].records
+    text = checks.prompt_tokens(records[0], proc, PromptConfig(), 0)
+    big, little = own.image_tokens(300, 400), small.image_tokens(300, 400)
+    assert big - little >= 40
+    limit = text + little  # fits under the small budget, not under the processor's
+    reason = (f"prompt is ~{text + big} tokens with its image/video tokens, over max_prompt_length {limit}: lower "
+              "max_pixels / frames, or raise the limit")
+    assert checks.check_media(records, None, proc, PromptConfig(), limit) == {0: [reason]}
+    assert checks.check_media(records, small, proc, PromptConfig(), limit) == {}
+    assert checks.check_media(records, small, proc, PromptConfig(), limit - 1) == {0: [reason.replace(
+        f"~{text + big} tokens", f"~{text + little} tokens").replace(f"length {limit}:", f"length {limit - 1}:")]}
+    assert checks.check_media(records) == {}  # no processor: media only, no spec needed
+    assert [p.reason for p in validate_read(results, processor=proc, max_prompt_length=limit)] == [reason]
+    assert validate_read(results, processor=proc, max_prompt_length=limit, spec=small) == []
+    assert validate_read(results) == []  # no processor, no spec: decoding only
+
+
+def test_the_entries_of_a_file_are_its_records_plus_the_entries_that_did_not_parse(tmp_path):
+    """entries is the base of the bad-share rules: a file-level problem (index None) is no entry."""
+    from vqrl.data.records import LoadResult, Problem
+
+    result = LoadResult(records=[{}, {}, {}], problems=[Problem("f", 1, "bad"), Problem("f", None, "whole file"),
+                                                        Problem("f", 4, "bad")])
+    assert result.entries == 5
+    assert LoadResult().entries == 0
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(scoring("a.png")) + "\n{not json\n" + json.dumps(scoring("b.png")) + "\n")
+    read = read_records(path)
+    assert (len(read.records), len(read.problems), read.entries) == (2, 1, 3)
+
+
+def test_roots_are_one_for_every_file_or_one_per_file_in_order():
+    from vqrl.data.records import roots_per_file
+
+    assert roots_per_file(None, 2, "--image_root") == [None, None]
+    assert roots_per_file("r", 3, "--image_root") == ["r", "r", "r"]
+    assert roots_per_file(["r"], 2, "--image_root") == ["r", "r"]
+    assert roots_per_file(("a", "b"), 2, "--image_root") == ["a", "b"]
+    with pytest.raises(ValueError, match=r"^got 3 --image_root values for 2 data files: give one, or one per file$"):
+        roots_per_file(["a", "b", "c"], 2, "--image_root")
+
+
+def test_the_media_cache_keeps_the_last_cache_size_media_used(tmp_path, monkeypatch):
+    """The LRU cache holds exactly cache_size media and drops the least recently used: TRL asks for each prompt
+    num_generations times, and each ask beyond the cache decodes the file again."""
+    decoded = []
+    real = MediaLoader._decode
+    monkeypatch.setattr(MediaLoader, "_decode", lambda self, kind, path: (decoded.append(os.path.basename(path)),
+                                                                          real(self, kind, path))[1])
+    names = [save_image(tmp_path / f"{c}.png") for c in "abc"]
+    loader = MediaLoader(VisionSpec(), None, None, cache_size=2)
+    for name in "ababcbab":
+        (part,) = loader.parts(scoring(names["abc".index(name)]))
+        assert part["type"] == "image" and part["image"].size == (56, 56)
+    assert decoded == ["a.png", "b.png", "c.png", "a.png"]  # c evicts a (b was used last), a evicts c

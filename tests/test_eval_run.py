@@ -707,3 +707,79 @@ def test_a_stale_row_is_refused_even_after_records_not_yet_predicted():
                                         r"b.jpg \(MOS 4.0\)"):
         refuse_stale_rows(done, records, "p.csv")
     refuse_stale_rows({"b": {"path": "b.jpg", "mos": "4.0"}}, records, "p.csv")  # the same record: accepted
+
+
+def test_read_predictions_gives_the_whole_rows_by_sample_id(tmp_path):
+    path = str(tmp_path / "predictions.csv")
+    rows = [_prediction("s0", "d", 2.0, "1.500000"), _prediction("s1", "d", 3.0, "", "unreadable media: x")]
+    store.append(path, rows)
+    assert eval_run.read_predictions(path) == {r["sample_id"]: {k: str(v) for k, v in r.items()} for r in rows}
+    assert eval_run.read_predictions(str(tmp_path / "none.csv")) == {}
+
+
+def test_a_row_the_csv_reader_cannot_read_is_dropped_and_counted(tmp_path):
+    """A row cut inside a quoted field that runs past the csv module's field limit raises csv.Error in the reader:
+    the rows before it are kept, and it counts as one dropped row (to be predicted again)."""
+    path = str(tmp_path / "predictions.csv")
+    good = [_prediction(f"s{i}", "d", 2.0 + i, f"{1.5 + i:.6f}") for i in range(2)]
+    store.append(path, good)
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        f.write('s9,d,a.jpg,3.0,2.0,"' + "x" * 200_000)
+    rows, dropped = store.read(path)
+    assert rows == {r["sample_id"]: {k: str(v) for k, v in r.items()} for r in good} and dropped == 1
+
+
+def test_each_record_gets_its_own_score_around_an_unreadable_one_and_a_short_answer_is_refused(monkeypatch):
+    """score_records hands the readable records to the model and puts each result back on its record; a scorer
+    that returns fewer results than records is an error, never scores left on the wrong records or missing."""
+
+    class Loader:
+        def parts(self, rec):
+            if rec["bad"]:
+                raise OSError("Input/output error")
+            return [{"type": "image", "image": rec["i"]}]
+
+    batch = [{"i": i, "bad": i == 1} for i in range(4)]
+    seen = []
+
+    def scorer(model, processor, recs, media, prompt_cfg, args):
+        seen.append(([r["i"] for r in recs], [m[0]["image"] for m in media]))
+        return [(float(r["i"]), f"c{r['i']}") for r in recs]
+
+    monkeypatch.setattr(eval_run, "_score_decoded", scorer)
+    out = eval_run.score_records(None, None, batch, Loader(), None, None)
+    assert seen == [([0, 2, 3], [0, 2, 3])]
+    assert out == [(0.0, "c0", ""), (None, "", "unreadable media: OSError: Input/output error"), (2.0, "c2", ""),
+                   (3.0, "c3", "")]
+    monkeypatch.setattr(eval_run, "_score_decoded", lambda *a: scorer(*a)[:-1])
+    with pytest.raises(ValueError, match="zip"):
+        eval_run.score_records(None, None, batch, Loader(), None, None)
+    monkeypatch.setattr(eval_run, "_score_decoded", scorer)
+    assert eval_run._score_batch(None, None, [batch[0], batch[2]], Loader(), None, None) == [(0.0, "c0"),
+                                                                                            (2.0, "c2")]
+    with pytest.raises(OSError, match="Input/output error"):
+        eval_run._score_batch(None, None, batch, Loader(), None, None)
+
+
+def test_the_scatter_plots_each_scored_pair_against_the_identity_line(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    rows = [{"mos": "2.0", "prediction": "2.5"}, {"mos": "4", "prediction": ""}, {"mos": "3.5", "prediction": "1.25"}]
+    eval_run.scatter(rows, "koniq", str(tmp_path / "s.png"))
+    (fig, ax), = drawn
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert ax.collections[0].get_offsets().tolist() == [[2.0, 2.5], [3.5, 1.25]]  # the unparsed row is left out
+    (line,) = ax.lines
+    assert line.get_xydata().tolist() == [[1.0, 1.0], [5.0, 5.0]]  # prediction = MOS
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("MOS", "prediction", "koniq")
+    assert ax.get_xlim() == ax.get_ylim() == (0.8, 5.2)
+    drawn.clear()
+    eval_run.scatter([{"mos": "4", "prediction": ""}], "none", str(tmp_path / "e.png"))
+    (fig, ax), = drawn
+    assert not ax.collections and len(ax.lines) == 1 and (tmp_path / "e.png").is_file()
