@@ -1246,3 +1246,29 @@ def test_the_media_cache_keeps_the_last_cache_size_media_used(tmp_path, monkeypa
         (part,) = loader.parts(scoring(names["abc".index(name)]))
         assert part["type"] == "image" and part["image"].size == (56, 56)
     assert decoded == ["a.png", "b.png", "c.png", "a.png"]  # c evicts a (b was used last), a evicts c
+
+
+def test_check_record_accepts_each_bound_and_names_the_rule_it_breaks(image_dir):
+    """The bounds themselves are valid (MOS 1 and 5, the first and last option letter in either case, two options);
+    each broken rule is said exactly."""
+    for mos in (1, 1.0, "5", 5.0, " 3 "):
+        assert check_record(scoring("ok.jpg", mos), image_dir) == [], mos
+    assert check_record(scoring("ok.jpg", 5.5), image_dir) == ["solution 5.5 is outside the MOS range [1, 5]"]
+    assert check_record(scoring("ok.jpg", "x"), image_dir) == ["solution 'x' is not a number"]
+    rec = {"image": "ok.jpg", "type": "choice_image", "options": ["blur", "noise"], "solution": "A"}
+    for letter in ("A", "b", " B "):
+        assert check_record({**rec, "solution": letter}, image_dir) == [], letter
+    assert check_record({**rec, "solution": "C"}, image_dir) == ["solution 'C' is not an option letter A..B"]
+    assert check_record({**rec, "solution": "@"}, image_dir) == ["solution '@' is not an option letter A..B"]
+    assert check_record({**rec, "options": "blur, noise"}, image_dir) == [
+        "choice record needs 'options', a list of at least 2 texts"]
+    box = {"image": "ok.jpg", "type": "grounding_image", "solution": [0.5, 1, 0.75, 2.0]}
+    assert check_record(box, image_dir) == []
+    assert check_record({**box, "solution": [0, 0, 1, 1, 1]}, image_dir) == [
+        "solution [0, 0, 1, 1, 1] is not a box [x1, y1, x2, y2] with x1<x2, y1<y2"]
+    assert check_record({"image": "ok.jpg", "type": "distortion_image", "solution": 3}, image_dir) == [
+        "solution 3 should be a non-empty string"]
+    assert check_record({**scoring("ok.jpg"), "image": ["a.jpg", "b.jpg"]}, image_dir) == [
+        "field 'image' is a list of 2; a record takes one image path (a string): write one record per file"]
+    assert check_record({**scoring("ok.jpg"), "reference": 7}, image_dir) == [
+        "field 'reference' must be a path (a string), got int 7"]

@@ -779,6 +779,7 @@ def test_the_scatter_plots_each_scored_pair_against_the_identity_line(tmp_path, 
     assert line.get_xydata().tolist() == [[1.0, 1.0], [5.0, 5.0]]  # prediction = MOS
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("MOS", "prediction", "koniq")
     assert ax.get_xlim() == ax.get_ylim() == (0.8, 5.2)
+    assert not plt.fignum_exists(fig.number)  # closed: one figure per dataset would pile up in a long summary
     drawn.clear()
     eval_run.scatter([{"mos": "4", "prediction": ""}], "none", str(tmp_path / "e.png"))
     (fig, ax), = drawn
