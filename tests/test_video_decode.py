@@ -157,6 +157,21 @@ def test_each_kept_frame_is_reached_by_seeking_to_the_keyframe_before_it(tmp_pat
     assert sum(1 for e in log if not isinstance(e, tuple)) < total // 2
 
 
+def test_in_one_long_gop_the_kept_frames_are_decoded_through_once(tmp_path, monkeypatch):
+    """One GOP: a single seek to the start, then every frame up to the last kept one decoded once, in order (seeking
+    back to the same keyframe for each kept frame would decode the start of the clip again and again)."""
+    path = encode(tmp_path / "clip.mp4", 90, 64, 48, 30, 250, 0)
+    spec = M.VisionSpec()
+    want, idx, total = reference(path, spec)
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+    log = spy_on_av(monkeypatch)
+    got, meta = M.load_video(path, spec)
+    assert torch.equal(got, want) and meta["frames_indices"] == idx and idx[0] == 0 and len(idx) == 6
+    assert log == [("seek", pts[0]), *pts[:idx[-1] + 1]]
+
+
 def test_a_video_without_trustworthy_timestamps_is_decoded_whole(tmp_path, monkeypatch):
     """Packets with repeated (or no) timestamps cannot count frames: the whole-file decode counts and picks them,
     and so does a seek that does not give back the exact frames."""
