@@ -1272,3 +1272,39 @@ def test_check_record_accepts_each_bound_and_names_the_rule_it_breaks(image_dir)
         "field 'image' is a list of 2; a record takes one image path (a string): write one record per file"]
     assert check_record({**scoring("ok.jpg"), "reference": 7}, image_dir) == [
         "field 'reference' must be a path (a string), got int 7"]
+
+
+def test_the_error_policy_lists_every_problem_in_file_order_up_to_fifty(tmp_path):
+    """--on_bad_sample error: one line per problem, sorted by file (as given) then entry, file-level problems first,
+    at most 50 lines and then how many more."""
+    save_image(tmp_path / "ok.png")
+    a = tmp_path / "a.jsonl"
+    a.write_text("\n".join([json.dumps(scoring("gone.png")), json.dumps(scoring("ok.png")), "{broken",
+                            json.dumps(scoring("ok.png", 7))]) + "\n")
+    b = tmp_path / "b.json"
+    b.write_text("[]")
+    cfg = DataConfig(files=[str(b), str(a)], image_root=str(tmp_path), decode=False)
+    with pytest.raises(DataError) as refused:
+        load_checked_records(cfg)
+    assert str(refused.value).splitlines() == [
+        "4 bad record(s); fix them or pass --on_bad_sample skip:",
+        f"{b}: the list holds no records ([])",
+        f"{a}:0: image file not found: {tmp_path / 'gone.png'}",
+        f"{a}:2: invalid JSON at line 3 column 2: Expecting property name enclosed in double quotes",
+        f"{a}:3: solution 7.0 is outside the MOS range [1, 5]"]
+    for n, tail in ((50, []), (51, ["... and 1 more"])):
+        path = write_json(tmp_path / f"many{n}.json", [scoring(f"gone{i}.png") for i in range(n)] + [scoring("ok.png")])
+        with pytest.raises(DataError) as refused:
+            load_checked_records(DataConfig(files=[path], image_root=str(tmp_path), decode=False))
+        lines = str(refused.value).splitlines()
+        assert lines[0] == f"{n} bad record(s); fix them or pass --on_bad_sample skip:"
+        assert lines[1:] == [f"{path}:{i}: image file not found: {tmp_path / f'gone{i}.png'}" for i in range(50)] + tail
+
+
+def test_records_weighted_to_nothing_are_no_usable_records(tmp_path):
+    save_image(tmp_path / "ok.png")
+    path = write_json(tmp_path / "d.json", [scoring("ok.png")])
+    with pytest.raises(DataError, match=rf"^no usable records in {path}$"):
+        load_checked_records(DataConfig(files=[path], image_root=str(tmp_path), weights=[0.0], decode=False))
+    assert [r["_index"] for r in load_checked_records(DataConfig(files=[path], image_root=str(tmp_path),
+                                                                 weights=[2.0], decode=False))] == [0, 0]
