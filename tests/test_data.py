@@ -539,6 +539,29 @@ def test_prompt_full_reference_note():
     assert REFERENCE_NOTE not in prompt_text(scoring("x"), PromptConfig())
 
 
+def test_each_task_familys_whole_prompt_and_the_system_turn():
+    """The exact text per task family (question, answer format, instruction, one per line) and the conversation."""
+    from vqrl.data.prompts import ANSWER_FORMATS, format_score
+
+    cases = {"distortion_image": "distortion", "grounding_image": "grounding", "choice_video": "choice",
+             "scoring_video": "scoring", "rating_audio": "scoring"}
+    for rtype, family in cases.items():
+        question = QUESTIONS.get(rtype, QUESTIONS["scoring_image"])
+        assert prompt_text({"type": rtype}, PromptConfig(think=False)) == "\n".join(
+            [question, ANSWER_FORMATS[family], NO_THINK_INSTRUCTION]), rtype
+    rec = {"type": "choice_image", "reference": "r.png", "question": " ", "options": ["blur", "noise"]}
+    assert prompt_text(rec, PromptConfig()).splitlines() == [
+        REFERENCE_NOTE, QUESTIONS["choice_image"], "Options: A. blur B. noise", ANSWER_FORMATS["choice"],
+        THINK_INSTRUCTION]
+    assert "Options:" not in prompt_text({**rec, "options": []}, PromptConfig())
+    image = {"type": "image", "image": "pixels"}
+    assert build_messages(scoring("x"), [image], PromptConfig(system_prompt="You rate images.")) == [
+        {"role": "system", "content": [{"type": "text", "text": "You rate images."}]},
+        {"role": "user", "content": [image, {"type": "text", "text": prompt_text(scoring("x"), PromptConfig())}]}]
+    assert [m["role"] for m in build_messages(scoring("x"), [image], PromptConfig(system_prompt=""))] == ["user"]
+    assert (format_score(3.625), format_score("4"), format_score(1.999)) == ("3.62", "4.00", "2.00")
+
+
 # ---------------------------------------------------------------------------------------------------------- dataset
 
 
