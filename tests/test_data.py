@@ -818,6 +818,35 @@ def test_frames_of_a_video_with_no_known_frame_rate_are_still_chosen():
     assert video_frame_indices(10, 5.0, spec) == [0, 3, 6, 9]  # 2 s at 2 fps, raised to the 4-frame floor
 
 
+def test_frame_indices_follow_the_fps_clamped_to_the_frame_bounds_and_even():
+    """n = duration x video_fps, within [video_min_frames, video_max_frames] and never more than the clip holds,
+    rounded down to even (at least 2), spread evenly over the whole clip (first and last frame included)."""
+    spec = VisionSpec(video_fps=2.0, video_min_frames=4, video_max_frames=16)
+    assert video_frame_indices(90, 30.0, spec) == [0, 18, 36, 53, 71, 89]  # 3 s: 6 frames
+    assert video_frame_indices(105, 30.0, spec) == [0, 21, 42, 62, 83, 104]  # 3.5 s: 7 frames, made even: 6
+    assert video_frame_indices(600, 30.0, spec) == np.linspace(0, 599, 16).round().astype(int).tolist()  # capped
+    assert video_frame_indices(3, 30.0, spec) == [0, 2]  # fewer frames than the floor: all it has, made even
+    assert video_frame_indices(1, 30.0, spec) == [0, 0]  # one frame: shown twice (a temporal patch is 2)
+    assert video_frame_indices(0, 30.0, spec) == [0, 0]
+    assert video_frame_indices(45, 30.0, VisionSpec(video_fps=4.0, video_min_frames=2)) == [0, 9, 18, 26, 35, 44]
+
+
+def test_vision_tokens_of_images_and_videos_follow_the_budgets():
+    from vqrl.data.media import video_tokens
+
+    spec = VisionSpec()  # factor 28
+    assert spec.image_tokens(280, 560) == 10 * 20
+    assert spec.image_tokens(20, 3000) == 1 * 107  # a 20-pixel side rounds to one factor
+    small = VisionSpec(max_pixels=56 * 56, min_pixels=28 * 28)
+    assert small.image_tokens(1000, 1000) == 4
+    per_frame = VisionSpec(video_max_pixels=56 * 56, video_total_pixels=10**9)
+    assert video_tokens(4, 1000, 1000, per_frame) == 2 * 4  # frames in pairs, each pair 2x2 patches
+    assert video_tokens(5, 1000, 1000, per_frame) == 3 * 4  # an odd frame count still takes a whole pair
+    total = VisionSpec(video_max_pixels=10**7, video_total_pixels=4 * 84 * 84)
+    assert video_tokens(4, 1000, 1000, total) == 2 * 9  # the total budget split over 4 frames: 84x84 each
+    assert video_tokens(2, 1000, 1000, total) == 1 * 16  # over 2 frames: 118x118 floored to 112x112 each
+
+
 # ------------------------------------------------------------------------------------- nothing silently wrong (#20)
 
 
