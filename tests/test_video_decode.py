@@ -137,10 +137,13 @@ def spy_on_av(monkeypatch, packets=None) -> list:
     return log
 
 
-def test_each_kept_frame_is_reached_by_seeking_to_the_keyframe_before_it(tmp_path, monkeypatch):
-    """Short GOPs: every kept frame is reached from the last keyframe at or before it, so only the frames between
-    that keyframe and the kept one are decoded (not the whole file), and the whole-file fallback is never needed."""
-    path = encode(tmp_path / "clip.mp4", 120, 64, 48, 30, 12, 0)
+@pytest.mark.parametrize("gop, frames, kept", [(12, 120, 8), (1, 48, 4)])
+def test_each_kept_frame_is_reached_by_seeking_to_the_keyframe_at_or_before_it(tmp_path, monkeypatch, gop, frames,
+                                                                                kept):
+    """Short GOPs: every kept frame is reached from the last keyframe at or before it (itself, when it is one), so
+    only the frames between that keyframe and the kept one are decoded (not the whole file), and the whole-file
+    fallback is never needed."""
+    path = encode(tmp_path / "clip.mp4", frames, 64, 48, 30, gop, 0)
     spec = M.VisionSpec()
     want, idx, total = reference(path, spec)
     with av.open(path) as container:
@@ -149,8 +152,8 @@ def test_each_kept_frame_is_reached_by_seeking_to_the_keyframe_before_it(tmp_pat
     log = spy_on_av(monkeypatch)
     monkeypatch.setattr(M, "load_video_full", lambda *a: pytest.fail("the whole-file fallback must not run"))
     got, meta = M.load_video(path, spec)
-    assert torch.equal(got, want) and meta["frames_indices"] == idx and len(idx) == 8
-    keys = [i - i % 12 for i in idx]  # the keyframe at or before each kept frame (GOP 12)
+    assert torch.equal(got, want) and meta["frames_indices"] == idx and len(idx) == kept
+    keys = [i - i % gop for i in idx]  # the keyframe at or before each kept frame
     assert len(set(keys)) == len(keys) and keys[0] == 0  # each kept frame in its own GOP
     expected = [e for i, key in zip(idx, keys) for e in [("seek", pts[key]), *pts[key:i + 1]]]
     assert log == expected
