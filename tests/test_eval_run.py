@@ -784,3 +784,17 @@ def test_the_scatter_plots_each_scored_pair_against_the_identity_line(tmp_path, 
     eval_run.scatter([{"mos": "4", "prediction": ""}], "none", str(tmp_path / "e.png"))
     (fig, ax), = drawn
     assert not ax.collections and len(ax.lines) == 1 and (tmp_path / "e.png").is_file()
+
+
+def test_one_dataset_has_no_overall_its_table_rounds_to_4_places_and_only_this_runs_records_count(tmp_path, capsys):
+    pred_path = str(tmp_path / "predictions.csv")
+    store.append(pred_path, [
+        _prediction("x1", "koniq/train", 1.0, "1.500000"), _prediction("x2", "koniq/train", 3.0, "2.500000"),
+        _prediction("x3", "koniq/train", 2.0, ""), _prediction("old", "koniq/train", 5.0, "1.000000")])
+    records = [{"sample_id": s} for s in ("x1", "x2", "x3", "not-yet")]
+    metrics = eval_run.summarize(pred_path, str(tmp_path), records=records)
+    assert list(metrics) == ["koniq/train"]  # one dataset: no "overall" beside it
+    assert (metrics["koniq/train"]["n"], metrics["koniq/train"]["n_valid"]) == (3, 2)  # "old" is another run's row
+    assert (tmp_path / "scatter_koniq_train.png").read_bytes()[:4] == b"\x89PNG"
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split() == ["koniq/train", "3", "1.0", "1.0", "1.0", "0.5", "0.3333", "0", "0"]
