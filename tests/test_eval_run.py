@@ -798,3 +798,27 @@ def test_one_dataset_has_no_overall_its_table_rounds_to_4_places_and_only_this_r
     assert (tmp_path / "scatter_koniq_train.png").read_bytes()[:4] == b"\x89PNG"
     table = capsys.readouterr().out.splitlines()
     assert table[1].split() == ["koniq/train", "3", "1.0", "1.0", "1.0", "0.5", "0.3333", "0", "0"]
+
+
+def test_sampled_completions_are_reproducible_under_the_same_seed(tiny_model_dir, tmp_path):
+    """--mode sample draws from the model under --seed: the same seed gives the same completions (a rerun or a
+    resumed run samples alike)."""
+    from vqrl.eval.records import read_eval_data
+    from vqrl.eval.settings import apply_model_settings
+
+    records = read_eval_data([write_records(tmp_path / "d.json", images(tmp_path, 1))], None, None).records
+
+    def completions(seed, name):
+        args = _args(tiny_model_dir, ["d.json"], tmp_path, mode="sample", num_samples=2, no_think=True, max_new_tokens=6,
+                     seed=seed)
+        apply_model_settings(args)
+        eval_run._evaluate_hf(args, records, str(tmp_path / name))
+        return [r["completion"] for r in rows_of_file(tmp_path / name)]
+
+    first = completions(3, "a.csv")
+    assert completions(3, "b.csv") == first and all(first)
+
+
+def rows_of_file(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
