@@ -796,6 +796,7 @@ def test_one_dataset_has_no_overall_its_table_rounds_to_4_places_and_only_this_r
     assert list(metrics) == ["koniq/train"]  # one dataset: no "overall" beside it
     assert (metrics["koniq/train"]["n"], metrics["koniq/train"]["n_valid"]) == (3, 2)  # "old" is another run's row
     assert (tmp_path / "scatter_koniq_train.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "metrics.json").read_text() == json.dumps(metrics, indent=2) + "\n"  # for people to read
     table = capsys.readouterr().out.splitlines()
     assert table[1].split() == ["koniq/train", "3", "1.0", "1.0", "1.0", "0.5", "0.3333", "0", "0"]
 
