@@ -823,3 +823,23 @@ def test_sampled_completions_are_reproducible_under_the_same_seed(tiny_model_dir
 def rows_of_file(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_rows_written_in_pieces_by_short_writes_arrive_whole(tmp_path, monkeypatch):
+    """os.write may write fewer bytes than asked (a signal, a pipe, a nearly full quota): append writes the rest,
+    from the first unwritten byte, until every byte is on disk."""
+    real, sizes = os.write, []
+
+    def short_write(fd, data):
+        sizes.append(real(fd, bytes(data[:7])))
+        return sizes[-1]
+
+    monkeypatch.setattr(store.os, "write", short_write)
+    path = str(tmp_path / "predictions.csv")
+    rows = [_prediction("s0", "d", 2.0, "1.500000", ""), _prediction("s1", "d", 3.0, "", "unreadable media: é")]
+    store.append(path, rows)
+    monkeypatch.undo()
+    expected = (",".join(store.FIELDS) + "\r\n" + "s0,d,s0.jpg,2.0,1.500000,,\r\n"
+                + "s1,d,s1.jpg,3.0,,,unreadable media: é\r\n")
+    assert open(path, encoding="utf-8", newline="").read() == expected
+    assert len(sizes) > 1 and sum(sizes) == len(expected.encode("utf-8"))
