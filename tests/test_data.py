@@ -539,6 +539,29 @@ def test_prompt_full_reference_note():
     assert REFERENCE_NOTE not in prompt_text(scoring("x"), PromptConfig())
 
 
+def test_each_task_familys_whole_prompt_and_the_system_turn():
+    """The exact text per task family (question, answer format, instruction, one per line) and the conversation."""
+    from vqrl.data.prompts import ANSWER_FORMATS, format_score
+
+    cases = {"distortion_image": "distortion", "grounding_image": "grounding", "choice_video": "choice",
+             "scoring_video": "scoring", "rating_audio": "scoring"}
+    for rtype, family in cases.items():
+        question = QUESTIONS.get(rtype, QUESTIONS["scoring_image"])
+        assert prompt_text({"type": rtype}, PromptConfig(think=False)) == "\n".join(
+            [question, ANSWER_FORMATS[family], NO_THINK_INSTRUCTION]), rtype
+    rec = {"type": "choice_image", "reference": "r.png", "question": " ", "options": ["blur", "noise"]}
+    assert prompt_text(rec, PromptConfig()).splitlines() == [
+        REFERENCE_NOTE, QUESTIONS["choice_image"], "Options: A. blur B. noise", ANSWER_FORMATS["choice"],
+        THINK_INSTRUCTION]
+    assert "Options:" not in prompt_text({**rec, "options": []}, PromptConfig())
+    image = {"type": "image", "image": "pixels"}
+    assert build_messages(scoring("x"), [image], PromptConfig(system_prompt="You rate images.")) == [
+        {"role": "system", "content": [{"type": "text", "text": "You rate images."}]},
+        {"role": "user", "content": [image, {"type": "text", "text": prompt_text(scoring("x"), PromptConfig())}]}]
+    assert [m["role"] for m in build_messages(scoring("x"), [image], PromptConfig(system_prompt=""))] == ["user"]
+    assert (format_score(3.625), format_score("4"), format_score(1.999)) == ("3.62", "4.00", "2.00")
+
+
 # ---------------------------------------------------------------------------------------------------------- dataset
 
 
@@ -793,6 +816,35 @@ def test_frames_of_a_video_with_no_known_frame_rate_are_still_chosen():
     spec = VisionSpec(video_fps=2.0, video_min_frames=4, video_max_frames=16)
     assert video_frame_indices(10, 0.0, spec) == np.linspace(0, 9, 10).round().astype(int).tolist()
     assert video_frame_indices(10, 5.0, spec) == [0, 3, 6, 9]  # 2 s at 2 fps, raised to the 4-frame floor
+
+
+def test_frame_indices_follow_the_fps_clamped_to_the_frame_bounds_and_even():
+    """n = duration x video_fps, within [video_min_frames, video_max_frames] and never more than the clip holds,
+    rounded down to even (at least 2), spread evenly over the whole clip (first and last frame included)."""
+    spec = VisionSpec(video_fps=2.0, video_min_frames=4, video_max_frames=16)
+    assert video_frame_indices(90, 30.0, spec) == [0, 18, 36, 53, 71, 89]  # 3 s: 6 frames
+    assert video_frame_indices(105, 30.0, spec) == [0, 21, 42, 62, 83, 104]  # 3.5 s: 7 frames, made even: 6
+    assert video_frame_indices(600, 30.0, spec) == np.linspace(0, 599, 16).round().astype(int).tolist()  # capped
+    assert video_frame_indices(3, 30.0, spec) == [0, 2]  # fewer frames than the floor: all it has, made even
+    assert video_frame_indices(1, 30.0, spec) == [0, 0]  # one frame: shown twice (a temporal patch is 2)
+    assert video_frame_indices(0, 30.0, spec) == [0, 0]
+    assert video_frame_indices(45, 30.0, VisionSpec(video_fps=4.0, video_min_frames=2)) == [0, 9, 18, 26, 35, 44]
+
+
+def test_vision_tokens_of_images_and_videos_follow_the_budgets():
+    from vqrl.data.media import video_tokens
+
+    spec = VisionSpec()  # factor 28
+    assert spec.image_tokens(280, 560) == 10 * 20
+    assert spec.image_tokens(20, 3000) == 1 * 107  # a 20-pixel side rounds to one factor
+    small = VisionSpec(max_pixels=56 * 56, min_pixels=28 * 28)
+    assert small.image_tokens(1000, 1000) == 4
+    per_frame = VisionSpec(video_max_pixels=56 * 56, video_total_pixels=10**9)
+    assert video_tokens(4, 1000, 1000, per_frame) == 2 * 4  # frames in pairs, each pair 2x2 patches
+    assert video_tokens(5, 1000, 1000, per_frame) == 3 * 4  # an odd frame count still takes a whole pair
+    total = VisionSpec(video_max_pixels=10**7, video_total_pixels=4 * 84 * 84)
+    assert video_tokens(4, 1000, 1000, total) == 2 * 9  # the total budget split over 4 frames: 84x84 each
+    assert video_tokens(2, 1000, 1000, total) == 1 * 16  # over 2 frames: 118x118 floored to 112x112 each
 
 
 # ------------------------------------------------------------------------------------- nothing silently wrong (#20)
@@ -1175,3 +1227,136 @@ def test_load_eval_records_gives_the_usable_records_and_the_problem_lines(tmp_pa
     records, problems = load_eval_records([path], str(tmp_path), None)
     assert [r["image"] for r in records] == [str(tmp_path / "ok.jpg")]  # resolved under the root
     assert len(problems) == 1 and problems[0].startswith(f"{path}:1: ") and "missing.jpg" in problems[0]
+
+
+def test_the_prompt_length_check_counts_an_image_under_the_given_spec_or_else_the_processors(tokenizer, tmp_path):
+    """check_media and validate_read count an image's tokens under the spec they are given (--max_pixels), and under
+    the processor's own spec when given none: the same prompt fits a smaller pixel budget and not the processor's."""
+    from vqrl.data import checks
+    from vqrl.data.records import read_files
+    from vqrl.data.validate import validate_read
+    from vqrl.models.tiny import build_processor
+
+    proc = build_processor("qwen2_5_vl", tokenizer)
+    own = VisionSpec.for_processor(proc)
+    small = VisionSpec.for_processor(proc, max_pixels=own.min_pixels)
+    save_image(tmp_path / "big.png", (400, 300))
+    path = write_json(tmp_path / "d.json", [scoring("big.png")])
+    results = read_files([path], str(tmp_path))
+    records = results[0].records
+    text = checks.prompt_tokens(records[0], proc, PromptConfig(), 0)
+    big, little = own.image_tokens(300, 400), small.image_tokens(300, 400)
+    assert big - little >= 40
+    limit = text + little  # fits under the small budget, not under the processor's
+    reason = (f"prompt is ~{text + big} tokens with its image/video tokens, over max_prompt_length {limit}: lower "
+              "max_pixels / frames, or raise the limit")
+    assert checks.check_media(records, None, proc, PromptConfig(), limit) == {0: [reason]}
+    assert checks.check_media(records, small, proc, PromptConfig(), limit) == {}
+    assert checks.check_media(records, small, proc, PromptConfig(), limit - 1) == {0: [reason.replace(
+        f"~{text + big} tokens", f"~{text + little} tokens").replace(f"length {limit}:", f"length {limit - 1}:")]}
+    assert checks.check_media(records) == {}  # no processor: media only, no spec needed
+    assert [p.reason for p in validate_read(results, processor=proc, max_prompt_length=limit)] == [reason]
+    assert validate_read(results, processor=proc, max_prompt_length=limit, spec=small) == []
+    assert validate_read(results) == []  # no processor, no spec: decoding only
+
+
+def test_the_entries_of_a_file_are_its_records_plus_the_entries_that_did_not_parse(tmp_path):
+    """entries is the base of the bad-share rules: a file-level problem (index None) is no entry."""
+    from vqrl.data.records import LoadResult, Problem
+
+    result = LoadResult(records=[{}, {}, {}], problems=[Problem("f", 1, "bad"), Problem("f", None, "whole file"),
+                                                        Problem("f", 4, "bad")])
+    assert result.entries == 5
+    assert LoadResult().entries == 0
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(scoring("a.png")) + "\n{not json\n" + json.dumps(scoring("b.png")) + "\n")
+    read = read_records(path)
+    assert (len(read.records), len(read.problems), read.entries) == (2, 1, 3)
+
+
+def test_roots_are_one_for_every_file_or_one_per_file_in_order():
+    from vqrl.data.records import roots_per_file
+
+    assert roots_per_file(None, 2, "--image_root") == [None, None]
+    assert roots_per_file("r", 3, "--image_root") == ["r", "r", "r"]
+    assert roots_per_file(["r"], 2, "--image_root") == ["r", "r"]
+    assert roots_per_file(("a", "b"), 2, "--image_root") == ["a", "b"]
+    with pytest.raises(ValueError, match=r"^got 3 --image_root values for 2 data files: give one, or one per file$"):
+        roots_per_file(["a", "b", "c"], 2, "--image_root")
+
+
+def test_the_media_cache_keeps_the_last_cache_size_media_used(tmp_path, monkeypatch):
+    """The LRU cache holds exactly cache_size media and drops the least recently used: TRL asks for each prompt
+    num_generations times, and each ask beyond the cache decodes the file again."""
+    decoded = []
+    real = MediaLoader._decode
+    monkeypatch.setattr(MediaLoader, "_decode", lambda self, kind, path: (decoded.append(os.path.basename(path)),
+                                                                          real(self, kind, path))[1])
+    names = [save_image(tmp_path / f"{c}.png") for c in "abc"]
+    loader = MediaLoader(VisionSpec(), None, None, cache_size=2)
+    for name in "ababcbab":
+        (part,) = loader.parts(scoring(names["abc".index(name)]))
+        assert part["type"] == "image" and part["image"].size == (56, 56)
+    assert decoded == ["a.png", "b.png", "c.png", "a.png"]  # c evicts a (b was used last), a evicts c
+
+
+def test_check_record_accepts_each_bound_and_names_the_rule_it_breaks(image_dir):
+    """The bounds themselves are valid (MOS 1 and 5, the first and last option letter in either case, two options);
+    each broken rule is said exactly."""
+    for mos in (1, 1.0, "5", 5.0, " 3 "):
+        assert check_record(scoring("ok.jpg", mos), image_dir) == [], mos
+    assert check_record(scoring("ok.jpg", 5.5), image_dir) == ["solution 5.5 is outside the MOS range [1, 5]"]
+    assert check_record(scoring("ok.jpg", "x"), image_dir) == ["solution 'x' is not a number"]
+    rec = {"image": "ok.jpg", "type": "choice_image", "options": ["blur", "noise"], "solution": "A"}
+    for letter in ("A", "b", " B "):
+        assert check_record({**rec, "solution": letter}, image_dir) == [], letter
+    assert check_record({**rec, "solution": "C"}, image_dir) == ["solution 'C' is not an option letter A..B"]
+    assert check_record({**rec, "solution": "@"}, image_dir) == ["solution '@' is not an option letter A..B"]
+    assert check_record({**rec, "options": "blur, noise"}, image_dir) == [
+        "choice record needs 'options', a list of at least 2 texts"]
+    box = {"image": "ok.jpg", "type": "grounding_image", "solution": [0.5, 1, 0.75, 2.0]}
+    assert check_record(box, image_dir) == []
+    assert check_record({**box, "solution": [0, 0, 1, 1, 1]}, image_dir) == [
+        "solution [0, 0, 1, 1, 1] is not a box [x1, y1, x2, y2] with x1<x2, y1<y2"]
+    assert check_record({"image": "ok.jpg", "type": "distortion_image", "solution": 3}, image_dir) == [
+        "solution 3 should be a non-empty string"]
+    assert check_record({**scoring("ok.jpg"), "image": ["a.jpg", "b.jpg"]}, image_dir) == [
+        "field 'image' is a list of 2; a record takes one image path (a string): write one record per file"]
+    assert check_record({**scoring("ok.jpg"), "reference": 7}, image_dir) == [
+        "field 'reference' must be a path (a string), got int 7"]
+
+
+def test_the_error_policy_lists_every_problem_in_file_order_up_to_fifty(tmp_path):
+    """--on_bad_sample error: one line per problem, sorted by file (as given) then entry, file-level problems first,
+    at most 50 lines and then how many more."""
+    save_image(tmp_path / "ok.png")
+    a = tmp_path / "a.jsonl"
+    a.write_text("\n".join([json.dumps(scoring("gone.png")), json.dumps(scoring("ok.png")), "{broken",
+                            json.dumps(scoring("ok.png", 7))]) + "\n")
+    b = tmp_path / "b.json"
+    b.write_text("[]")
+    cfg = DataConfig(files=[str(b), str(a)], image_root=str(tmp_path), decode=False)
+    with pytest.raises(DataError) as refused:
+        load_checked_records(cfg)
+    assert str(refused.value).splitlines() == [
+        "4 bad record(s); fix them or pass --on_bad_sample skip:",
+        f"{b}: the list holds no records ([])",
+        f"{a}:0: image file not found: {tmp_path / 'gone.png'}",
+        f"{a}:2: invalid JSON at line 3 column 2: Expecting property name enclosed in double quotes",
+        f"{a}:3: solution 7.0 is outside the MOS range [1, 5]"]
+    for n, tail in ((50, []), (51, ["... and 1 more"])):
+        path = write_json(tmp_path / f"many{n}.json", [scoring(f"gone{i}.png") for i in range(n)] + [scoring("ok.png")])
+        with pytest.raises(DataError) as refused:
+            load_checked_records(DataConfig(files=[path], image_root=str(tmp_path), decode=False))
+        lines = str(refused.value).splitlines()
+        assert lines[0] == f"{n} bad record(s); fix them or pass --on_bad_sample skip:"
+        assert lines[1:] == [f"{path}:{i}: image file not found: {tmp_path / f'gone{i}.png'}" for i in range(50)] + tail
+
+
+def test_records_weighted_to_nothing_are_no_usable_records(tmp_path):
+    save_image(tmp_path / "ok.png")
+    path = write_json(tmp_path / "d.json", [scoring("ok.png")])
+    with pytest.raises(DataError, match=rf"^no usable records in {path}$"):
+        load_checked_records(DataConfig(files=[path], image_root=str(tmp_path), weights=[0.0], decode=False))
+    assert [r["_index"] for r in load_checked_records(DataConfig(files=[path], image_root=str(tmp_path),
+                                                                 weights=[2.0], decode=False))] == [0, 0]

@@ -707,3 +707,139 @@ def test_a_stale_row_is_refused_even_after_records_not_yet_predicted():
                                         r"b.jpg \(MOS 4.0\)"):
         refuse_stale_rows(done, records, "p.csv")
     refuse_stale_rows({"b": {"path": "b.jpg", "mos": "4.0"}}, records, "p.csv")  # the same record: accepted
+
+
+def test_read_predictions_gives_the_whole_rows_by_sample_id(tmp_path):
+    path = str(tmp_path / "predictions.csv")
+    rows = [_prediction("s0", "d", 2.0, "1.500000"), _prediction("s1", "d", 3.0, "", "unreadable media: x")]
+    store.append(path, rows)
+    assert eval_run.read_predictions(path) == {r["sample_id"]: {k: str(v) for k, v in r.items()} for r in rows}
+    assert eval_run.read_predictions(str(tmp_path / "none.csv")) == {}
+
+
+def test_a_row_the_csv_reader_cannot_read_is_dropped_and_counted(tmp_path):
+    """A row cut inside a quoted field that runs past the csv module's field limit raises csv.Error in the reader:
+    the rows before it are kept, and it counts as one dropped row (to be predicted again)."""
+    path = str(tmp_path / "predictions.csv")
+    good = [_prediction(f"s{i}", "d", 2.0 + i, f"{1.5 + i:.6f}") for i in range(2)]
+    store.append(path, good)
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        f.write('s9,d,a.jpg,3.0,2.0,"' + "x" * 200_000)
+    rows, dropped = store.read(path)
+    assert rows == {r["sample_id"]: {k: str(v) for k, v in r.items()} for r in good} and dropped == 1
+
+
+def test_each_record_gets_its_own_score_around_an_unreadable_one_and_a_short_answer_is_refused(monkeypatch):
+    """score_records hands the readable records to the model and puts each result back on its record; a scorer
+    that returns fewer results than records is an error, never scores left on the wrong records or missing."""
+
+    class Loader:
+        def parts(self, rec):
+            if rec["bad"]:
+                raise OSError("Input/output error")
+            return [{"type": "image", "image": rec["i"]}]
+
+    batch = [{"i": i, "bad": i == 1} for i in range(4)]
+    seen = []
+
+    def scorer(model, processor, recs, media, prompt_cfg, args):
+        seen.append(([r["i"] for r in recs], [m[0]["image"] for m in media]))
+        return [(float(r["i"]), f"c{r['i']}") for r in recs]
+
+    monkeypatch.setattr(eval_run, "_score_decoded", scorer)
+    out = eval_run.score_records(None, None, batch, Loader(), None, None)
+    assert seen == [([0, 2, 3], [0, 2, 3])]
+    assert out == [(0.0, "c0", ""), (None, "", "unreadable media: OSError: Input/output error"), (2.0, "c2", ""),
+                   (3.0, "c3", "")]
+    monkeypatch.setattr(eval_run, "_score_decoded", lambda *a: scorer(*a)[:-1])
+    with pytest.raises(ValueError, match="zip"):
+        eval_run.score_records(None, None, batch, Loader(), None, None)
+    monkeypatch.setattr(eval_run, "_score_decoded", scorer)
+    assert eval_run._score_batch(None, None, [batch[0], batch[2]], Loader(), None, None) == [(0.0, "c0"),
+                                                                                            (2.0, "c2")]
+    with pytest.raises(OSError, match="Input/output error"):
+        eval_run._score_batch(None, None, batch, Loader(), None, None)
+
+
+def test_the_scatter_plots_each_scored_pair_against_the_identity_line(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    rows = [{"mos": "2.0", "prediction": "2.5"}, {"mos": "4", "prediction": ""}, {"mos": "3.5", "prediction": "1.25"}]
+    eval_run.scatter(rows, "koniq", str(tmp_path / "s.png"))
+    (fig, ax), = drawn
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert ax.collections[0].get_offsets().tolist() == [[2.0, 2.5], [3.5, 1.25]]  # the unparsed row is left out
+    (line,) = ax.lines
+    assert line.get_xydata().tolist() == [[1.0, 1.0], [5.0, 5.0]]  # prediction = MOS
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("MOS", "prediction", "koniq")
+    assert ax.get_xlim() == ax.get_ylim() == (0.8, 5.2)
+    assert not plt.fignum_exists(fig.number)  # closed: one figure per dataset would pile up in a long summary
+    drawn.clear()
+    eval_run.scatter([{"mos": "4", "prediction": ""}], "none", str(tmp_path / "e.png"))
+    (fig, ax), = drawn
+    assert not ax.collections and len(ax.lines) == 1 and (tmp_path / "e.png").is_file()
+
+
+def test_one_dataset_has_no_overall_its_table_rounds_to_4_places_and_only_this_runs_records_count(tmp_path, capsys):
+    pred_path = str(tmp_path / "predictions.csv")
+    store.append(pred_path, [
+        _prediction("x1", "koniq/train", 1.0, "1.500000"), _prediction("x2", "koniq/train", 3.0, "2.500000"),
+        _prediction("x3", "koniq/train", 2.0, ""), _prediction("old", "koniq/train", 5.0, "1.000000")])
+    records = [{"sample_id": s} for s in ("x1", "x2", "x3", "not-yet")]
+    metrics = eval_run.summarize(pred_path, str(tmp_path), records=records)
+    assert list(metrics) == ["koniq/train"]  # one dataset: no "overall" beside it
+    assert (metrics["koniq/train"]["n"], metrics["koniq/train"]["n_valid"]) == (3, 2)  # "old" is another run's row
+    assert (tmp_path / "scatter_koniq_train.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "metrics.json").read_text() == json.dumps(metrics, indent=2) + "\n"  # for people to read
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split() == ["koniq/train", "3", "1.0", "1.0", "1.0", "0.5", "0.3333", "0", "0"]
+
+
+def test_sampled_completions_are_reproducible_under_the_same_seed(tiny_model_dir, tmp_path):
+    """--mode sample draws from the model under --seed: the same seed gives the same completions (a rerun or a
+    resumed run samples alike)."""
+    from vqrl.eval.records import read_eval_data
+    from vqrl.eval.settings import apply_model_settings
+
+    records = read_eval_data([write_records(tmp_path / "d.json", images(tmp_path, 1))], None, None).records
+
+    def completions(seed, name):
+        args = _args(tiny_model_dir, ["d.json"], tmp_path, mode="sample", num_samples=2, no_think=True, max_new_tokens=6,
+                     seed=seed)
+        apply_model_settings(args)
+        eval_run._evaluate_hf(args, records, str(tmp_path / name))
+        return [r["completion"] for r in rows_of_file(tmp_path / name)]
+
+    first = completions(3, "a.csv")
+    assert completions(3, "b.csv") == first and all(first)
+
+
+def rows_of_file(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_rows_written_in_pieces_by_short_writes_arrive_whole(tmp_path, monkeypatch):
+    """os.write may write fewer bytes than asked (a signal, a pipe, a nearly full quota): append writes the rest,
+    from the first unwritten byte, until every byte is on disk."""
+    real, sizes = os.write, []
+
+    def short_write(fd, data):
+        sizes.append(real(fd, bytes(data[:7])))
+        return sizes[-1]
+
+    monkeypatch.setattr(store.os, "write", short_write)
+    path = str(tmp_path / "predictions.csv")
+    rows = [_prediction("s0", "d", 2.0, "1.500000", ""), _prediction("s1", "d", 3.0, "", "unreadable media: é")]
+    store.append(path, rows)
+    monkeypatch.undo()
+    expected = (",".join(store.FIELDS) + "\r\n" + "s0,d,s0.jpg,2.0,1.500000,,\r\n"
+                + "s1,d,s1.jpg,3.0,,,unreadable media: é\r\n")
+    assert open(path, encoding="utf-8", newline="").read() == expected
+    assert len(sizes) > 1 and sum(sizes) == len(expected.encode("utf-8"))

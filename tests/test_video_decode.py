@@ -99,3 +99,99 @@ def test_host_memory_stays_near_the_kept_frames(tmp_path):
     kept_bytes = kept * 640 * 360 * 3
     assert growth < 2 * kept_bytes + 40 * 2**20, (growth / 2**20, kept_bytes / 2**20)
     assert growth < 300 * 640 * 360 * 3 / 3  # far below holding every frame
+
+
+class SpyContainer:
+    """A PyAV container that logs its seeks and the timestamps of the frames it decodes."""
+
+    def __init__(self, container, log, packets=None):
+        self._container, self.log, self._packets = container, log, packets
+
+    def __enter__(self):
+        self._container.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._container.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def seek(self, offset, **kwargs):
+        self.log.append(("seek", offset))
+        return self._container.seek(offset, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        for frame in self._container.decode(*args, **kwargs):
+            self.log.append(frame.pts)
+            yield frame
+
+    def demux(self, *args, **kwargs):
+        packets = self._container.demux(*args, **kwargs)
+        return packets if self._packets is None else self._packets(packets)
+
+
+def spy_on_av(monkeypatch, packets=None) -> list:
+    log, real = [], av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: SpyContainer(real(*a, **k), log, packets))
+    return log
+
+
+@pytest.mark.parametrize("gop, frames, kept", [(12, 120, 8), (1, 48, 4)])
+def test_each_kept_frame_is_reached_by_seeking_to_the_keyframe_at_or_before_it(tmp_path, monkeypatch, gop, frames,
+                                                                                kept):
+    """Short GOPs: every kept frame is reached from the last keyframe at or before it (itself, when it is one), so
+    only the frames between that keyframe and the kept one are decoded (not the whole file), and the whole-file
+    fallback is never needed."""
+    path = encode(tmp_path / "clip.mp4", frames, 64, 48, 30, gop, 0)
+    spec = M.VisionSpec()
+    want, idx, total = reference(path, spec)
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+    log = spy_on_av(monkeypatch)
+    monkeypatch.setattr(M, "load_video_full", lambda *a: pytest.fail("the whole-file fallback must not run"))
+    got, meta = M.load_video(path, spec)
+    assert torch.equal(got, want) and meta["frames_indices"] == idx and len(idx) == kept
+    keys = [i - i % gop for i in idx]  # the keyframe at or before each kept frame
+    assert len(set(keys)) == len(keys) and keys[0] == 0  # each kept frame in its own GOP
+    expected = [e for i, key in zip(idx, keys) for e in [("seek", pts[key]), *pts[key:i + 1]]]
+    assert log == expected
+    assert sum(1 for e in log if not isinstance(e, tuple)) < total // 2
+
+
+def test_in_one_long_gop_the_kept_frames_are_decoded_through_once(tmp_path, monkeypatch):
+    """One GOP: a single seek to the start, then every frame up to the last kept one decoded once, in order (seeking
+    back to the same keyframe for each kept frame would decode the start of the clip again and again)."""
+    path = encode(tmp_path / "clip.mp4", 90, 64, 48, 30, 250, 0)
+    spec = M.VisionSpec()
+    want, idx, total = reference(path, spec)
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+    log = spy_on_av(monkeypatch)
+    got, meta = M.load_video(path, spec)
+    assert torch.equal(got, want) and meta["frames_indices"] == idx and idx[0] == 0 and len(idx) == 6
+    assert log == [("seek", pts[0]), *pts[:idx[-1] + 1]]
+
+
+def test_a_video_without_trustworthy_timestamps_is_decoded_whole(tmp_path, monkeypatch):
+    """Packets with repeated (or no) timestamps cannot count frames: the whole-file decode counts and picks them,
+    and so does a seek that does not give back the exact frames."""
+    path = encode(tmp_path / "clip.mp4", 60, 64, 48, 30, 12, 0)
+    spec = M.VisionSpec()
+    full, full_meta = M.load_video_full(path, spec)
+    want, idx, total = reference(path, spec)
+    assert torch.equal(full, want) and full_meta["frames_indices"] == idx and total == 60
+
+    class Stamped:
+        def __init__(self, packet, pts):
+            self.pts, self.is_keyframe, self.size = pts, packet.is_keyframe, packet.size
+
+    spy_on_av(monkeypatch, packets=lambda packets: [Stamped(p, 0) for p in packets])
+    got, meta = M.load_video(path, spec)
+    assert torch.equal(got, full) and meta == full_meta
+    monkeypatch.undo()
+    monkeypatch.setattr(M, "_decode_at", lambda *a: None)
+    got, meta = M.load_video(path, spec)
+    assert torch.equal(got, full) and meta == full_meta
