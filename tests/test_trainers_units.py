@@ -1,0 +1,295 @@
+"""The trainers' own steps on constructed inputs, without a model: chunking of the log-prob passes and of PD's
+forwards, the sampler's prefetch settings, the vLLM log-prob gap bookkeeping, completions cut at vision tokens.
+
+Each test calls the trainer's method on a bare instance (or a namespace standing in for one) with TRL's side faked,
+so the exact chunks, values and counts the method must produce are asserted, not a model's coincidences.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+from vqrl.trainers import base as trainer_base
+from vqrl.trainers import refine as refine_module
+from vqrl.trainers.base import EpochRepeatSampler, VQRLTrainer
+from vqrl.trainers.refine import RefineTrainer
+
+IMAGE_TOKEN, VIDEO_TOKEN = 7, 8
+
+
+def _bare(cls=VQRLTrainer, **attrs):
+    """An instance of a trainer class without its __init__ (no model, no TRL set-up), with the given attributes."""
+    trainer = cls.__new__(cls)
+    for key, value in attrs.items():
+        setattr(trainer, key, value)
+    return trainer
+
+
+# ---------------------------------------------------------------- log-prob passes: chunks with their own vision
+def _record_base(monkeypatch):
+    calls = []
+
+    def fake_base(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+                  compute_aux_loss=False, **kwargs):
+        calls.append({"model": model, "ids": input_ids.clone(), "mask": attention_mask.clone(),
+                      "keep": logits_to_keep, "batch_size": batch_size, "entropy": compute_entropy,
+                      "aux": compute_aux_loss, "kwargs": kwargs})
+        lp = input_ids[:, -logits_to_keep:].float()
+        return lp, (lp + 0.5 if compute_entropy else None), (torch.tensor(float(input_ids[0, 0])) if compute_aux_loss
+                                                           else None)
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", fake_base)
+    return calls
+
+
+def _sequences(n: int):
+    """n sequences whose first token is their index; sequence i holds image tokens when i is even."""
+    ids = torch.tensor([[i, IMAGE_TOKEN if i % 2 == 0 else 3, 4, 5] for i in range(n)])
+    mask = torch.ones_like(ids)
+    mask[:, 0] = torch.tensor([i % 2 for i in range(n)])
+    vision = [{"pixel_values": torch.full((1, 2), float(i)), "image_grid_thw": torch.tensor([[1, 1, i + 1]])}
+              for i in range(n)]
+    return ids, mask, vision
+
+
+def test_logps_run_chunk_by_chunk_each_with_its_own_sequences_vision(monkeypatch):
+    calls = _record_base(monkeypatch)
+    ids, mask, vision = _sequences(5)
+    model = lambda **kw: None
+    trainer = _bare(_pending_vision=vision, vision_once=False, _image_token_id=IMAGE_TOKEN,
+                    _video_token_id=VIDEO_TOKEN)
+    lp, ent, aux = trainer._get_per_token_logps_and_entropies(model, ids, mask, 2, batch_size=2,
+                                                              compute_entropy=True, compute_aux_loss=True)
+    assert [c["ids"][:, 0].tolist() for c in calls] == [[0, 1], [2, 3], [4]]
+    assert [c["batch_size"] for c in calls] == [2, 2, 1]
+    assert [c["mask"][:, 0].tolist() for c in calls] == [[0, 1], [0, 1], [0]]
+    assert all(c["keep"] == 2 and c["entropy"] and c["aux"] and c["kwargs"] == {} for c in calls)
+    for call, rows in zip(calls, ([0, 1], [2, 3], [4])):
+        assert isinstance(call["model"], functools.partial) and call["model"].func is model
+        extra = call["model"].keywords
+        assert set(extra) == {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
+        assert extra["pixel_values"][:, 0].tolist() == [float(r) for r in rows]
+        assert extra["image_grid_thw"][:, 2].tolist() == [r + 1 for r in rows]
+        assert extra["mm_token_type_ids"].tolist() == [[0, 1 if r % 2 == 0 else 0, 0, 0] for r in rows]
+    assert torch.equal(lp, ids[:, -2:].float())  # every sequence once, in order
+    assert torch.equal(ent, ids[:, -2:].float() + 0.5)
+    assert aux.item() == pytest.approx((0 + 2 + 4) / 3)  # the mean of the chunks' aux losses
+
+
+def test_logps_without_batch_size_run_in_one_chunk_and_without_entropy_return_none(monkeypatch):
+    calls = _record_base(monkeypatch)
+    ids, mask, vision = _sequences(3)
+    trainer = _bare(_pending_vision=vision, vision_once=False, _image_token_id=IMAGE_TOKEN,
+                    _video_token_id=VIDEO_TOKEN)
+    lp, ent, aux = trainer._get_per_token_logps_and_entropies(print, ids, mask, 1)
+    assert [c["ids"][:, 0].tolist() for c in calls] == [[0, 1, 2]] and calls[0]["batch_size"] == 3
+    assert lp.shape == (3, 1) and ent is None and aux is None
+
+
+def test_logps_of_text_only_sequences_get_no_vision_arguments(monkeypatch):
+    calls = _record_base(monkeypatch)
+    ids, mask, _ = _sequences(2)
+    trainer = _bare(_pending_vision=[{}, {}], vision_once=False, _image_token_id=IMAGE_TOKEN,
+                    _video_token_id=VIDEO_TOKEN)
+    trainer._get_per_token_logps_and_entropies(print, ids, mask, 1, batch_size=2)
+    assert calls[0]["model"].keywords == {}  # no mm_token_type_ids without vision tensors
+
+
+def test_logps_without_pending_vision_are_trls_own_call(monkeypatch):
+    calls = _record_base(monkeypatch)
+    ids, mask, _ = _sequences(3)
+    model = lambda **kw: None
+    trainer = _bare(_pending_vision=None, vision_once=True)
+    trainer._get_per_token_logps_and_entropies(model, ids, mask, 2, batch_size=2, compute_entropy=True, extra=1)
+    assert len(calls) == 1 and calls[0]["model"] is model and calls[0]["batch_size"] == 2
+    assert torch.equal(calls[0]["ids"], ids) and calls[0]["kwargs"] == {"extra": 1} and calls[0]["entropy"]
+
+
+def test_logps_refuse_vision_for_another_number_of_sequences(monkeypatch):
+    _record_base(monkeypatch)
+    ids, mask, vision = _sequences(3)
+    trainer = _bare(_pending_vision=vision[:2], vision_once=False)
+    with pytest.raises(RuntimeError, match=r"^vision inputs for 2 samples but 3 sequences$"):
+        trainer._get_per_token_logps_and_entropies(print, ids, mask, 1)
+
+
+# ---------------------------------------------------------------- the sampler: epoch order and prefetching
+def _trl_sampler(monkeypatch, shuffle=True):
+    made = RepeatSampler(data_source=list(range(6)), mini_repeat_count=2, batch_size=3, repeat_count=1,
+                         shuffle=shuffle, seed=5)
+    monkeypatch.setattr(GRPOTrainer, "_get_train_sampler", lambda self, dataset=None: made)
+    return made
+
+
+@pytest.mark.parametrize("builder, workers, processes, prefetching", [
+    (True, 2, 1, True),
+    (True, 1, 1, True),   # one worker is enough
+    (True, 0, 1, False),  # no workers: nothing to prefetch with
+    (True, 2, 2, False),  # several processes: each would decode the others' media too
+    (False, 2, 1, False),  # a hand-built dataset has no row builder
+])
+def test_the_train_sampler_prefetches_only_with_workers_a_builder_and_one_process(monkeypatch, builder, workers,
+                                                                                  processes, prefetching):
+    made = _trl_sampler(monkeypatch)
+    row_builder = SimpleNamespace(prefetch=lambda indices: None)
+    trainer = _bare(args=SimpleNamespace(media_prefetch_workers=workers, per_device_train_batch_size=3,
+                                         steps_per_generation=5),
+                    accelerator=SimpleNamespace(num_processes=processes))
+    if builder:
+        trainer.row_builder = row_builder
+    sampler = trainer._get_train_sampler()
+    assert type(sampler) is EpochRepeatSampler
+    assert (sampler.data_source, sampler.mini_repeat_count, sampler.batch_size, sampler.repeat_count,
+            sampler.shuffle, sampler.seed) == (made.data_source, 2, 3, 1, True, 5)
+    if prefetching:
+        assert sampler.prefetch is row_builder.prefetch and sampler.prefetch_ahead == 2 * 3 * 5
+    else:
+        assert sampler.prefetch is None and sampler.prefetch_ahead == 0
+
+
+def test_the_train_sampler_keeps_trls_unshuffled_order(monkeypatch):
+    made = _trl_sampler(monkeypatch, shuffle=False)
+    trainer = _bare(args=SimpleNamespace(media_prefetch_workers=0), accelerator=SimpleNamespace(num_processes=1))
+    sampler = trainer._get_train_sampler()
+    assert sampler.shuffle is False and list(sampler) == list(made) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_epoch_order_depends_on_the_seed_and_the_epoch_only():
+    def order(seed, epoch, warm_up=0):
+        sampler = EpochRepeatSampler(data_source=list(range(8)), mini_repeat_count=1, batch_size=8, shuffle=True,
+                                     seed=seed)
+        for _ in range(warm_up):  # iterating other epochs first must not change this one's order
+            list(sampler)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    expected = torch.randperm(8, generator=torch.Generator().manual_seed(3 + 1_000_003 * 2)).tolist()
+    assert order(3, 2) == order(3, 2, warm_up=3) == expected
+    assert order(None, 1) == torch.randperm(8, generator=torch.Generator().manual_seed(1_000_003)).tolist()
+
+
+# ---------------------------------------------------------------- PD: forwards in fixed-size chunks, weighted sum
+def test_pd_forwards_run_in_chunks_of_the_batch_size_and_count_each_call(monkeypatch):
+    seen = []
+
+    def fake_probs(model, prefixes, targets, visions, pad_id, encode_once):
+        seen.append((model, list(prefixes), list(targets), list(visions), pad_id, encode_once))
+        return [torch.tensor([float(p[0])]) for p in prefixes]
+
+    monkeypatch.setattr(refine_module, "teacher_forced_probs", fake_probs)
+    model = lambda **kw: None
+    trainer = SimpleNamespace(args=SimpleNamespace(per_device_train_batch_size=2), model=model, pd_forward_calls=4,
+                              _tokenizer=SimpleNamespace(pad_token_id=9), vision_once="once")
+    prefixes = [[i, 0] for i in range(5)]
+    out = RefineTrainer._forward_probs(trainer, prefixes, [f"t{i}" for i in range(5)], [f"v{i}" for i in range(5)])
+    assert [float(t) for t in out] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [s[1] for s in seen] == [[[0, 0], [1, 0]], [[2, 0], [3, 0]], [[4, 0]]]
+    assert [s[2] for s in seen] == [["t0", "t1"], ["t2", "t3"], ["t4"]]
+    assert [s[3] for s in seen] == [["v0", "v1"], ["v2", "v3"], ["v4"]]
+    assert all(s[0] is model and s[4] == 9 and s[5] == "once" for s in seen)
+    assert trainer.pd_forward_calls == 4 + 3
+
+
+def test_pd_weighted_probability_is_the_weighted_sum_and_zero_for_a_target_of_other_length():
+    trainer = SimpleNamespace(pd_weights=(0.6, 0.0, 0.3, 0.1))
+    probs = torch.tensor([0.5, 0.9, 0.2, 1.0])
+    assert RefineTrainer._weighted(trainer, probs) == pytest.approx(0.6 * 0.5 + 0.3 * 0.2 + 0.1 * 1.0)
+    assert type(RefineTrainer._weighted(trainer, probs)) is float
+    assert RefineTrainer._weighted(trainer, torch.tensor([0.5, 0.9, 0.2])) == 0.0
+    assert type(RefineTrainer._weighted(trainer, torch.tensor([0.5, 0.9, 0.2, 1.0, 1.0]))) is float
+
+
+# ---------------------------------------------------------------- vLLM rollouts: the log-prob gap per batch
+class _OneProcess:
+    def __init__(self, main=True):
+        self.is_main_process = main
+
+    def pad_across_processes(self, tensor, dim, pad_index):
+        return tensor
+
+    def gather(self, tensor):
+        return tensor
+
+
+def _vllm_output(monkeypatch, gap):
+    output = {"sampling_per_token_logps": torch.zeros(2, 2), "old_per_token_logps": torch.full((2, 2), gap),
+              "completion_mask": torch.ones(2, 2)}
+    seen = {}
+
+    def fake_score(self, inputs):
+        seen["sample_ids"] = self._pending_sample_ids
+        return dict(output)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", fake_score)
+    return seen
+
+
+@pytest.mark.parametrize("training, mode", [(True, "train"), (False, "eval")])
+def test_vllm_logp_gaps_are_logged_in_the_mode_of_the_batch(monkeypatch, caplog, training, mode):
+    seen = _vllm_output(monkeypatch, 0.5)
+    vision = [{"pixel_values": torch.ones(1)}, {}]
+    trainer = _bare(use_vllm=True, model=SimpleNamespace(training=training), accelerator=_OneProcess(),
+                    _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _logp_gap_warned=set(),
+                    _pending_vision=vision, _pending_media=["m"])
+    with caplog.at_level(logging.WARNING, logger="vqrl"):
+        output = trainer._generate_and_score_completions([{"sample_id": "a"}, {"x": 1}])
+    assert seen["sample_ids"] == ["a", None]
+    assert output["vision"] is vision
+    assert dict(trainer._metrics[mode]) == {"vllm/logp_gap_mean": [0.5], "vllm/logp_gap_p99": [0.5],
+                                            "vllm/logp_gap_mean_image": [0.5], "vllm/logp_gap_p99_image": [0.5]}
+    assert dict(trainer._metrics["eval" if training else "train"]) == {}
+    assert trainer._logp_gap_warned == {"image"}
+    assert [r.getMessage().split(" differ")[0] for r in caplog.records] == ["vLLM's log-probs on image prompts"]
+    assert trainer._pending_vision is None and trainer._pending_sample_ids is None and trainer._pending_media is None
+
+
+def test_vllm_logp_gap_is_said_by_the_main_process_only(monkeypatch, caplog):
+    _vllm_output(monkeypatch, 0.5)
+    trainer = _bare(use_vllm=True, model=SimpleNamespace(training=True), accelerator=_OneProcess(main=False),
+                    _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _logp_gap_warned=set(),
+                    _pending_vision=[{}, {}], _pending_media=None)
+    with caplog.at_level(logging.WARNING, logger="vqrl"):
+        trainer._generate_and_score_completions([{}, {}])
+    assert trainer._metrics["train"]["vllm/logp_gap_mean"] == [0.5]  # every process logs the gathered metric
+    assert caplog.records == [] and trainer._logp_gap_warned == set()
+
+
+def test_without_vllm_no_gap_is_measured_and_pending_state_is_cleared_on_error(monkeypatch):
+    _vllm_output(monkeypatch, 0.5)
+    trainer = _bare(use_vllm=False, model=SimpleNamespace(training=True),
+                    _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _pending_vision=[{}, {}])
+    trainer._generate_and_score_completions([{}, {}])
+    assert dict(trainer._metrics["train"]) == {}
+
+    def failing(self, inputs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", failing)
+    trainer._pending_vision, trainer._pending_media = [{}], ["m"]
+    with pytest.raises(KeyError, match="boom"):
+        trainer._generate_and_score_completions([{"sample_id": 1}])
+    assert trainer._pending_vision is None and trainer._pending_sample_ids is None and trainer._pending_media is None
+
+
+# ---------------------------------------------------------------- completions cut before vision tokens
+@pytest.mark.parametrize("training, mode", [(True, "train"), (False, "eval")])
+def test_cut_at_vision_tokens_logs_the_share_of_cut_completions(training, mode):
+    trainer = _bare(_vision_token_ids=[50, 51], _tokenizer=SimpleNamespace(eos_token_id=2),
+                    model=SimpleNamespace(training=training),
+                    _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
+    ids = [[10, 11, 50, 12], [51, 13], [14, 15], [16]]
+    logprobs = [[-1.0, -2.0, -3.0, -4.0], [-5.0, -6.0], [-7.0, -8.0], [-9.0]]
+    cut, cut_logprobs = trainer._cut_at_vision_tokens(ids, logprobs)
+    assert cut == [[10, 11], [2], [14, 15], [16]]
+    assert cut_logprobs == [[-1.0, -2.0], [-5.0], [-7.0, -8.0], [-9.0]]
+    assert dict(trainer._metrics[mode]) == {"completions/cut_at_vision_token": [0.5]}
+    assert trainer._cut_at_vision_tokens([], None) == ([], None)
+    assert trainer._metrics[mode]["completions/cut_at_vision_token"] == [0.5, 0.0]
