@@ -293,3 +293,68 @@ def test_cut_at_vision_tokens_logs_the_share_of_cut_completions(training, mode):
     assert dict(trainer._metrics[mode]) == {"completions/cut_at_vision_token": [0.5]}
     assert trainer._cut_at_vision_tokens([], None) == ([], None)
     assert trainer._metrics[mode]["completions/cut_at_vision_token"] == [0.5, 0.0]
+
+
+# ---------------------------------------------------------------- __init__: what it sets around TRL's own
+def _init_without_trl(monkeypatch, cls, **config):
+    """Build `cls` with TRL's __init__ and its library checks faked; returns (trainer, what TRL's __init__ saw,
+    the trainers vllm_rollouts.attach got)."""
+    from vqrl.modeling import vision as V
+    from vqrl.trainers import trl_seam, vllm_rollouts
+
+    seen, attached = {}, []
+
+    def fake_trl_init(self, *args, **kwargs):
+        config = kwargs["args"]
+        seen.update(use_vllm=config.use_vllm, vllm_max_model_length=config.vllm_max_model_length)
+        self.args, self.use_vllm = config, config.use_vllm
+        self.model = SimpleNamespace(config=SimpleNamespace(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN))
+        self._tokenizer = SimpleNamespace(eos_token_id=2)
+        self.accelerator = SimpleNamespace(device=torch.device("cpu"))
+        self.generation_kwargs = {"suppress_tokens": [IMAGE_TOKEN], "top_k": 5}  # TRL suppresses the image token
+        self.generation_config = SimpleNamespace(suppress_tokens=[IMAGE_TOKEN])
+
+    monkeypatch.setattr(GRPOTrainer, "__init__", fake_trl_init)
+    monkeypatch.setattr(trl_seam, "check_library", lambda: None)
+    monkeypatch.setattr(trl_seam, "check_trainer", lambda trainer: None)
+    monkeypatch.setattr(V, "vision_token_ids", lambda tokenizer: [50, 51])
+    monkeypatch.setattr(vllm_rollouts, "attach", attached.append)
+    monkeypatch.delenv(trainer_base.VISION_ONCE_ENV, raising=False)
+    base = dict(vision_once="auto", use_vllm=False, vllm_max_model_length=None, max_prompt_length=100,
+                max_completion_length=20, generation_kwargs=None, compiled_generation="false",
+                checkpoint_layers="auto", gradient_checkpointing=False)
+    config_ns = SimpleNamespace(**{**base, **config})
+    trainer = cls(model="m", args=config_ns)
+    return trainer, seen, attached
+
+
+def test_the_vllm_trainer_turns_vllm_on_and_sizes_its_context_before_trl_starts_it(monkeypatch):
+    from vqrl.trainers import get_trainer
+
+    trainer, seen, attached = _init_without_trl(monkeypatch, get_trainer("vllm"))
+    assert seen == {"use_vllm": True, "vllm_max_model_length": 120}
+    assert attached == [trainer]
+    assert trainer.generation_kwargs == {"suppress_tokens": [IMAGE_TOKEN], "top_k": 5}  # vLLM's: left as TRL set
+    assert trainer._vision_token_ids == [50, 51]
+    assert (trainer._image_token_id, trainer._video_token_id) == (IMAGE_TOKEN, VIDEO_TOKEN)
+    assert trainer.vision_once is True and trainer.activation_budget is None and trainer._max_loss_tokens == 0
+    assert trainer._pending_vision is None and trainer._logp_gap_warned == set()
+
+
+@pytest.mark.parametrize("users", [None, [99]])
+def test_without_vllm_only_the_users_suppressed_tokens_stay(monkeypatch, users):
+    from vqrl.trainers import get_trainer
+
+    trainer, seen, attached = _init_without_trl(monkeypatch, get_trainer("standard"),
+                                                generation_kwargs=None if users is None else {"suppress_tokens": users})
+    assert seen == {"use_vllm": False, "vllm_max_model_length": None}  # no vLLM context sized
+    assert attached == []
+    assert trainer.generation_kwargs == {"suppress_tokens": users, "top_k": 5}
+    assert trainer.generation_config.suppress_tokens == users
+
+
+def test_a_bad_configuration_is_refused_before_trl_starts(monkeypatch):
+    from vqrl.trainers import get_trainer
+
+    with pytest.raises(ValueError, match=r"^--vision_once maybe: must be auto, true or false$"):
+        _init_without_trl(monkeypatch, get_trainer("standard"), vision_once="maybe")
