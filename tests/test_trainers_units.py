@@ -358,3 +358,93 @@ def test_a_bad_configuration_is_refused_before_trl_starts(monkeypatch):
 
     with pytest.raises(ValueError, match=r"^--vision_once maybe: must be auto, true or false$"):
         _init_without_trl(monkeypatch, get_trainer("standard"), vision_once="maybe")
+
+
+# ---------------------------------------------------------------- PD rewards: which sequences, which values
+class _CharTokenizer:
+    pad_token_id = 0
+
+    @staticmethod
+    def encode(text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+
+def _pd_trainer(monkeypatch, p_think, p_nothink, gate_values, num_generations=2, training=True):
+    """A RefineTrainer without a model: prompt i is token 1000+i, its no-think prompt 2000+i; the fake forwards give
+    every target token of a think prefix p_think[i], of a no-think prefix p_nothink[i] (weights: the seed's)."""
+    from vqrl.trainers import refine as refine_mod
+
+    forwards, gate_calls = [], []
+
+    def fake_forward(prefixes, targets, visions):
+        forwards.append((prefixes, targets, visions))
+        trainer.pd_forward_calls += 2
+        table = {1000: p_think, 2000: p_nothink}
+        return [torch.full((4,), table[p[0] // 1000 * 1000][p[0] % 1000]) for p in prefixes]
+
+    def gate_rule(completions, **columns):
+        gate_calls.append(columns)
+        return gate_values
+
+    monkeypatch.setattr(refine_mod.V, "encode_prompt",
+                        lambda processor, prompt, **kw: ([2000 + prompt], {"nothink_of": prompt}))
+    trainer = _bare(RefineTrainer, pd_weights=(0.0, 0.0, 1.0, 0.0), _score_text=refine_mod.seed_score_text,
+                    _tokenizer=_CharTokenizer(), _gate=[gate_rule], num_generations=num_generations,
+                    processing_class="processor", chat_template_kwargs={}, model=SimpleNamespace(training=training),
+                    accelerator=_OneProcess(), pd_forward_calls=10,
+                    _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
+    trainer.accelerator.device = torch.device("cpu")
+    trainer._forward_probs = fake_forward
+    return trainer, forwards, gate_calls
+
+
+def test_pd_is_the_clamped_gain_over_each_prompts_own_no_think_probability(monkeypatch):
+    p_think = [0.9, 0.3, 0.5, 0.75, 0.75, 0.2]
+    p_nothink = [0.25, 0.0, 0.5, 0.0, 0.0, 0.0]  # read at the first completion of each prompt (0, 2, 4)
+    gate = [1.0, 1.0, 1.0, 0.5, 1.0, 1.0]  # completion 3 fails the gate
+    trainer, forwards, gate_calls = _pd_trainer(monkeypatch, p_think, p_nothink, gate)
+    trainer._pending_prompt_ids = [[1000 + i] for i in range(6)]
+    trainer._pending_vision = [f"vision{i}" for i in range(6)]
+    completions = [f"<think>t{i}</think><answer>Score: 4.00</answer>" for i in range(6)]
+    rewards = trainer._pd_rewards(completions, solution=[4.4, 4.4, 2.25, 2.25, 3.0, 3.0],
+                                  prompt_nothink=[0, 0, 2, 2, 4, 4], sample_id=["a", "a", "b", "b", "c", "c"],
+                                  num_generations=2, log_metric="x", log_extra="y")
+    assert rewards == pytest.approx([0.9 - 0.25, 0.3 - 0.25, 0.0, 0.0, 0.75, 0.2])
+    (think, think_targets, think_visions), (nothink, nothink_targets, nothink_visions) = forwards
+    prefix = [ord(c) for c in "<answer>Score: "]
+    assert think == [[1000 + i] + [ord(c) for c in f"<think>t{i}</think>"] + prefix for i in range(6)]
+    assert think_targets == [[ord(c) for c in s] for s in ["4.40", "4.40", "2.25", "2.25", "3.00", "3.00"]]
+    assert think_visions == [f"vision{i}" for i in range(6)]
+    # one no-think forward per prompt, padded to ceil(6 / 2) + 1 = 4 slots with the last prompt again
+    assert nothink == [[2000 + i] + prefix for i in (0, 2, 4, 4)]
+    assert nothink_targets == [[ord(c) for c in s] for s in ["4.40", "2.25", "3.00", "3.00"]]
+    assert nothink_visions == [{"nothink_of": i} for i in (0, 2, 4, 4)]
+    assert gate_calls == [{"solution": [4.4, 4.4, 2.25, 2.25, 3.0, 3.0], "sample_id": ["a", "a", "b", "b", "c", "c"],
+                           "num_generations": 2}]  # the logging hooks are not passed to the gate's own run
+    metrics = trainer._metrics["train"]
+    assert metrics["refine/p_think"] == [pytest.approx(sum(p_think) / 6)]
+    assert metrics["refine/p_nothink"] == [pytest.approx((0.25 * 2 + 0.5 * 2 + 0.0 * 2) / 6)]
+    assert metrics["refine/frac_earning_pd"] == [pytest.approx(5 / 6)]
+    assert metrics["refine/pd_forward_calls"] == [4.0]
+    assert len(metrics["refine/pd_seconds"]) == 1 and 0 <= metrics["refine/pd_seconds"][0] < 60
+    assert dict(trainer._metrics["eval"]) == {}
+
+
+def test_pd_with_more_prompts_than_slots_reads_every_prompt_once_in_eval_mode(monkeypatch):
+    trainer, forwards, _ = _pd_trainer(monkeypatch, [0.5, 0.5, 0.5, 1.0], [0.75, 0.0, 0.5, 0.125], [1.0] * 4,
+                                       training=False)
+    trainer.pd_weights = (0.0, 0.0, 2.0, 0.0)  # a gain above 1 is clamped to 1
+    trainer._pending_prompt_ids = [[1000 + i] for i in range(4)]
+    trainer._pending_vision = [{}] * 4
+    rewards = trainer._pd_rewards(["<think>x</think>"] * 4, solution=[3.0] * 4, prompt_nothink=[0, 1, 2, 3],
+                                  sample_id=["a", "b", "c", "d"])
+    assert [p[0] for p in forwards[1][0]] == [2000, 2001, 2002, 2003]  # 4 prompts > min(4, ceil(4 / 2) + 1) = 3
+    assert rewards == pytest.approx([0.0, 1.0, 0.0, 1.0])
+    assert trainer._metrics["eval"]["refine/p_nothink"] == [pytest.approx(2 * (0.75 + 0.0 + 0.5 + 0.125) / 4)]
+    assert dict(trainer._metrics["train"]) == {}
+
+
+def test_pd_gate_needs_every_rule_in_full():
+    rules = [lambda completions, **kw: [1.0, 1.0, 0.99, 1.0], lambda completions, **kw: [1.0, 0.0, 1.0, 1.5]]
+    trainer = SimpleNamespace(_gate=rules)
+    assert RefineTrainer._passes_gate(trainer, ["c"] * 4, {}) == [True, False, False, True]
