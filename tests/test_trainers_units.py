@@ -448,3 +448,108 @@ def test_pd_gate_needs_every_rule_in_full():
     rules = [lambda completions, **kw: [1.0, 1.0, 0.99, 1.0], lambda completions, **kw: [1.0, 0.0, 1.0, 1.5]]
     trainer = SimpleNamespace(_gate=rules)
     assert RefineTrainer._passes_gate(trainer, ["c"] * 4, {}) == [True, False, False, True]
+
+
+# ---------------------------------------------------------------- whole-group micro-batches: when, and undone after
+@pytest.mark.parametrize("change, keeps", [
+    ({}, True),
+    ({"steps_per_generation": 4}, False),  # micro-batches of one generation batch fall into two optimizer steps
+    ({"loss_type": "bnpo"}, False),
+    ({"loss_type": "dr_grpo"}, True),
+    ({"top_entropy_quantile": 0.99}, False),
+    ({"_entropy_bonus_enabled": True}, False),
+    ({"aux_loss_enabled": True}, False),
+])
+def test_groups_keep_result_only_for_partition_independent_steps(change, keeps):
+    attrs = dict(current_gradient_accumulation_steps=2, loss_type="dapo", top_entropy_quantile=1.0,
+                 _entropy_bonus_enabled=False, aux_loss_enabled=False)
+    steps = change.pop("steps_per_generation", 2)
+    attrs.update(change)
+    trainer = _bare(args=SimpleNamespace(steps_per_generation=steps), **attrs)
+    assert trainer._groups_keep_result() is keeps
+
+
+@pytest.mark.parametrize("vision_once, training, keeps, grouped", [
+    (True, True, True, True), (False, True, True, False), (True, False, True, False), (True, True, False, False)])
+def test_prepare_inputs_shuffles_whole_groups_only_where_it_keeps_the_result(monkeypatch, vision_once, training,
+                                                                             keeps, grouped):
+    import trl.trainer.grpo_trainer as trl_grpo
+
+    from vqrl.modeling import vision_once as vision_once_module
+
+    trl_shuffle = trl_grpo.shuffle_sequence_dict
+    seen = []
+    monkeypatch.setattr(GRPOTrainer, "_prepare_inputs",
+                        lambda self, generation_batch: seen.append(trl_grpo.shuffle_sequence_dict) or "micro")
+    monkeypatch.setattr(VQRLTrainer, "_groups_keep_result", lambda self: keeps)
+    trainer = _bare(vision_once=vision_once, model=SimpleNamespace(training=training))
+    assert trainer._prepare_inputs({"batch": 1}) == "micro"
+    assert seen == [vision_once_module.shuffle_by_group if grouped else trl_shuffle]
+    assert trl_grpo.shuffle_sequence_dict is trl_shuffle  # TRL's own shuffle is back after the call
+
+
+# ---------------------------------------------------------------- the loss pass: its vision, its size
+def test_compute_loss_hands_the_micro_batchs_vision_to_the_log_prob_pass_and_records_its_size(monkeypatch):
+    during = []
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss",
+                        lambda self, model, inputs: during.append(self._pending_vision) or torch.tensor(1.5))
+    applied = []
+    trainer = _bare(_pending_vision=None, _max_loss_tokens=0, activation_budget=SimpleNamespace(
+        apply=lambda: applied.append(trainer._max_loss_tokens)))
+    vision = [{"pixel_values": torch.ones(1)}]
+    small = {"vision": vision, "prompt_ids": torch.zeros(2, 3), "completion_ids": torch.zeros(2, 4)}
+    big = {"prompt_ids": torch.zeros(3, 5), "completion_ids": torch.zeros(3, 5)}
+    assert trainer._compute_loss("model", small).item() == 1.5
+    assert during == [vision] and trainer._pending_vision is None and trainer._max_loss_tokens == 14
+    trainer._compute_loss("model", big)
+    assert trainer._max_loss_tokens == 30
+    trainer._compute_loss("model", small)
+    assert trainer._max_loss_tokens == 30  # the most any micro-batch held
+    assert applied == [14, 30, 30]
+    assert during == [vision, None, vision]
+
+
+# ---------------------------------------------------------------- resumed weights
+class _FakeModel:
+    dtype = torch.bfloat16
+    loaded = []
+
+    @classmethod
+    def from_pretrained(cls, path, dtype, use_safetensors):
+        cls.loaded.append((path, dtype, use_safetensors))
+        return SimpleNamespace(state_dict=lambda: {"w": torch.ones(1)})
+
+    def load_state_dict(self, state, strict):
+        self.state = (state, strict)
+
+
+@pytest.mark.parametrize("weights, deepspeed, fsdp, peft, ours", [
+    ("model.safetensors", False, False, False, True),
+    ("model.safetensors.index.json", False, False, False, True),
+    ("pytorch_model.bin", False, False, False, False),
+    ("model.safetensors", True, False, False, False),
+    ("model.safetensors", False, True, False, False),
+    ("model.safetensors", False, False, True, False),
+])
+def test_resumed_weights_go_through_from_pretrained_for_plain_safetensors_checkpoints(monkeypatch, tmp_path, weights,
+                                                                                     deepspeed, fsdp, peft, ours):
+    (tmp_path / weights).write_text("x")
+    trls = []
+    monkeypatch.setattr(GRPOTrainer, "_load_from_checkpoint",
+                        lambda self, resume_from_checkpoint, model=None: trls.append((resume_from_checkpoint, model)))
+    _FakeModel.loaded = []
+    model = _FakeModel()
+    if peft:
+        model.peft_config = {}
+    trainer = _bare(model=model, is_deepspeed_enabled=deepspeed, is_fsdp_enabled=fsdp)
+    trainer._load_from_checkpoint(str(tmp_path))
+    if ours:
+        assert _FakeModel.loaded == [(str(tmp_path), torch.bfloat16, True)] and trls == []
+        assert set(model.state[0]) == {"w"} and model.state[1] is True
+    else:
+        assert _FakeModel.loaded == [] and trls == [(str(tmp_path), model)]
+    other = _FakeModel()
+    if peft:
+        other.peft_config = {}
+    trainer._load_from_checkpoint(str(tmp_path), model=other)  # a model given is the one loaded into
+    assert (hasattr(other, "state") if ours else trls[-1] == (str(tmp_path), other))
