@@ -553,3 +553,122 @@ def test_resumed_weights_go_through_from_pretrained_for_plain_safetensors_checkp
         other.peft_config = {}
     trainer._load_from_checkpoint(str(tmp_path), model=other)  # a model given is the one loaded into
     assert (hasattr(other, "state") if ours else trls[-1] == (str(tmp_path), other))
+
+
+# ---------------------------------------------------------------- prompts encoded once per record
+def _encoding(monkeypatch):
+    from vqrl.modeling import vision as V
+
+    calls = []
+
+    def fake_encode(processor, prompt, **kwargs):
+        calls.append((prompt, kwargs))
+        return [1, IMAGE_TOKEN, VIDEO_TOKEN, 100 + prompt], {"pixel_values": torch.full((1, 2), float(prompt))}
+
+    monkeypatch.setattr(V, "encode_prompt", fake_encode)
+    monkeypatch.setattr(V, "media_of", lambda prompt: (["image", prompt], [], []))
+    return calls
+
+
+@pytest.mark.parametrize("sample_ids, encoded", [
+    (["a", "a", "b", "b"], [0, 2]),  # a record's completions share one encoding
+    (["a", None, "b", "b"], [0, 1, 2, 3]),  # an unknown id: every prompt its own
+    (["a", "a", "b"], [0, 1, 2, 3]),  # ids of another batch
+    (None, [0, 1, 2, 3]),
+])
+def test_prompts_are_encoded_once_per_record_with_modality_ids_per_token(monkeypatch, sample_ids, encoded):
+    calls = _encoding(monkeypatch)
+    trainer = _bare(_pending_sample_ids=sample_ids, processing_class="processor", chat_template_kwargs={"t": 1},
+                    use_vllm=False, _pending_media=None, _image_token_id=IMAGE_TOKEN, _video_token_id=VIDEO_TOKEN)
+    prompts = [0, 1, 2, 3]
+    ids, images, fields = trainer._tokenize_prompts(prompts)
+    assert calls == [(p, {"t": 1}) for p in encoded]
+    first = {0: 0, 1: 0, 2: 2, 3: 2} if encoded == [0, 2] else {p: p for p in prompts}
+    assert ids == [[1, IMAGE_TOKEN, VIDEO_TOKEN, 100 + first[p]] for p in prompts] and images is None
+    assert fields["pixel_values"][:, 0].tolist() == [float(first[p]) for p in prompts]
+    assert fields["mm_token_type_ids"] == [[0, 1, 2, 0]] * 4
+    assert trainer._pending_prompt_ids == ids
+    assert [d["pixel_values"][0, 0].item() for d in trainer._pending_vision] == [float(first[p]) for p in prompts]
+    assert (trainer._pending_vision[0] is trainer._pending_vision[1]) == (encoded == [0, 2])  # shared: vision-once
+    assert trainer._pending_media is None  # media for vLLM's requests only
+
+
+def test_prompts_for_vllm_keep_their_media(monkeypatch):
+    _encoding(monkeypatch)
+    trainer = _bare(_pending_sample_ids=None, processing_class="processor", chat_template_kwargs={}, use_vllm=True,
+                    _image_token_id=IMAGE_TOKEN, _video_token_id=VIDEO_TOKEN)
+    trainer._tokenize_prompts([5, 6])
+    assert trainer._pending_media == [(["image", 5], [], []), (["image", 6], [], [])]
+
+
+def test_text_only_prompts_get_no_modality_ids(monkeypatch):
+    from vqrl.modeling import vision as V
+
+    monkeypatch.setattr(V, "encode_prompt", lambda processor, prompt, **kw: ([1, 2], {}))
+    trainer = _bare(_pending_sample_ids=None, processing_class="p", chat_template_kwargs={}, use_vllm=False,
+                    _image_token_id=IMAGE_TOKEN, _video_token_id=VIDEO_TOKEN)
+    assert trainer._tokenize_prompts([0, 1]) == ([[1, 2], [1, 2]], None, {})
+
+
+# ---------------------------------------------------------------- crash-safe checkpoints: the order of the steps
+@pytest.mark.parametrize("should_save", [True, False])
+def test_a_checkpoint_is_written_into_staging_then_finalized_then_older_ones_rotated(monkeypatch, tmp_path,
+                                                                                      should_save):
+    from vqrl.training import checkpoints, saved_settings
+
+    events = []
+    run_dir = str(tmp_path / "run")
+    staging = f"{run_dir}/{checkpoints.STAGING_PREFIX}7"
+    monkeypatch.setattr(GRPOTrainer, "_get_output_dir", lambda self, trial: run_dir)
+
+    def fake_save(self, model, trial):
+        events.append(("save", model, trial, self._get_output_dir(trial), phases[-1]))
+
+    phases = []
+
+    class Heartbeat:
+        def phase(self, name, step):
+            import contextlib
+
+            phases.append((name, step))
+            return contextlib.nullcontext()
+
+    monkeypatch.setattr(GRPOTrainer, "_save_checkpoint", fake_save)
+    monkeypatch.setattr(checkpoints, "clear_dir", lambda path: events.append(("clear", path)))
+    monkeypatch.setattr(checkpoints, "finalize", lambda staged, run, step: events.append(("finalize", staged, run, step)))
+    monkeypatch.setattr(saved_settings, "of_config", lambda config: {"of": config.tag})
+    monkeypatch.setattr(saved_settings, "write", lambda path, settings: events.append(("settings", path, settings)))
+    monkeypatch.setattr(trainer_base, "rotate_checkpoints", lambda **kw: events.append(("rotate", kw)))
+    trainer = _bare(args=SimpleNamespace(should_save=should_save, save_total_limit=2, tag="cfg"),
+                    state=SimpleNamespace(global_step=7, best_model_checkpoint="best"), _staging_root=None,
+                    heartbeat=Heartbeat(), accelerator=SimpleNamespace(
+                        wait_for_everyone=lambda: events.append(("wait",))))
+    trainer._save_checkpoint("model", "trial")
+    saved = ("save", "model", "trial", staging, ("save", 7))
+    if should_save:
+        assert events == [
+            ("clear", staging), ("wait",), saved, ("wait",),
+            ("settings", f"{staging}/checkpoint-7", {"of": "cfg"}),
+            ("finalize", f"{staging}/checkpoint-7", run_dir, 7),
+            ("rotate", {"output_dir": run_dir, "save_total_limit": 2, "best_model_checkpoint": "best",
+                        "use_mtime": False}),
+            ("wait",)]
+    else:  # another rank: it writes its shards into the same staging folder and waits with the others
+        assert events == [("wait",), saved, ("wait",), ("wait",)]
+    assert trainer._staging_root is None and trainer._get_output_dir("trial") == run_dir
+
+
+def test_a_failed_save_leaves_no_staging_root_behind(monkeypatch, tmp_path):
+    from vqrl.training import checkpoints
+
+    def failing(self, model, trial):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(GRPOTrainer, "_get_output_dir", lambda self, trial: str(tmp_path))
+    monkeypatch.setattr(GRPOTrainer, "_save_checkpoint", failing)
+    monkeypatch.setattr(checkpoints, "finalize", lambda *a: pytest.fail("finalized a failed save"))
+    trainer = _bare(args=SimpleNamespace(should_save=True), state=SimpleNamespace(global_step=1), _staging_root=None,
+                    heartbeat=None, accelerator=SimpleNamespace(wait_for_everyone=lambda: None))
+    with pytest.raises(OSError, match="disk full"):
+        trainer._save_checkpoint("model", None)
+    assert trainer._staging_root is None
