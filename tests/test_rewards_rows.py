@@ -122,3 +122,109 @@ def test_row_reward_and_parse_failure(fn, text, row, expected):
     value, failed = fn(text, row)
     assert (value, failed) == (pytest.approx(expected[0], abs=1e-12), expected[1])
     assert type(value) is float
+
+
+# ---------------------------------------------------------------- the registry around the row functions
+def test_reward_values_are_clamped_to_their_range_and_non_numbers_score_zero():
+    from vqrl.rewards import RewardFunc
+
+    def batch(completions, kwargs, **options):
+        return [2.0, -1.0, float("nan"), "x", True, 0.5, float("inf")], [None, False, True, None, False, False, True]
+
+    logged = []
+    func = RewardFunc("b", batch, 0.0, 1.0, per_row=False)
+    assert func(["c"] * 7, log_metric=lambda k, v: logged.append((k, v))) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.5, 0.0]
+    assert logged == [("parse_fail/b", pytest.approx(2 / 5))]  # the rows whose task applies (not None)
+    narrow = RewardFunc("n", batch, 0.25, 0.75, per_row=False)
+    assert narrow(["c"] * 7) == [0.75, 0.25, 0.0, 0.0, 0.75, 0.5, 0.0]
+
+
+def test_a_reward_with_no_applicable_row_logs_no_parse_failure():
+    from vqrl.rewards import REWARDS
+
+    logged = []
+    assert REWARDS["iou"](["<answer>[0, 0, 1, 1]</answer>"], type=["scoring_image"],
+                          log_metric=lambda k, v: logged.append((k, v))) == [0.0]
+    assert logged == []
+
+
+def test_each_row_sees_its_own_columns():
+    from vqrl.rewards import RewardFunc
+
+    seen = []
+    func = RewardFunc("r", lambda text, row: seen.append((text, row)) or (0.5, False), 0.0, 1.0)
+    assert func(["a", [{"role": "assistant", "content": "b"}]], solution=[1, 2], bbox=[[0], [1]], extra=[9, 9]) == \
+        [0.5, 0.5]
+    none = {"distortion": None, "severity": None, "options": None, "type": None}
+    assert seen == [("a", {"solution": 1, "bbox": [0], **none}), ("b", {"solution": 2, "bbox": [1], **none})]
+
+
+@pytest.mark.parametrize("options, value", [
+    ({"answer_threshold": 0}, {"answer_threshold": 0.0}),  # >= 0: zero is a valid threshold
+    ({"answer_threshold": 1}, {"answer_threshold": 1.0}),
+    ({"gauss_sigma": 1e-9}, {"gauss_sigma": 1e-9}),
+    ({"answer_strict_less": True}, {"answer_strict_less": True}),
+])
+def test_option_values_on_their_boundaries_are_taken(options, value):
+    from vqrl.rewards import build_reward_funcs
+
+    (func,) = build_reward_funcs(["answer" if "answer" in next(iter(options)) else "score_gauss"], **options)
+    assert {k: func.options[k] for k in value} == value
+    assert all(type(func.options[k]) is type(v) for k, v in value.items())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"gauss_sigma": 0}, "reward option gauss_sigma=0 must be a finite number > 0"),
+    ({"fidelity_eps": 0.0}, "reward option fidelity_eps=0.0 must be a finite number > 0"),
+    ({"answer_threshold": -0.01}, "reward option answer_threshold=-0.01 must be a finite number >= 0"),
+    ({"answer_threshold": "0.5"}, "reward option answer_threshold='0.5' must be a finite number >= 0"),
+    ({"answer_strict_less": 1}, "reward option answer_strict_less=1 must be true or false"),
+])
+def test_option_values_out_of_range_are_refused_with_their_rule(options, message):
+    from vqrl.rewards import build_reward_funcs
+
+    with pytest.raises(ValueError, match=f"^{message}$".replace("(", r"\(").replace(")", r"\)")):
+        build_reward_funcs(["answer", "score_gauss", "fidelity_rank"], **options)
+
+
+# ---------------------------------------------------------------- fidelity_rank's groups
+def test_groups_are_blocks_of_num_generations_or_runs_of_sample_ids():
+    from vqrl.rewards.ranking import group_index
+
+    assert group_index(6, [None] * 6, 3) == [0, 0, 0, 1, 1, 1]
+    assert group_index(4, ["a", "a", "b", "a"], None) == [0, 0, 1, 2]  # runs: a later copy is its own group
+    assert group_index(3, ["a", "b", "b"], [1, 1, 1]) == [0, 1, 2]  # num_generations wins over sample ids
+    with pytest.raises(ValueError, match=r"^fidelity_rank: the batch of 5 completions is not whole groups of 2$"):
+        group_index(5, ["a"] * 5, 2)
+    with pytest.raises(ValueError, match="^fidelity_rank needs to know which completions share an image"):
+        group_index(2, ["a", None], None)
+
+
+@pytest.mark.parametrize("values", [[0], [True], [2.0], [[2, 3]], ["2"]])
+def test_num_generations_must_be_one_positive_int(values):
+    from vqrl.rewards.ranking import _one_generations
+
+    with pytest.raises(ValueError, match=r"^fidelity_rank: num_generations must be one positive int, got \["):
+        _one_generations(values)
+
+
+def test_num_generations_read_from_every_rank():
+    from vqrl.rewards.ranking import _one_generations
+
+    assert _one_generations([None, [4, 4], 4]) == 4 and _one_generations([None, None]) is None
+    assert _one_generations([1]) == 1
+
+
+def test_fidelity_of_two_images_by_hand():
+    """Two groups of 2: image 0 (MOS 4) answers 3 and 5 (mean 4, var 2), image 1 (MOS 2) answers 2 and 2 (var 0).
+    For x = 3 vs image 1: p = Φ((3 - 2) / sqrt(2 + 0 + ε)); image 0 is better (g = 1): reward sqrt(p)."""
+    from vqrl.rewards.ranking import fidelity_rewards
+
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    got = fidelity_rewards([3.0, 5.0, 2.0, None], [4.0, 4.0, 2.0, 2.0], [0, 0, 1, 1], eps=1e-6)
+    p3, p5 = phi(1 / math.sqrt(2 + 1e-6)), phi(3 / math.sqrt(2 + 1e-6))
+    p2 = phi((2 - 4) / math.sqrt(0 + 2 + 1e-6))  # image 1 (one score: var 0) against image 0, which is better
+    assert got == pytest.approx([math.sqrt(p3), math.sqrt(p5), math.sqrt(1 - p2), 0.0], abs=1e-12)
+    equal = fidelity_rewards([3.0, 3.0], [3.0, 3.0], [0, 1], eps=1e-6)  # equal MOS: g = 0.5, equal scores: p = 0.5
+    assert equal == pytest.approx([1.0, 1.0])
+    assert fidelity_rewards([3.0, 4.0], [3.0, None], [0, 1]) == [0.0, 0.0]  # no MOS: no partner
