@@ -296,7 +296,7 @@ def test_cut_at_vision_tokens_logs_the_share_of_cut_completions(training, mode):
 
 
 # ---------------------------------------------------------------- __init__: what it sets around TRL's own
-def _init_without_trl(monkeypatch, cls, **config):
+def _init_without_trl(monkeypatch, cls, device="cpu", **config):
     """Build `cls` with TRL's __init__ and its library checks faked; returns (trainer, what TRL's __init__ saw,
     the trainers vllm_rollouts.attach got)."""
     from vqrl.modeling import vision as V
@@ -310,9 +310,10 @@ def _init_without_trl(monkeypatch, cls, **config):
         self.args, self.use_vllm = config, config.use_vllm
         self.model = SimpleNamespace(config=SimpleNamespace(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN))
         self._tokenizer = SimpleNamespace(eos_token_id=2)
-        self.accelerator = SimpleNamespace(device=torch.device("cpu"))
+        self.accelerator = SimpleNamespace(device=SimpleNamespace(type=device))
         self.generation_kwargs = {"suppress_tokens": [IMAGE_TOKEN], "top_k": 5}  # TRL suppresses the image token
         self.generation_config = SimpleNamespace(suppress_tokens=[IMAGE_TOKEN])
+        self.callback_handler = SimpleNamespace(callbacks=["trl's first", "trl's second"])
 
     monkeypatch.setattr(GRPOTrainer, "__init__", fake_trl_init)
     monkeypatch.setattr(trl_seam, "check_library", lambda: None)
@@ -320,6 +321,8 @@ def _init_without_trl(monkeypatch, cls, **config):
     monkeypatch.setattr(V, "vision_token_ids", lambda tokenizer: [50, 51])
     monkeypatch.setattr(vllm_rollouts, "attach", attached.append)
     monkeypatch.delenv(trainer_base.VISION_ONCE_ENV, raising=False)
+    monkeypatch.setattr(trainer_base, "ActivationBudget",
+                        lambda model, setting, tokens: SimpleNamespace(setting=setting, tokens=tokens))
     base = dict(vision_once="auto", use_vllm=False, vllm_max_model_length=None, max_prompt_length=100,
                 max_completion_length=20, generation_kwargs=None, compiled_generation="false",
                 checkpoint_layers="auto", gradient_checkpointing=False)
@@ -672,3 +675,103 @@ def test_a_failed_save_leaves_no_staging_root_behind(monkeypatch, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         trainer._save_checkpoint("model", None)
     assert trainer._staging_root is None
+
+
+@pytest.mark.parametrize("checkpointing, layers, device, budget", [
+    (True, "2", "cpu", 2),  # a number of layers is applied on any device
+    (True, "0", "cpu", 0),
+    (True, "auto", "cpu", None),  # auto is measured: CUDA only
+    (True, "auto", "cuda", "auto"),
+    (True, "all", "cuda", None),  # every layer checkpointed: nothing to budget
+    (False, "2", "cuda", None),
+])
+def test_the_activation_budget_runs_first_where_checkpointing_leaves_something_to_decide(monkeypatch, checkpointing,
+                                                                                        layers, device, budget):
+    from vqrl.trainers import get_trainer
+
+    trainer, _, _ = _init_without_trl(monkeypatch, get_trainer("standard"), device=device,
+                                      gradient_checkpointing=checkpointing, checkpoint_layers=layers)
+    callbacks = trainer.callback_handler.callbacks
+    if budget is None:
+        assert trainer.activation_budget is None and callbacks == ["trl's first", "trl's second"]
+    else:
+        assert callbacks[0] is trainer.activation_budget and callbacks[1:] == ["trl's first", "trl's second"]
+        trainer._max_loss_tokens = 77
+        assert trainer.activation_budget.setting == budget and trainer.activation_budget.tokens() == 77
+
+
+# ---------------------------------------------------------------- generation: vision-once prefill, server images
+def _generation(monkeypatch, **attrs):
+    from vqrl.modeling import vision_once as vision_once_module
+
+    seen, entered = [], []
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn",
+                        lambda self, **kw: seen.append(kw) or ([[1, 50, 2], [3]], [[-1.0, -2.0, -3.0], [-4.0]]))
+    monkeypatch.setattr(vision_once_module, "base_model", lambda model: "vl-base")
+    monkeypatch.setattr(vision_once_module, "model_kwargs", lambda vision, device: (
+        {"pixel_values": "distinct", "image_grid_thw": "grids", "pixel_values_videos": "distinct videos"},
+        {"get_image_features": "map"}))
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def fake_encode_once(base, maps):
+        entered.append((base, maps))
+        yield
+
+    monkeypatch.setattr(vision_once_module, "encode_once", fake_encode_once)
+    defaults = dict(vision_once=True, use_vllm=False, vllm_mode="colocate", model="model", heartbeat=None,
+                    accelerator=SimpleNamespace(device="cpu"), _vision_token_ids=[50],
+                    _tokenizer=SimpleNamespace(eos_token_id=2), _metrics={"train": defaultdict(list)},
+                    _pending_media=None, _pending_vision=[{"pixel_values": 1}, {"pixel_values": 1}])
+    defaults["model"] = SimpleNamespace(training=True)
+    trainer = _bare(**{**defaults, **attrs})
+    return trainer, seen, entered
+
+
+def test_generation_prefills_distinct_pixels_once_and_cuts_at_vision_tokens(monkeypatch):
+    trainer, seen, entered = _generation(monkeypatch)
+    out = trainer._generate_single_turn([[7], [8]], None, {"pixel_values": "per sequence", "other": 1}, 2)
+    assert seen == [{"prompt_ids": [[7], [8]], "images": None, "num_generations": 2, "has_tool_images": False,
+                     "multimodal_fields": {"pixel_values": "distinct", "other": 1,
+                                           "pixel_values_videos": "distinct videos"}}]
+    assert entered == [("vl-base", {"get_image_features": "map"})]
+    assert out == ([[1], [3]], [[-1.0], [-4.0]])
+    assert trainer._metrics["train"]["completions/cut_at_vision_token"] == [0.5]
+
+
+@pytest.mark.parametrize("attrs", [
+    {"vision_once": False},
+    {"_pending_vision": None},
+    {"_pending_vision": []},
+    {"_pending_vision": [{"pixel_values": 1}]},  # vision of another batch: plain generation
+])
+def test_generation_without_vision_once_is_trls_own(monkeypatch, attrs):
+    trainer, seen, entered = _generation(monkeypatch, **attrs)
+    trainer._generate_single_turn([[7], [8]], None, {"pixel_values": "per sequence"}, 2)
+    assert seen[0]["multimodal_fields"] == {"pixel_values": "per sequence"} and entered == []
+
+
+def test_vllm_server_generation_sends_each_prompts_images(monkeypatch):
+    trainer, seen, entered = _generation(monkeypatch, use_vllm=True, vllm_mode="server",
+                                         _pending_media=[(["img"], [], []), ([], [], [])])
+    trainer._generate_single_turn([[7], [8]], "trl's images", {}, 2)
+    assert seen[0]["images"] == [["img"], None] and entered == []
+    trainer, seen, _ = _generation(monkeypatch, use_vllm=True, vllm_mode="colocate")
+    trainer._generate_single_turn([[7], [8]], "trl's images", {}, 2)
+    assert seen[0]["images"] == "trl's images"
+
+
+def test_generation_keeps_the_watchdogs_heartbeat_fresh(monkeypatch):
+    phases = []
+
+    class Heartbeat:
+        def phase(self, name, step):
+            import contextlib
+
+            phases.append((name, step))
+            return contextlib.nullcontext()
+
+    trainer, seen, _ = _generation(monkeypatch, heartbeat=Heartbeat(), state=SimpleNamespace(global_step=12))
+    trainer._generate_single_turn([[7], [8]], None, {}, 2)
+    assert phases == [("generate", 12)] and len(seen) == 1
