@@ -775,3 +775,123 @@ def test_generation_keeps_the_watchdogs_heartbeat_fresh(monkeypatch):
     trainer, seen, _ = _generation(monkeypatch, heartbeat=Heartbeat(), state=SimpleNamespace(global_step=12))
     trainer._generate_single_turn([[7], [8]], None, {}, 2)
     assert phases == [("generate", 12)] and len(seen) == 1
+
+
+# ---------------------------------------------------------------- Refine: its configuration and the seed's shaping
+def _refine_config(**overrides):
+    values = dict(pd_mode="seed", pd_weights=None, pd_gate=["format", "answer"], vision_once="auto",
+                  answer_threshold=None, answer_strict_less=None, gauss_sigma=None, reward_kwargs=None)
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+@pytest.mark.parametrize("overrides, problems", [
+    ({}, []),
+    ({"pd_mode": "paper", "pd_weights": [1, 0, "0.5", 0]}, []),
+    ({"pd_weights": [1, 0, 0, float("nan")]}, ["--pd_weights 1 0 0 nan: give 4 finite weights, one per score token "
+                                                "(d . d d)"]),
+    ({"pd_weights": [1, 0, 0, 0, 0]}, ["--pd_weights 1 0 0 0 0: give 4 finite weights, one per score token (d . d d)"]),
+    ({"pd_mode": "both", "pd_gate": []}, ["--pd_mode both: must be one of seed, paper",
+                                          "--pd_gate: must name at least one rule reward (e.g. format answer)"]),
+    ({"pd_gate": ["format", "nope"]}, ["--pd_gate format nope: unknown reward 'nope': use one of format, "]),
+    ({"vision_once": "x"}, ["--vision_once x: must be auto, true or false"]),
+])
+def test_refine_configuration_problems_are_each_named(monkeypatch, overrides, problems):
+    monkeypatch.delenv(trainer_base.VISION_ONCE_ENV, raising=False)
+    got = RefineTrainer.config_problems(_refine_config(**overrides))
+    assert len(got) == len(problems) and all(g.startswith(p) for g, p in zip(got, problems)), got
+
+
+def test_seed_advantages_are_this_processs_slice_of_the_weighted_gathered_rewards():
+    nan = float("nan")
+    per_func = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, nan], [0.0, 0.0], [0.5, 0.5], [0.5, 0.5]])
+    trainer = SimpleNamespace(_gathered_rewards=per_func, reward_weights=torch.tensor([1.0, 2.0]),
+                              model=SimpleNamespace(training=True), num_generations=2, num_generations_eval=3,
+                              accelerator=SimpleNamespace(process_index=1))
+    rewards = torch.tensor([3.0, 2.0, 1.0, 0.0, 1.5, 1.5])  # weighted sums, NaN (a reward not applying) as 0
+    whole = refine_module.seed_advantages(rewards, 2)
+    assert torch.equal(RefineTrainer._seed_advantages_local(trainer, 2), whole[2:4])
+    trainer.model.training = False  # evaluation: groups of num_generations_eval
+    assert torch.equal(RefineTrainer._seed_advantages_local(trainer, 3), refine_module.seed_advantages(rewards, 3)[3:6])
+    trainer._gathered_rewards = None
+    with pytest.raises(RuntimeError, match=r"^pd_advantage_shaping: TRL did not score this batch through "
+                                           r"_calculate_rewards \(written against trl 1.16\)"):
+        RefineTrainer._seed_advantages_local(trainer, 2)
+
+
+@pytest.mark.parametrize("shaping", [True, False])
+def test_refine_replaces_trls_advantages_only_with_shaping(monkeypatch, shaping):
+    from vqrl.trainers.base import VQRLTrainer as Base
+
+    def fake(self, inputs):
+        assert self._gathered_rewards is None  # a previous batch's rewards are never reused
+        return {"advantages": torch.zeros(2, dtype=torch.float64), "other": 1}
+
+    monkeypatch.setattr(Base, "_generate_and_score_completions", fake)
+    trainer = _bare(RefineTrainer, args=SimpleNamespace(pd_advantage_shaping=shaping), _gathered_rewards="old")
+    trainer._seed_advantages_local = lambda n: torch.tensor([0.5, -0.25][:n])
+    out = trainer._generate_and_score_completions([{}, {}])
+    assert out["other"] == 1 and out["advantages"].dtype == torch.float64
+    assert out["advantages"].tolist() == ([0.5, -0.25] if shaping else [0.0, 0.0])
+
+
+def test_refine_keeps_the_gathered_rewards_trl_computed(monkeypatch):
+    from vqrl.trainers.base import VQRLTrainer as Base
+
+    monkeypatch.setattr(Base, "_calculate_rewards", lambda self, inputs, prompts, completions, completion_ids_list:
+                        torch.ones(2, 3))
+    trainer = _bare(RefineTrainer, _gathered_rewards=None)
+    out = trainer._calculate_rewards([{}], ["p"], ["c"], [[1]])
+    assert trainer._gathered_rewards is out and out.shape == (2, 3)
+
+
+def _refine_init(monkeypatch, tokenizer_pieces=4, **overrides):
+    from vqrl.trainers.base import VQRLTrainer as Base
+
+    seen = {}
+
+    class Tokenizer:
+        @staticmethod
+        def encode(text, add_special_tokens=False):
+            return list(range(tokenizer_pieces))
+
+    def fake_base_init(self, *args, **kwargs):
+        seen.update(kwargs)
+        self._tokenizer = Tokenizer()
+
+    monkeypatch.setattr(Base, "__init__", fake_base_init)
+    monkeypatch.delenv(trainer_base.VISION_ONCE_ENV, raising=False)
+    config = _refine_config(**{"reward_weights": None, **overrides})
+    return RefineTrainer(model="m", reward_funcs=("format", "answer"), args=config), seen, config
+
+
+def test_refine_adds_pd_as_the_last_reward_with_weight_one(monkeypatch):
+    trainer, seen, config = _refine_init(monkeypatch, reward_weights=[2.0, 0.5])
+    assert seen["reward_funcs"][:2] == ["format", "answer"] and seen["reward_funcs"][2].__name__ == "pd"
+    assert config.reward_weights == [2.0, 0.5, 1.0]
+    assert trainer.pd_weights == (0.0, 0.0, 1.0, 0.0) and trainer._score_text is refine_module.seed_score_text
+    assert [f.__name__ for f in trainer._gate] == ["format", "answer"]
+    assert trainer.pd_forward_calls == 0 and trainer._gathered_rewards is None
+    trainer._pd_rewards = lambda completions, **kw: ["pd of", completions, kw]
+    assert seen["reward_funcs"][2](["c"], solution=[1]) == ["pd of", ["c"], {"solution": [1]}]
+
+
+def test_refine_paper_mode_and_own_weights(monkeypatch):
+    from vqrl.data.prompts import format_score
+
+    trainer, _, config = _refine_init(monkeypatch, pd_mode="paper")
+    assert trainer.pd_weights == (0.6, 0.0, 0.3, 0.1) and trainer._score_text is format_score
+    assert config.reward_weights is None  # TRL's default: every reward weight 1
+    trainer, _, _ = _refine_init(monkeypatch, pd_weights=["1", 0, 2.5, 0])
+    assert trainer.pd_weights == (1.0, 0.0, 2.5, 0.0) and all(type(w) is float for w in trainer.pd_weights)
+
+
+def test_refine_refuses_a_tokenizer_that_splits_scores_otherwise(monkeypatch):
+    with pytest.raises(ValueError, match=r"^PD needs a tokenizer that writes a score d\.dd as 4 tokens \(Qwen's digits "
+                                         r"are one token each\); this one gives 3 for '1\.23'$"):
+        _refine_init(monkeypatch, tokenizer_pieces=3)
+
+
+def test_refine_refuses_a_bad_configuration_before_the_base_trainer_starts(monkeypatch):
+    with pytest.raises(ValueError, match=r"^--pd_mode x: must be one of seed, paper$"):
+        _refine_init(monkeypatch, pd_mode="x")
