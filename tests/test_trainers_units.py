@@ -895,3 +895,29 @@ def test_refine_refuses_a_tokenizer_that_splits_scores_otherwise(monkeypatch):
 def test_refine_refuses_a_bad_configuration_before_the_base_trainer_starts(monkeypatch):
     with pytest.raises(ValueError, match=r"^--pd_mode x: must be one of seed, paper$"):
         _refine_init(monkeypatch, pd_mode="x")
+
+
+# ---------------------------------------------------------------- vLLM log-prob gap: percentile and threshold
+def test_logp_gap_p99_is_the_value_at_99_percent_of_the_sorted_tokens():
+    from vqrl.trainers.vllm_rollouts import logp_gap_metrics
+
+    gaps = torch.arange(101, dtype=torch.float32).flip(0)[None]  # 100, 99, ..., 0 on one text-only completion
+    metrics = logp_gap_metrics({"sampling_per_token_logps": torch.zeros(1, 101), "old_per_token_logps": gaps,
+                                "completion_mask": torch.ones(1, 101)}, None, _OneProcess())
+    assert metrics == {"vllm/logp_gap_mean": 50.0, "vllm/logp_gap_p99": 99.0}  # index int(0.99 * 100) of 0..100
+
+
+def test_a_logp_gap_at_the_threshold_is_numerics_above_it_a_warning(caplog):
+    from vqrl.trainers.vllm_rollouts import LOGP_GAP_WARN, warn_on_logp_gap
+
+    warned: set[str] = set()
+    with caplog.at_level(logging.WARNING, logger="vqrl"):
+        warn_on_logp_gap({"vllm/logp_gap_mean": LOGP_GAP_WARN, "vllm/logp_gap_mean_image": LOGP_GAP_WARN}, warned)
+        assert caplog.records == [] and warned == set()
+        warn_on_logp_gap({"vllm/logp_gap_mean": 0.5, "vllm/logp_gap_mean_video": 0.05}, warned)
+        assert caplog.records == [] and warned == set()  # the overall mean holds video prompts: judged by kind
+        warn_on_logp_gap({"vllm/logp_gap_mean": 0.5, "vllm/logp_gap_mean_image": 0.11}, warned)
+    assert warned == {"image"} and len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith("vLLM's log-probs on image prompts differ from the trained "
+                                                     "policy's by 0.11 nats per token on average")
+    assert LOGP_GAP_WARN == 0.1
