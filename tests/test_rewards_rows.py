@@ -228,3 +228,62 @@ def test_fidelity_of_two_images_by_hand():
     equal = fidelity_rewards([3.0, 3.0], [3.0, 3.0], [0, 1], eps=1e-6)  # equal MOS: g = 0.5, equal scores: p = 0.5
     assert equal == pytest.approx([1.0, 1.0])
     assert fidelity_rewards([3.0, 4.0], [3.0, None], [0, 1]) == [0.0, 0.0]  # no MOS: no partner
+
+
+# ---------------------------------------------------------------- parsing, exactly
+@pytest.mark.parametrize("completion, text", [
+    ("plain", "plain"),
+    ({"role": "assistant", "content": "one"}, "one"),
+    ([{"role": "user", "content": "no"}, {"role": "assistant", "content": "a"}, {"content": "b"}], "a\nb"),
+    ([{"role": "assistant", "content": [{"type": "text", "text": "x"}, {"type": "image"}, "y", {"text": "z"},
+                                        {"type": "text", "text": 5}]}], "xyz"),
+    ([{"role": "assistant", "content": 7}], ""),
+    (42, ""),
+    (None, ""),
+])
+def test_completion_text_of_each_form(completion, text):
+    from vqrl.rewards.parsing import completion_text
+
+    assert completion_text(completion) == text
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("<answer> 3.5 </answer>", "3.5"),
+    ("<answer>1</answer> and <Answer >2</ answer>", "2"),
+    ("<answer><answer>3</answer></answer>", "3"),
+    ("<answer>1</answer><answer>unclosed", "1"),
+    ("</answer><answer>", None),
+    ("no tags", None),
+    (None, None),
+])
+def test_extract_answer_takes_the_last_complete_pair(text, answer):
+    from vqrl.rewards.parsing import extract_answer
+
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize("answer, number", [
+    ("Score: 3.62", 3.62), ("score:4.0", 4.0), ("4.", 4.0), (" 4 ", 4.0), ("3.5.", 3.5), ("4/5", None),
+    ("nan", None), ("1e3", None), ("", None), (None, None), ("Score 2", 2.0),
+])
+def test_parse_number_reads_one_whole_number(answer, number):
+    from vqrl.rewards.parsing import parse_number
+
+    assert parse_number(answer) == number
+
+
+def test_parse_number_and_numbers_in_have_length_limits():
+    from vqrl.data.records import MAX_NUMBER_CHARS
+    from vqrl.rewards.parsing import numbers_in, parse_number
+
+    fits = "1" + "0" * (MAX_NUMBER_CHARS - 1)
+    assert parse_number(fits) == float(fits) and parse_number(fits + "0") is None
+    assert numbers_in("1, 2.5 and 30", limit=12) == [1.0, 2.5, 3.0] and numbers_in(None) == []
+
+
+def test_the_thought_ends_at_the_first_close_tag_or_is_closed():
+    from vqrl.rewards.parsing import think_end, thought_of
+
+    assert think_end("<think>a</ think>b</think>") == len("<think>a</ think>") and think_end(3) is None
+    assert thought_of("<think>a</Think><answer>4</answer>") == "<think>a</Think>"
+    assert thought_of("<think>no close") == "<think>no close</think>"
