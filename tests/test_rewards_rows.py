@@ -287,3 +287,49 @@ def test_the_thought_ends_at_the_first_close_tag_or_is_closed():
     assert think_end("<think>a</ think>b</think>") == len("<think>a</ think>") and think_end(3) is None
     assert thought_of("<think>a</Think><answer>4</answer>") == "<think>a</Think>"
     assert thought_of("<think>no close") == "<think>no close</think>"
+
+
+# ---------------------------------------------------------------- perception parsers, exactly
+@pytest.mark.parametrize("answer, parsed", [
+    ('{"distortion": "JPEG_compression", "severity": 3}', ("jpegcompression", 3)),
+    ('```json\n{"Distortion_Class": "blur", "Level": "serious"}\n```', ("blur", "serious")),
+    ('{"type": 5, "name": "noise", "degree": 2}', ("noise", 2)),  # a non-text name is skipped
+    ('{"severity": 2}', ("", 2)),
+    ("{not json, severity 3", ("notjson", "3")),
+    ("gaussian blur, severity 3", ("gaussianblur", "3")),
+    ("Distortion: jpeg compression; Severity: moderate", ("jpegcompression", "moderate")),
+    ("type is noise\nlevel of 4", ("noise", "4")),
+    ("4 severity", ("", "4")),
+    ("   ", ("", None)),
+])
+def test_parse_distortion(answer, parsed):
+    assert perception.parse_distortion(answer) == parsed
+
+
+@pytest.mark.parametrize("value, level", [
+    (3, 3), (3.0, 3), ("3", 3), (" Severe ", 4), ("extreme", 5), (3.5, None), ("serious", None), (None, None),
+    (True, None),
+])
+def test_severity_level(value, level):
+    assert perception.severity_level(value) == level
+
+
+@pytest.mark.parametrize("value, box", [
+    ([1, 2, 3, 4], (1.0, 2.0, 3.0, 4.0)),
+    ([[1, 2, 3, 4]], (1.0, 2.0, 3.0, 4.0)),
+    ((1, 2, 3), None),
+    ([1, 2, 3, float("inf")], None),
+    ([1, 2, "x", 4], None),
+    ("box [0, 0, 1, 1] then (2, 3.5, 4, 5)", (2.0, 3.5, 4.0, 5.0)),  # the last box in the text
+    ("no box", None),
+    (7, None),
+])
+def test_parse_box(value, box):
+    assert perception.parse_box(value) == box
+
+
+@pytest.mark.parametrize("text, body", [
+    ("```json\n{}\n```", "{}"), ("```{}```", "{}"), ("```\nx", "x"), (" plain ", "plain"),
+])
+def test_unfence(text, body):
+    assert perception._unfence(text) == body
