@@ -921,3 +921,42 @@ def test_a_logp_gap_at_the_threshold_is_numerics_above_it_a_warning(caplog):
     assert caplog.records[0].getMessage().startswith("vLLM's log-probs on image prompts differ from the trained "
                                                      "policy's by 0.11 nats per token on average")
     assert LOGP_GAP_WARN == 0.1
+
+
+# ---------------------------------------------------------------- --vision_once and its deprecated variable
+@pytest.mark.parametrize("flag, env, result", [
+    ("auto", "1", "true"), ("auto", "0", "false"), ("TRUE ", None, "true"), ("true", "1", "true"), ("auto", None, "auto"),
+])
+def test_vision_once_setting(monkeypatch, flag, env, result):
+    if env is None:
+        monkeypatch.delenv(trainer_base.VISION_ONCE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(trainer_base.VISION_ONCE_ENV, env)
+    assert trainer_base.vision_once_setting(SimpleNamespace(vision_once=flag)) == result
+
+
+@pytest.mark.parametrize("flag, env, message", [
+    ("maybe", None, "--vision_once maybe: must be auto, true or false"),
+    ("auto", "yes", "VQRL_VISION_ONCE=yes: must be 1 or 0 (deprecated: use --vision_once true|false)"),
+    ("false", "1", "--vision_once false and VQRL_VISION_ONCE=1 disagree: drop the environment variable (deprecated)"),
+])
+def test_vision_once_setting_refusals(monkeypatch, flag, env, message):
+    if env is None:
+        monkeypatch.delenv(trainer_base.VISION_ONCE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(trainer_base.VISION_ONCE_ENV, env)
+    with pytest.raises(ValueError) as err:
+        trainer_base.vision_once_setting(SimpleNamespace(vision_once=flag))
+    assert str(err.value) == message
+    assert VQRLTrainer.config_problems(SimpleNamespace(vision_once=flag)) == [message]
+
+
+def test_the_deprecated_variable_is_written_back_into_the_config_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv(trainer_base.VISION_ONCE_ENV, "0")
+    trainer = _bare(args=SimpleNamespace(vision_once="auto"))
+    with caplog.at_level(logging.INFO, logger=trainer_base.logger.name):
+        assert trainer._resolve_vision_once() is False
+    assert trainer.args.vision_once == "false"
+    assert [r.getMessage() for r in caplog.records] == [
+        "VQRL_VISION_ONCE is deprecated and will be removed: use --vision_once false",
+        "vision-once off (--vision_once false)"]
