@@ -960,3 +960,28 @@ def test_the_deprecated_variable_is_written_back_into_the_config_with_a_warning(
     assert [r.getMessage() for r in caplog.records] == [
         "VQRL_VISION_ONCE is deprecated and will be removed: use --vision_once false",
         "vision-once off (--vision_once false)"]
+
+
+def test_compiled_generation_sets_a_static_cache_and_compiled_decoding(monkeypatch, caplog):
+    from vqrl.trainers import get_trainer
+
+    with caplog.at_level(logging.INFO, logger=trainer_base.logger.name):
+        trainer, _, _ = _init_without_trl(monkeypatch, get_trainer("standard"), compiled_generation="true")
+    assert trainer.generation_kwargs == {"suppress_tokens": None, "top_k": 5, "cache_implementation": "static",
+                                         "disable_compile": False}
+    assert (trainer.generation_config.cache_implementation, trainer.generation_config.disable_compile) == ("static",
+                                                                                                          False)
+    assert "compiled generation on (static KV cache, compiled decoding step)" in [r.getMessage() for r in
+                                                                                  caplog.records]
+    plain, _, _ = _init_without_trl(monkeypatch, get_trainer("standard"))
+    assert "cache_implementation" not in plain.generation_kwargs
+    assert not hasattr(plain.generation_config, "cache_implementation")
+
+
+def test_vision_once_auto_is_on_and_says_so(monkeypatch, caplog):
+    monkeypatch.delenv(trainer_base.VISION_ONCE_ENV, raising=False)
+    trainer = _bare(args=SimpleNamespace(vision_once="auto"), accelerator=SimpleNamespace(num_processes=1))
+    with caplog.at_level(logging.INFO, logger=trainer_base.logger.name):
+        assert trainer._resolve_vision_once() is True
+    assert [r.getMessage() for r in caplog.records] == ["vision-once on (--vision_once auto)"]
+    assert trainer.args.vision_once == "auto"
