@@ -985,3 +985,17 @@ def test_vision_once_auto_is_on_and_says_so(monkeypatch, caplog):
         assert trainer._resolve_vision_once() is True
     assert [r.getMessage() for r in caplog.records] == ["vision-once on (--vision_once auto)"]
     assert trainer.args.vision_once == "auto"
+
+
+@pytest.mark.parametrize("ahead, windows", [
+    (0, []),  # a prefetch function with nothing to keep ahead is never called
+    (1, [[0], [1], [2], [3]]),  # half a window of one is one: every index
+    (3, [[0, 1, 2], [1, 2, 3], [2, 3], [3]]),
+    (4, [[0, 1, 2, 3], [2, 3]]),
+])
+def test_prefetch_windows_start_every_half_window(ahead, windows):
+    sampler = EpochRepeatSampler(data_source=list(range(4)), mini_repeat_count=1, batch_size=4, shuffle=False)
+    calls = []
+    sampler.prefetch, sampler.prefetch_ahead = calls.append, ahead
+    assert list(sampler) == [0, 1, 2, 3]
+    assert calls == windows
