@@ -999,3 +999,25 @@ def test_prefetch_windows_start_every_half_window(ahead, windows):
     sampler.prefetch, sampler.prefetch_ahead = calls.append, ahead
     assert list(sampler) == [0, 1, 2, 3]
     assert calls == windows
+
+
+def test_logp_gaps_are_padded_along_the_tokens_to_other_ranks_longer_completions():
+    """Another rank's completions may be longer: this rank's gaps are padded with NaN along the token dimension
+    (never along the sequences, which must stay paired with their prompt kinds) and the padding never counts."""
+    from vqrl.trainers.vllm_rollouts import logp_gap_metrics
+
+    class LongerElsewhere(_OneProcess):
+        def pad_across_processes(self, tensor, dim, pad_index):
+            width = list(tensor.shape)
+            width[dim] = 6
+            padded = torch.full(width, pad_index, dtype=tensor.dtype)
+            padded.narrow(dim, 0, tensor.shape[dim]).copy_(tensor)
+            return padded
+
+    output = {"sampling_per_token_logps": torch.zeros(2, 2), "old_per_token_logps": torch.tensor([[0.2, 0.4],
+                                                                                                  [1.0, 3.0]]),
+              "completion_mask": torch.ones(2, 2)}
+    metrics = logp_gap_metrics(output, [{"pixel_values": 1}, {"pixel_values_videos": 1}], LongerElsewhere())
+    assert metrics == pytest.approx({"vllm/logp_gap_mean": 1.15, "vllm/logp_gap_p99": 1.0,
+                                     "vllm/logp_gap_mean_image": 0.3, "vllm/logp_gap_p99_image": 0.2,
+                                     "vllm/logp_gap_mean_video": 2.0, "vllm/logp_gap_p99_video": 1.0})
