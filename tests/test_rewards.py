@@ -843,3 +843,18 @@ def test_a_markdown_code_block_is_unwrapped_to_its_body(text, body):
     from vqrl.rewards.perception import _unfence
 
     assert _unfence(text) == body
+
+
+def test_a_malformed_completion_reads_as_the_empty_text():
+    class Unreadable(list):
+        def __iter__(self):
+            raise RuntimeError("cannot iterate")
+
+    assert completion_text(Unreadable([1])) == ""
+    assert completion_text([{"role": "assistant", "content": Unreadable()}]) == ""
+
+
+def test_a_user_reward_without_a_readable_signature_is_taken_as_is():
+    assert build_reward_funcs(["builtins:max"]) == [max]  # inspect.signature(max) raises ValueError
+    with pytest.raises(ValueError, match=r"^unknown reward option 'key': no reward takes it"):
+        build_reward_funcs(["builtins:max"], key=len)
