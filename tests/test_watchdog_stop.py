@@ -55,6 +55,8 @@ class FakeRun:
             self.alive = False
 
     def sleep(self, seconds, handled=0):
+        if len(self.dog.pending) > handled or seconds <= 0:  # the real _sleep's contract: a newer signal wakes it
+            return
         self.naps.append(seconds)
         self.now += seconds
 
@@ -124,6 +126,21 @@ def test_a_second_stop_signal_during_the_grace_period_sends_sigkill_at_once(tmp_
     assert run.sent == [signal.SIGINT, signal.SIGCONT, signal.SIGKILL]
     assert run.naps == [0.05]  # the SIGKILL round's only
     assert [e["signal"] for e in events(tmp_path)] == ["SIGINT", "SIGKILL"]
+
+
+def test_sigkill_rounds_after_a_second_stop_signal_still_nap(tmp_path, monkeypatch):
+    """A second Ctrl-C ends the grace period, but the SIGKILL rounds that follow still wait 50 ms between process
+    scans (each scan walks every process of the node): 0.3 s of survivors is about 6 rounds, not a busy loop."""
+    def second_ctrl_c(run):
+        if run.checks == 2:
+            run.dog.pending.append(signal.SIGINT)
+        if run.now >= 0.3:
+            run.alive = False
+
+    dog = make_dog(tmp_path, monkeypatch, "--grace", "5")
+    run = FakeRun(dog, monkeypatch, dies_on=(), on_check=second_ctrl_c)
+    assert dog.stop_run("received SIGINT", sig=signal.SIGINT) is True
+    assert run.checks <= 12 and run.naps == [0.05] * 6
 
 
 def test_a_stop_signal_already_pending_does_not_cut_the_grace_period_short(tmp_path, monkeypatch):

@@ -272,7 +272,7 @@ class Watchdog:
         deadline = time.monotonic() + patience
         while survivors and time.monotonic() < deadline:
             self._signal_run(pgid, signal.SIGKILL)
-            self._sleep(0.05, handled)
+            self._sleep(0.05, len(self.pending))  # no signal changes these rounds: always nap between them
             survivors = self._survivors(pgid)
         if survivors:
             self.event("kill", f"processes {survivors} survived SIGKILL for {patience:.0f} s",
