@@ -37,9 +37,9 @@ def test_every_file_of_a_nested_checkpoint_is_synced_and_no_descriptor_leaks(tmp
         return real_fsync(fd)
 
     monkeypatch.setattr(C.os, "fsync", fsync)
-    fds_before = len(os.listdir("/proc/self/fd"))
+    fds_before = set(os.listdir("/proc/self/fd"))
     path = C.finalize(str(_staged(tmp_path, 3)), str(tmp_path), 3)
-    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
     staged = str(tmp_path / f"{C.STAGING_PREFIX}3" / "checkpoint-3")
     assert sorted(synced) == sorted([os.path.join(staged, C.MARKER)] * 2 + [  # the marker, then the tree
         os.path.join(staged, "model.safetensors"),

@@ -5,7 +5,6 @@ They must stay fast (tiny timeouts) and must leave no process behind.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -19,11 +18,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import psutil
 import pytest
 
 from vqrl.training.heartbeat import Heartbeat, heartbeat_path, read_heartbeat
 from vqrl.watchdog import Watchdog, backoff_delay, build_parser, find_output_dir, resume_command, split_argv
+from watchdog_utils import (FAST, alive, attempts, child_command, deadline, environ_as, events,
+                            kinds, self_pipe, watch, watchdog_env)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,8 +93,6 @@ FAKE_TRAINER = textwrap.dedent(
     """
 )
 
-FAST = ["--backoff", "0.05", "--max_backoff", "0.2", "--grace", "1", "--poll", "0.05",
-        "--hang_timeout", "2", "--startup_timeout", "10", "--window", "600"]
 
 
 @pytest.fixture
@@ -112,33 +110,9 @@ def _watchdog_cmd(out: Path, options: list[str], command: list[str], entry=None)
 def run_watchdog(out, options, command, timeout=15, entry=None):
     """The watchdog as a subprocess. Every run here takes 1-3 s; the timeout only bounds a broken watchdog."""
     return subprocess.run(_watchdog_cmd(out, options, command, entry), capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+                          timeout=timeout, env=watchdog_env())
 
 
-def _env():
-    env = dict(os.environ)
-    env.pop("VQRL_HEARTBEAT", None)
-    env.pop("OUTPUT", None)
-    return env
-
-
-def events(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "watchdog.jsonl").read_text().splitlines()]
-
-
-def attempts(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "attempts.jsonl").read_text().splitlines()]
-
-
-def kinds(evs, kind):
-    return [e for e in evs if e["event"] == kind]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 # ------------------------------------------------------------------------------------------------ heartbeat
@@ -382,7 +356,7 @@ def test_stop_signal_is_forwarded_and_ends_without_restart(tmp_path, trainer, si
     out.mkdir()
     cmd = _watchdog_cmd(out, [*FAST, "--grace", "0.5"],
                         [sys.executable, str(trainer), "--output_dir", str(out), "--forever", "--grandchild"])
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=watchdog_env())
     try:
         deadline = time.monotonic() + 10
         while (read_heartbeat(out / "heartbeat.json") or {}).get("step", 0) < 2:
@@ -480,79 +454,10 @@ def test_a_stale_configuration_error_heartbeat_does_not_stop_restarts(tmp_path):
 # seconds instead of waiting out a subprocess timeout.
 
 
-class Deadline(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    def expire(signum, frame):
-        raise Deadline(f"the watchdog did not finish within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-class SignalledWatchdog(Watchdog):
-    """A Watchdog that sends itself `sig` right after it writes the event `at` (a stop signal arriving then)."""
-
-    def __init__(self, *args, at: str, sig: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.at, self.sig = at, sig
-
-    def event(self, kind, message, **fields):
-        super().event(kind, message, **fields)
-        if kind == self.at:
-            os.kill(os.getpid(), self.sig)  # handled by the watchdog's own handler, in this (the main) thread
-
-
-def watch(out: Path, options: list[str], command: list[str], seconds: float = 8.0,
-          signal_at: tuple[str, int] | None = None) -> tuple[int, list[dict], str]:
-    """Run a Watchdog in this process; returns (exit code, events, what it printed). With signal_at=(event, sig),
-    the watchdog receives `sig` right after it logs `event`."""
-    opts = build_parser().parse_args(["--output_dir", str(out), *FAST, *options])
-    err = io.StringIO()
-    env = _env()
-    with deadline(seconds), _environ(env):
-        if signal_at is None:
-            code = Watchdog(opts, command, stderr=err).run()
-        else:
-            code = SignalledWatchdog(opts, command, stderr=err, at=signal_at[0], sig=signal_at[1]).run()
-    return code, events(out), err.getvalue()
-
-
-@contextlib.contextmanager
-def _environ(env: dict):
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def _child(tmp_path: Path, body: str) -> list[str]:
-    """A fake trainer: `body` runs with `out` (the output folder), `hb` (its heartbeat) and `attempt` defined."""
-    path = tmp_path / "child.py"
-    path.write_text(textwrap.dedent('''
-        import os, subprocess, sys, time
-        from vqrl.training.heartbeat import Heartbeat, heartbeat_path
-        out = sys.argv[1]
-        hb = Heartbeat(heartbeat_path(out), min_interval=0.0)
-        attempt = int(os.environ["VQRL_WATCHDOG_ATTEMPT"])
-    ''') + textwrap.dedent(body))
-    return [sys.executable, str(path), str(tmp_path / "run")]
 
 
 def test_inprocess_a_live_run_that_stops_beating_is_killed_as_hung(tmp_path):
-    cmd = _child(tmp_path, """
+    cmd = child_command(tmp_path, """
         hb.beat(1, "train")
         time.sleep(60)  # alive, silent
     """)
@@ -567,7 +472,7 @@ def test_inprocess_a_live_run_that_stops_beating_is_killed_as_hung(tmp_path):
 
 def test_inprocess_progress_resets_the_backoff_and_no_progress_doubles_it(tmp_path):
     # attempts 1-3 each reach a new step then crash; attempts 4-6 crash at once (no progress); 7 succeeds
-    cmd = _child(tmp_path, """
+    cmd = child_command(tmp_path, """
         if attempt <= 3:
             hb.beat(attempt, "train")
             time.sleep(0.1)
@@ -583,11 +488,11 @@ def test_inprocess_progress_resets_the_backoff_and_no_progress_doubles_it(tmp_pa
 
 
 def test_inprocess_give_up_rules(tmp_path):
-    crash = _child(tmp_path, "sys.exit(5)\n")
+    crash = child_command(tmp_path, "sys.exit(5)\n")
     code, evs, err = watch(tmp_path / "run", ["--max_restarts", "2"], crash)
     assert code == 1 and len(kinds(evs, "start")) == 3 and "--max_restarts 2" in evs[-1]["reason"]
 
-    same_step = _child(tmp_path, """
+    same_step = child_command(tmp_path, """
         hb.beat(4, "train")
         time.sleep(0.1)
         sys.exit(1)
@@ -595,13 +500,13 @@ def test_inprocess_give_up_rules(tmp_path):
     code, evs, err = watch(tmp_path / "run2", ["--same_step_limit", "2", "--max_restarts", "9"], same_step)
     assert code == 1 and len(kinds(evs, "start")) == 2 and "2 times in a row at step 4" in evs[-1]["reason"]
 
-    config = _child(tmp_path, "sys.exit(2)\n")
+    config = child_command(tmp_path, "sys.exit(2)\n")
     code, evs, err = watch(tmp_path / "run3", ["--max_restarts", "9"], config)
     assert code == 2 and len(kinds(evs, "start")) == 1 and "configuration error" in evs[-1]["reason"]
 
 
 def test_inprocess_the_whole_process_group_goes_even_after_success(tmp_path):
-    cmd = _child(tmp_path, """
+    cmd = child_command(tmp_path, """
         g = subprocess.Popen(["sleep", "60"])  # left behind in the run's group
         open(os.path.join(out, "grandchild"), "w").write(str(g.pid))
         hb.beat(1, "train")
@@ -621,7 +526,7 @@ def test_inprocess_the_previous_signal_handlers_are_restored(tmp_path):
 
     before = {sig: signal.signal(sig, mine) for sig in watched}
     try:
-        code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, 'hb.beat(1, "train")\n'))
+        code, evs, err = watch(tmp_path / "run", [], child_command(tmp_path, 'hb.beat(1, "train")\n'))
         assert code == 0, err
         assert {sig: signal.getsignal(sig) for sig in watched} == {sig: mine for sig in watched}
     finally:
@@ -633,7 +538,7 @@ def test_inprocess_the_previous_signal_handlers_are_restored(tmp_path):
 def test_inprocess_a_stop_signal_after_a_crash_ends_the_watch_without_a_restart(tmp_path, at):
     """SIGTERM arriving while the crashed run's processes are cleaned up (after its `exit` event), or during the
     back-off before a restart, ends the watch with 143 and starts nothing more."""
-    crash = _child(tmp_path, """
+    crash = child_command(tmp_path, """
         hb.beat(1, "train")
         time.sleep(0.1)
         sys.exit(1)
@@ -658,7 +563,7 @@ def test_reaping_a_dead_leader_gives_its_exit_code(tmp_path):
 
 
 def test_inprocess_a_restart_says_how_it_resumes(tmp_path):
-    crash = _child(tmp_path, "sys.exit(5)\n")
+    crash = child_command(tmp_path, "sys.exit(5)\n")
     code, _, err = watch(tmp_path / "run", ["--max_restarts", "1"], crash)
     assert code == 1 and "restarts within 600 s; --resume auto, VQRL_RESUME=auto)" in err
     code, _, err = watch(tmp_path / "run2", ["--max_restarts", "1", "--no_resume_arg"], crash)
@@ -668,7 +573,7 @@ def test_inprocess_a_restart_says_how_it_resumes(tmp_path):
 def test_inprocess_each_restart_names_the_attempt_that_follows_it(tmp_path):
     """A restart event's next_attempt is the attempt number the next start carries (what a reader of
     watchdog.jsonl joins on), and attempts count up from 1 by one."""
-    code, evs, _ = watch(tmp_path / "run", ["--max_restarts", "2"], _child(tmp_path, "sys.exit(5)\n"))
+    code, evs, _ = watch(tmp_path / "run", ["--max_restarts", "2"], child_command(tmp_path, "sys.exit(5)\n"))
     starts, restarts = kinds(evs, "start"), kinds(evs, "restart")
     assert code == 1 and [e["attempt"] for e in starts] == [1, 2, 3]
     assert [e["next_attempt"] for e in restarts] == [2, 3]
@@ -678,7 +583,7 @@ def test_inprocess_each_restart_names_the_attempt_that_follows_it(tmp_path):
 def test_inprocess_restarts_older_than_the_window_no_longer_count(tmp_path):
     """--max_restarts counts restarts within the last --window seconds: a run that crashes now and then, each
     crash after the earlier restarts left the window, is restarted every time (here 3 times with a limit of 1)."""
-    crash = _child(tmp_path, "time.sleep(0.3)\nsys.exit(5 if attempt < 4 else 0)\n")
+    crash = child_command(tmp_path, "time.sleep(0.3)\nsys.exit(5 if attempt < 4 else 0)\n")
     code, evs, _ = watch(tmp_path / "run", ["--max_restarts", "1", "--window", "0.2"], crash, seconds=15)
     assert code == 0 and [e["restarts_in_window"] for e in kinds(evs, "restart")] == [1, 1, 1]
     code, evs, _ = watch(tmp_path / "run2", ["--max_restarts", "1", "--window", "600"], crash, seconds=15)
@@ -706,7 +611,7 @@ def test_inprocess_a_descendant_that_left_the_process_group_is_stopped_too(tmp_p
     """
     escaped = []
     try:
-        code, evs, _ = watch(tmp_path / "run", [], _child(tmp_path, body), seconds=20)
+        code, evs, _ = watch(tmp_path / "run", [], child_command(tmp_path, body), seconds=20)
         escaped = [int(child_pid.read_text()), int(grandchild_pid.read_text())]
         assert code == 0 and [e["reason"] for e in kinds(evs, "restart")] == ["hang"]
         assert [alive(pid) for pid in escaped] == [False, False]
@@ -717,7 +622,7 @@ def test_inprocess_a_descendant_that_left_the_process_group_is_stopped_too(tmp_p
 
 
 def test_inprocess_a_successful_run_is_done_with_exit_0(tmp_path):
-    code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, 'hb.beat(2, "train")\n'))
+    code, evs, err = watch(tmp_path / "run", [], child_command(tmp_path, 'hb.beat(2, "train")\n'))
     (done,) = kinds(evs, "done")
     assert code == 0 and done["exit_code"] == 0 and done["watchdog_exit"] == 0 and done["reason"] == "success"
     assert evs[-1] is done and "run completed successfully" in err
@@ -731,7 +636,7 @@ def test_inprocess_a_hang_names_the_step_and_the_phase_it_hung_in(tmp_path):
             hb.beat(3, "generate")
             time.sleep(60)
     """
-    code, evs, err = watch(tmp_path / "run", [], _child(tmp_path, body), seconds=15)
+    code, evs, err = watch(tmp_path / "run", [], child_command(tmp_path, body), seconds=15)
     (hang,) = kinds(evs, "hang")
     assert code == 0 and hang["step"] == 3 and hang["phase"] == "generate"
     assert "at step 3, phase 'generate'" in err
@@ -740,7 +645,7 @@ def test_inprocess_a_hang_names_the_step_and_the_phase_it_hung_in(tmp_path):
 def test_inprocess_each_restart_waits_its_backoff(tmp_path):
     """A crashed run is restarted only after the back-off delay (here 0.6 s), so a crash loop does not hammer the
     node or the shared filesystem."""
-    crash = _child(tmp_path, "sys.exit(5 if attempt == 1 else 0)\n")
+    crash = child_command(tmp_path, "sys.exit(5 if attempt == 1 else 0)\n")
     code, evs, _ = watch(tmp_path / "run", ["--backoff", "0.6", "--max_backoff", "0.6"], crash, seconds=15)
     (backoff,) = kinds(evs, "backoff")
     second_start = kinds(evs, "start")[1]
@@ -773,11 +678,11 @@ def test_a_watchdog_run_from_another_thread_polls_without_signal_handlers(tmp_pa
     """Signal handlers can only be set in the main thread: from another one the watchdog still supervises the run
     (by polling) and ends normally."""
     opts = build_parser().parse_args(["--output_dir", str(tmp_path / "run"), *FAST])
-    cmd = _child(tmp_path, 'hb.beat(1, "train")\n')
+    cmd = child_command(tmp_path, 'hb.beat(1, "train")\n')
     result = {}
 
     def target():
-        with _environ(_env()):
+        with environ_as(watchdog_env()):
             result["code"] = Watchdog(opts, cmd, stderr=io.StringIO()).run()
 
     thread = threading.Thread(target=target)
@@ -793,17 +698,13 @@ def test_sigkill_is_repeated_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch)
     opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, "--grace", "0.1"])
     dog = Watchdog(opts, ["true"], stderr=io.StringIO())
     dog.proc = SimpleNamespace(pid=4242, returncode=-signal.SIGKILL)
-    dog._rfd, dog._wfd = os.pipe()
     gone_at = time.monotonic() + 0.5
     sent = []
     monkeypatch.setattr(dog, "_track_descendants", lambda: None)
     monkeypatch.setattr(dog, "_survivors", lambda pgid: [4242] if time.monotonic() < gone_at else [])
     monkeypatch.setattr(dog, "_signal_run", lambda pgid, sig: sent.append(sig))
-    try:
+    with self_pipe(dog):
         assert dog.stop_run("test") is True
-    finally:
-        os.close(dog._rfd)
-        os.close(dog._wfd)
     assert sent[:2] == [signal.SIGTERM, signal.SIGCONT]
     assert 3 <= sent.count(signal.SIGKILL) <= 20  # ~0.4 s of SIGKILL rounds, 50 ms apart
 
@@ -814,25 +715,21 @@ def test_the_grace_period_is_waited_at_a_pace_not_in_a_busy_loop(tmp_path, monke
     opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, "--grace", "0.3"])
     dog = Watchdog(opts, ["true"], stderr=io.StringIO())
     dog.proc = SimpleNamespace(pid=4242, returncode=-signal.SIGTERM)
-    dog._rfd, dog._wfd = os.pipe()
     gone_at = time.monotonic() + 0.25  # exits within the grace period
     naps, real_sleep = [], dog._sleep
     monkeypatch.setattr(dog, "_track_descendants", lambda: None)
     monkeypatch.setattr(dog, "_survivors", lambda pgid: [4242] if time.monotonic() < gone_at else [])
     monkeypatch.setattr(dog, "_signal_run", lambda pgid, sig: None)
     monkeypatch.setattr(dog, "_sleep", lambda seconds, *handled: (naps.append(seconds), real_sleep(seconds, *handled)))
-    try:
+    with self_pipe(dog):
         assert dog.stop_run("test") is True
-    finally:
-        os.close(dog._rfd)
-        os.close(dog._wfd)
     assert 2 <= len(naps) <= 12 and all(0 < nap <= 0.05 for nap in naps), naps
 
 
 def test_zero_restarts_and_no_same_step_limit_are_allowed_a_zero_poll_is_not(tmp_path, capsys):
     from vqrl.watchdog import main
 
-    with deadline(8.0), _environ(_env()):
+    with deadline(8.0), environ_as(watchdog_env()):
         assert main(["--output_dir", str(tmp_path / "run"), *FAST, "--max_restarts", "0", "--same_step_limit", "0",
                      "--", sys.executable, "-c", "pass"]) == 0
     with pytest.raises(SystemExit) as exited:

@@ -4,8 +4,6 @@ milliseconds instead of real grace periods and subprocess timeouts."""
 from __future__ import annotations
 
 import io
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,14 +14,12 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
+from watchdog_utils import events, self_pipe
+
 import vqrl.watchdog as watchdog_module
 from vqrl.watchdog import Watchdog, build_parser
 
 PID = 4242
-
-
-def events(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "watchdog.jsonl").read_text().splitlines()]
 
 
 class FakeRun:
@@ -199,7 +195,7 @@ def test_stopping_on_a_signal_before_any_run_returns_its_exit_code(tmp_path, mon
     assert [(e["event"], e["watchdog_exit"]) for e in events(tmp_path)] == [("signal", 143), ("signal", 138)]
 
 
-def _child(tmp_path: Path, body: str) -> list[str]:
+def _script(tmp_path: Path, body: str) -> list[str]:
     path = tmp_path / "child.py"
     path.write_text("import sys, time\n" + body)
     return [sys.executable, str(path)]
@@ -215,7 +211,8 @@ def test_a_run_whose_processes_survive_sigkill_is_given_up_on(tmp_path, monkeypa
     """When the stop sequence fails (processes survive SIGKILL), the watchdog gives up with exit 1 and says why,
     instead of restarting onto what they still hold."""
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
-    dog = Watchdog(_opts(tmp_path), _child(tmp_path, body), stderr=io.StringIO())
+    startup = "0.3" if how == "hung" else "60"  # an ended run must exit, not be called hung, on a slow machine
+    dog = Watchdog(_opts(tmp_path, "--startup_timeout", startup), _script(tmp_path, body), stderr=io.StringIO())
     real_stop = dog.stop_run
     monkeypatch.setattr(dog, "stop_run", lambda reason, sig=signal.SIGTERM: real_stop(reason, sig) and False)
     assert dog.run() == 1
@@ -229,7 +226,7 @@ def test_a_run_whose_processes_survive_sigkill_is_given_up_on(tmp_path, monkeypa
 def test_a_watchdog_that_fails_mid_watch_stops_its_run_first(tmp_path, monkeypatch):
     """A bug in the watchdog must not orphan the run: the live run is stopped before the error propagates."""
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
-    dog = Watchdog(_opts(tmp_path), _child(tmp_path, "time.sleep(30)\n"), stderr=io.StringIO())
+    dog = Watchdog(_opts(tmp_path), _script(tmp_path, "time.sleep(30)\n"), stderr=io.StringIO())
 
     def broken_watch():
         raise RuntimeError("watchdog bug")
@@ -259,13 +256,9 @@ def test_the_grace_period_after_a_stop_signal_is_slept_not_spun(tmp_path, monkey
     monkeypatch.setattr(dog, "_track_descendants", lambda: None)
     monkeypatch.setattr(dog, "_survivors", survivors)
     monkeypatch.setattr(dog, "_signal_run", signal_run)
-    dog._rfd, dog._wfd = os.pipe()
-    try:
+    with self_pipe(dog):
         dog.pending.append(signal.SIGTERM)  # as the signal handler leaves it
         assert dog._stop_on_signal(signal.SIGTERM) == 143
-    finally:
-        os.close(dog._rfd)
-        os.close(dog._wfd)
     assert state["checks"] <= 20, f"{state['checks']} process scans in a 0.3 s grace period"
 
 
