@@ -726,3 +726,26 @@ def test_pipal_blank_lines_inside_a_label_file_are_skipped_not_the_end(tmp_path)
     touch(tmp_path, "Train_Dis/A0001_00_00.bmp", "Train_Dis/A0001_10_03.bmp", "Train_Ref/A0001.bmp")
     assert sorted(r["image"] for r in C.convert("pipal", tmp_path)) == [
         "Train_Dis/A0001_00_00.bmp", "Train_Dis/A0001_10_03.bmp"]
+
+
+def test_a_bad_pipal_label_line_is_named_by_its_line_number_from_one(tmp_path):
+    (tmp_path / "Train_Label").mkdir()
+    (tmp_path / "Train_Label/A0001.txt").write_text("A0001_00_00.bmp,1520\nA0001_10_03.bmp 1000 extra\n")
+    with pytest.raises(C.ConversionError, match=r"A0001\.txt:2: expected 'NAME\.bmp,SCORE', got 'A0001_10_03"):
+        C.convert("pipal", tmp_path)
+    (tmp_path / "Train_Label/A0001.txt").write_text("A0001_00_00.bmp,high\n")
+    with pytest.raises(C.ConversionError, match=r"A0001\.txt:1"):
+        C.convert("pipal", tmp_path)
+
+
+@pytest.mark.parametrize("missing", ["--root", "--out"])
+def test_convert_without_root_or_out_is_a_usage_error_naming_it(tmp_path, capsys, missing):
+    from vqrl.cli import main
+
+    given = {"--root": str(tmp_path), "--out": str(tmp_path / "o.json")}
+    given.pop(missing)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "konvid", *[x for kv in given.items() for x in kv]])
+    assert exit_info.value.code == 2
+    assert f"the following arguments are required: {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()

@@ -1360,3 +1360,50 @@ def test_records_weighted_to_nothing_are_no_usable_records(tmp_path):
         load_checked_records(DataConfig(files=[path], image_root=str(tmp_path), weights=[0.0], decode=False))
     assert [r["_index"] for r in load_checked_records(DataConfig(files=[path], image_root=str(tmp_path),
                                                                  weights=[2.0], decode=False))] == [0, 0]
+
+
+# ------------------------------------------------------------------- seed-5 survivors of the mutation sample
+
+def test_a_video_whose_frames_cannot_be_decoded_is_refused_before_training(tmp_path):
+    """A video whose header is intact but whose frame data is not (a cut download) must be found by the media check,
+    which decodes the first frame, not only at the step that draws it."""
+    from vqrl.data.checks import media_reasons
+
+    good = write_video(tmp_path / "good.mp4", frames=20)
+    data = bytearray((tmp_path / "good.mp4").read_bytes())
+    start, moov = data.index(b"mdat") + 4, data.find(b"moov")
+    assert moov > start  # the header (moov) follows the frame data (mdat) in this file: only the frames are zeroed
+    data[start:moov - 4] = bytes(moov - 4 - start)
+    (tmp_path / "cut.mp4").write_bytes(bytes(data))
+    record = {"type": "scoring_video", "solution": 3.0}
+    assert media_reasons({**record, "video": good}) == ([], 0)
+    reasons, _ = media_reasons({**record, "video": str(tmp_path / "cut.mp4")})
+    assert len(reasons) == 1 and reasons[0].startswith(f"unreadable video {tmp_path / 'cut.mp4'}: InvalidDataError")
+
+
+def test_checking_and_loading_records_draw_no_progress_bar_unless_asked(tmp_path, capsys):
+    """Library calls stay quiet on stderr by default (a training log is not the place for a bar); the CLI asks."""
+    from vqrl.data.checks import check_media
+
+    save_image(tmp_path / "a.jpg")
+    data = write_json(tmp_path / "d.json", [scoring("a.jpg")])
+    records = load_checked_records(DataConfig(files=[data], image_root=str(tmp_path)))
+    assert check_media(records, image_root=str(tmp_path)) == {}
+    assert capsys.readouterr().err == ""
+    check_media(records, image_root=str(tmp_path), progress=True)
+    load_checked_records(DataConfig(files=[data], image_root=str(tmp_path)), progress=True)
+    err = capsys.readouterr().err
+    assert "checking media" in err and "decoding media" in err
+
+
+def test_a_record_that_fails_to_decode_in_training_is_logged_with_its_file_index_and_count(mixed_file, tmp_path,
+                                                                                            caplog):
+    records = load_checked_records(DataConfig(files=[mixed_file], image_root=str(tmp_path), video_root=str(tmp_path),
+                                              on_bad_sample="skip"))
+    (tmp_path / "b.jpg").write_bytes(b"garbage" * 100)  # record 1
+    builder = _builder(records)
+    with caplog.at_level("WARNING", logger="vqrl.data.dataset"):
+        builder.row(1)
+    (message,) = [r.getMessage() for r in caplog.records if "cannot decode media" in r.getMessage()]
+    assert message.startswith(f"{records[1]['_file']}:{records[1]['_index']}: cannot decode media (")
+    assert message.endswith("); using another record instead (1 failed so far)")

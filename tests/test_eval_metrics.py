@@ -190,3 +190,17 @@ def test_bad_input_raises():
         M.compute_metrics([1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match="MOS must be finite"):
         M.compute_metrics([1, None, 3], [1, 2, 3])
+
+
+@pytest.mark.parametrize("b4", [0.7, -0.7])
+def test_the_logistic_jacobian_is_the_derivative_of_the_logistic(b4):
+    """The fit uses the analytic Jacobian: a wrong sign or factor in it still 'fits', only worse, so it is checked
+    against central differences of logistic4 itself."""
+    x = np.linspace(-2.0, 3.0, 11)
+    params = np.array([4.5, 1.2, 0.4, b4])
+    jac = M._logistic4_jacobian(x, *params)
+    for k in range(4):
+        step = np.zeros(4)
+        step[k] = 1e-6
+        numeric = (M.logistic4(x, *(params + step)) - M.logistic4(x, *(params - step))) / 2e-6
+        np.testing.assert_allclose(jac[:, k], numeric, rtol=1e-5, atol=1e-7)

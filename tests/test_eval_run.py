@@ -843,3 +843,53 @@ def test_rows_written_in_pieces_by_short_writes_arrive_whole(tmp_path, monkeypat
                 + "s1,d,s1.jpg,3.0,,,unreadable media: é\r\n")
     assert open(path, encoding="utf-8", newline="").read() == expected
     assert len(sizes) > 1 and sum(sizes) == len(expected.encode("utf-8"))
+
+
+def test_digit_token_ids_map_every_digit_0_to_9_and_refuse_a_split_digit():
+    from vqrl.eval.inference import digit_token_ids
+
+    class Tok:
+        def __init__(self, split=None):
+            self.split = split
+
+        def encode(self, text, add_special_tokens=False):
+            assert add_special_tokens is False
+            return [1, 2] if text == self.split else [100 + int(text)]
+
+    assert digit_token_ids(Tok()) == {d: 100 + d for d in range(10)}
+    with pytest.raises(ValueError, match="tokenizer spells digit 9 as 2 tokens"):
+        digit_token_ids(Tok(split="9"))
+
+
+@pytest.mark.parametrize("do_sample, expected", [(True, 0.7), (False, None)])
+def test_the_sampling_temperature_reaches_generation_only_when_sampling(tiny_model_dir, monkeypatch, do_sample,
+                                                                         expected):
+    """--temperature shapes --mode sample; greedy decoding gets none (HF would warn that it is ignored)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vqrl.eval.inference import generate
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, padding_side="left")
+    seen = {}
+
+    def fake_generate(input_ids, **kwargs):
+        seen.update(kwargs)
+        return torch.cat([input_ids, torch.full((input_ids.size(0), 1), 11)], dim=1)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    prompt = processor.tokenizer.encode("Rate the photo.", add_special_tokens=False)
+    assert generate(model, processor, [prompt], [{}], 1, do_sample=do_sample, temperature=0.7) == [[11]]
+    assert seen["do_sample"] is do_sample and seen["temperature"] == expected
+
+
+def test_an_empty_predictions_file_is_a_fresh_start_not_rows_without_settings(tmp_path):
+    """A predictions file of 0 bytes (a run killed before its first row) holds nothing to protect: the folder is
+    claimed and its settings written, where a file with rows but no settings is refused."""
+    (tmp_path / store.PREDICTIONS).write_text("")
+    store.claim(str(tmp_path), {"model": "m"})
+    assert json.loads((tmp_path / store.SETTINGS).read_text())["model"] == "m"
+    (tmp_path / store.SETTINGS).unlink()
+    (tmp_path / store.PREDICTIONS).write_text("sample_id,score\n")
+    with pytest.raises(EvalError, match="holds predictions but settings.json beside it is missing"):
+        store.claim(str(tmp_path), {"model": "m"})
