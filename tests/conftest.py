@@ -56,3 +56,12 @@ def durability_log(monkeypatch):
         return events
 
     return watch
+
+
+@pytest.fixture
+def own_torch_rng():
+    """For tests that seed torch's global generator: it is given back as it was, so no later test depends on them."""
+    import torch
+
+    with torch.random.fork_rng():
+        yield

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from vqrl.modeling.teacher_forcing import model_inputs, pad_left, teacher_forced_probs
 
 VOCAB, PAD, IMG, VID = 12, 0, 10, 11
+
+pytestmark = pytest.mark.usefixtures("own_torch_rng")  # these tests seed torch's global generator
 
 
 class _Backbone(torch.nn.Module):

@@ -10,6 +10,8 @@ import torch
 
 from vqrl.modeling import vision_once
 
+pytestmark = pytest.mark.usefixtures("own_torch_rng")  # these tests seed torch's global generator
+
 
 def _image_sample(tag: float, grids: list[list[int]]):
     rows = sum(t * h * w for t, h, w in grids)
