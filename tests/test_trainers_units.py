@@ -7,6 +7,7 @@ so the exact chunks, values and counts the method must produce are asserted, not
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from types import SimpleNamespace
@@ -206,6 +207,17 @@ def test_pd_weighted_probability_is_the_weighted_sum_and_zero_for_a_target_of_ot
 
 
 # ---------------------------------------------------------------- vLLM rollouts: the log-prob gap per batch
+class _PhaseLog:
+    """A heartbeat that records the phases the trainer enters, as (name, step)."""
+
+    def __init__(self, phases: list):
+        self.phases = phases
+
+    def phase(self, name, step):
+        self.phases.append((name, step))
+        return contextlib.nullcontext()
+
+
 class _OneProcess:
     def __init__(self, main=True):
         self.is_main_process = main
@@ -627,12 +639,6 @@ def test_a_checkpoint_is_written_into_staging_then_finalized_then_older_ones_rot
 
     phases = []
 
-    class Heartbeat:
-        def phase(self, name, step):
-            import contextlib
-
-            phases.append((name, step))
-            return contextlib.nullcontext()
 
     monkeypatch.setattr(GRPOTrainer, "_save_checkpoint", fake_save)
     monkeypatch.setattr(checkpoints, "clear_dir", lambda path: events.append(("clear", path)))
@@ -642,7 +648,7 @@ def test_a_checkpoint_is_written_into_staging_then_finalized_then_older_ones_rot
     monkeypatch.setattr(trainer_base, "rotate_checkpoints", lambda **kw: events.append(("rotate", kw)))
     trainer = _bare(args=SimpleNamespace(should_save=should_save, save_total_limit=2, tag="cfg"),
                     state=SimpleNamespace(global_step=7, best_model_checkpoint="best"), _staging_root=None,
-                    heartbeat=Heartbeat(), accelerator=SimpleNamespace(
+                    heartbeat=_PhaseLog(phases), accelerator=SimpleNamespace(
                         wait_for_everyone=lambda: events.append(("wait",))))
     trainer._save_checkpoint("model", "trial")
     saved = ("save", "model", "trial", staging, ("save", 7))
@@ -763,14 +769,8 @@ def test_vllm_server_generation_sends_each_prompts_images(monkeypatch):
 def test_generation_keeps_the_watchdogs_heartbeat_fresh(monkeypatch):
     phases = []
 
-    class Heartbeat:
-        def phase(self, name, step):
-            import contextlib
 
-            phases.append((name, step))
-            return contextlib.nullcontext()
-
-    trainer, seen, _ = _generation(monkeypatch, heartbeat=Heartbeat(), state=SimpleNamespace(global_step=12))
+    trainer, seen, _ = _generation(monkeypatch, heartbeat=_PhaseLog(phases), state=SimpleNamespace(global_step=12))
     trainer._generate_single_turn([[7], [8]], None, {}, 2)
     assert phases == [("generate", 12)] and len(seen) == 1
 
