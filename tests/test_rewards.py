@@ -38,6 +38,8 @@ def call(name, completion, **row):
     ("<ANSWER >  4 </ answer>", "4"),
     ("<answer>1</answer> then <answer>2</answer>", "2"),
     ("<answer>1</answer> then <answer>2", "1"),  # an unclosed trailing answer is not an answer
+    ("<answer>1</answer><answer>unclosed", "1"),
+    ("<answer> 3.5 </answer>", "3.5"),
     ("<answer><answer>3</answer></answer>", "3"),
     ("<answer></answer>", ""),
     ("Score: 4", None),
@@ -838,6 +840,8 @@ def test_a_reward_names_itself_and_its_options():
     ('```json\n{"distortion": "blur"}\n```', '{"distortion": "blur"}'),
     ('```{"distortion": "blur"}```', '{"distortion": "blur"}'),  # a one-line block
     ('{"distortion": "blur"}', '{"distortion": "blur"}'),
+    ("```\nx", "x"),  # an unclosed block
+    (" plain ", "plain"),
 ])
 def test_a_markdown_code_block_is_unwrapped_to_its_body(text, body):
     from vqrl.rewards.perception import _unfence

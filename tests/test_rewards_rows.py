@@ -247,21 +247,6 @@ def test_completion_text_of_each_form(completion, text):
     assert completion_text(completion) == text
 
 
-@pytest.mark.parametrize("text, answer", [
-    ("<answer> 3.5 </answer>", "3.5"),
-    ("<answer>1</answer> and <Answer >2</ answer>", "2"),
-    ("<answer><answer>3</answer></answer>", "3"),
-    ("<answer>1</answer><answer>unclosed", "1"),
-    ("</answer><answer>", None),
-    ("no tags", None),
-    (None, None),
-])
-def test_extract_answer_takes_the_last_complete_pair(text, answer):
-    from vqrl.rewards.parsing import extract_answer
-
-    assert extract_answer(text) == answer
-
-
 @pytest.mark.parametrize("answer, number", [
     ("Score: 3.62", 3.62), ("score:4.0", 4.0), ("4.", 4.0), (" 4 ", 4.0), ("3.5.", 3.5), ("4/5", None),
     ("nan", None), ("1e3", None), ("", None), (None, None), ("Score 2", 2.0),
@@ -326,10 +311,3 @@ def test_severity_level(value, level):
 ])
 def test_parse_box(value, box):
     assert perception.parse_box(value) == box
-
-
-@pytest.mark.parametrize("text, body", [
-    ("```json\n{}\n```", "{}"), ("```{}```", "{}"), ("```\nx", "x"), (" plain ", "plain"),
-])
-def test_unfence(text, body):
-    assert perception._unfence(text) == body
