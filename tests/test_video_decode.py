@@ -131,6 +131,13 @@ class SpyContainer:
         return packets if self._packets is None else self._packets(packets)
 
 
+def frame_timestamps(path) -> list:
+    """Every frame's presentation timestamp in display order, read from the packets (no decoding)."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+
+
 def spy_on_av(monkeypatch, packets=None) -> list:
     log, real = [], av.open
     monkeypatch.setattr(av, "open", lambda *a, **k: SpyContainer(real(*a, **k), log, packets))
@@ -146,9 +153,7 @@ def test_each_kept_frame_is_reached_by_seeking_to_the_keyframe_at_or_before_it(t
     path = encode(tmp_path / "clip.mp4", frames, 64, 48, 30, gop, 0)
     spec = M.VisionSpec()
     want, idx, total = reference(path, spec)
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+    pts = frame_timestamps(path)
     log = spy_on_av(monkeypatch)
     monkeypatch.setattr(M, "load_video_full", lambda *a: pytest.fail("the whole-file fallback must not run"))
     got, meta = M.load_video(path, spec)
@@ -166,9 +171,7 @@ def test_in_one_long_gop_the_kept_frames_are_decoded_through_once(tmp_path, monk
     path = encode(tmp_path / "clip.mp4", 90, 64, 48, 30, 250, 0)
     spec = M.VisionSpec()
     want, idx, total = reference(path, spec)
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+    pts = frame_timestamps(path)
     log = spy_on_av(monkeypatch)
     got, meta = M.load_video(path, spec)
     assert torch.equal(got, want) and meta["frames_indices"] == idx and idx[0] == 0 and len(idx) == 6
