@@ -184,27 +184,6 @@ def test_gpu_rows_carry_each_steps_peak_memory(tmp_path, monkeypatch):
             assert not any("gpu" in r for r in rows) and cuda.resets == 0
 
 
-def test_the_progress_bar_shows_reward_each_reward_loss_and_grad():
-    from vqrl.training.progress import CompactProgress
-
-    class Bar:
-        postfix = None
-
-        def set_postfix(self, values, refresh=True):
-            self.postfix = values
-
-    progress = CompactProgress()
-    progress.training_bar = Bar()
-    state = SimpleNamespace(is_world_process_zero=True)
-    progress.on_log(None, state, None, logs={"loss": 0.0123, "rewards/format/mean": 0.75, "grad_norm": 0.4,
-                                              "reward": 1.5, "rewards/format/std": 0.1, "epoch": 0.3})
-    assert list(progress.training_bar.postfix.items()) == [("reward", "1.5"), ("format", "0.75"), ("loss", "0.0123"),
-                                                           ("grad", "0.4")]
-    progress.training_bar = Bar()
-    progress.on_log(None, state, None, logs={"epoch": 0.3})  # nothing worth showing: the bar is left alone
-    assert progress.training_bar.postfix is None
-
-
 def test_reading_metrics_skips_a_cut_line_and_keeps_the_rows_after_it(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "rew\n{"step": 3, "reward": 0.7}\n')

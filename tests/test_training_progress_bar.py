@@ -49,3 +49,16 @@ def test_each_reward_follows_the_total_even_without_it_and_values_are_short():
     assert progress.training_bar.postfix is None
     progress.training_bar = None
     progress.on_log(None, state, None, logs={"reward": 1.0})  # no bar (disable_tqdm): nothing to do, no error
+
+
+def test_the_progress_bar_shows_reward_each_reward_loss_and_grad():
+    progress = CompactProgress()
+    progress.training_bar = Bar()
+    state = SimpleNamespace(is_world_process_zero=True)
+    progress.on_log(None, state, None, logs={"loss": 0.0123, "rewards/format/mean": 0.75, "grad_norm": 0.4,
+                                              "reward": 1.5, "rewards/format/std": 0.1, "epoch": 0.3})
+    assert list(progress.training_bar.postfix.items()) == [("reward", "1.5"), ("format", "0.75"), ("loss", "0.0123"),
+                                                           ("grad", "0.4")]
+    progress.training_bar = Bar()
+    progress.on_log(None, state, None, logs={"epoch": 0.3})  # nothing worth showing: the bar is left alone
+    assert progress.training_bar.postfix is None
