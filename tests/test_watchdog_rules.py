@@ -76,6 +76,19 @@ def test_a_wake_up_ends_one_sleep_only(tmp_path):
         assert time.monotonic() - t0 >= 0.19
 
 
+def test_a_pending_stop_signal_skips_the_sleep_unless_it_is_the_one_being_handled(tmp_path):
+    """A stop signal not yet acted on makes any sleep return at once, even when its wake-up byte was already used;
+    the signal being handled (stop_run's naps) does not."""
+    with self_pipe(_dog(tmp_path)) as dog:
+        dog.pending.append(signal.SIGTERM)
+        t0 = time.monotonic()
+        dog._sleep(5.0)
+        assert time.monotonic() - t0 < 1.0
+        t0 = time.monotonic()
+        dog._sleep(0.2, handled=1)
+        assert time.monotonic() - t0 >= 0.19
+
+
 def test_the_watch_wakes_when_the_run_exits_not_at_the_next_poll_and_leaks_no_descriptor(tmp_path):
     fds = set(os.listdir("/proc/self/fd"))
     cmd = child_command(tmp_path, 'hb.beat(1, "train")\ntime.sleep(0.2)\n')
