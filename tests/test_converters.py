@@ -749,3 +749,16 @@ def test_convert_without_root_or_out_is_a_usage_error_naming_it(tmp_path, capsys
     assert exit_info.value.code == 2
     assert f"the following arguments are required: {missing}" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_kadid_with_a_single_row_converts(tmp_path):
+    """The optional `var` column is found from the header of the first row: a one-row file (a subset) works too."""
+    (tmp_path / "kadid10k").mkdir()
+    (tmp_path / "kadid10k" / "dmos.csv").write_text("dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.57,0.496\n")
+    (rec,) = C.convert("kadid-10k", tmp_path)
+    assert rec["solution"] == 4.57 and rec["meta"]["var"] == 0.496
+
+
+def test_tid2013_a_blank_line_inside_the_file_is_skipped_not_the_end(tmp_path):
+    (tmp_path / "mos_with_names.txt").write_text("5.1 i01_01_1.bmp\n\n   \n4.0 i01_01_2.bmp\n")
+    assert [r["meta"]["name"] for r in C.convert("tid2013", tmp_path)] == ["i01_01_1.bmp", "i01_01_2.bmp"]

@@ -1407,3 +1407,22 @@ def test_a_record_that_fails_to_decode_in_training_is_logged_with_its_file_index
     (message,) = [r.getMessage() for r in caplog.records if "cannot decode media" in r.getMessage()]
     assert message.startswith(f"{records[1]['_file']}:{records[1]['_index']}: cannot decode media (")
     assert message.endswith("); using another record instead (1 failed so far)")
+
+
+def test_a_broken_record_is_located_by_line_even_after_leading_blank_lines(tmp_path):
+    last_line = '{"image": "b.jpg", "solution": 4.1'
+    (tmp_path / "d.json").write_text("\n\n[\n" + json.dumps(scoring("a.jpg")) + ",\n" + last_line)
+    (problem,) = read_records(tmp_path / "d.json").problems
+    assert f"line 5 column {len(last_line) + 1}" in problem.reason, problem.reason
+    (tmp_path / "e.json").write_text("\n[" + last_line)  # one blank line, then the broken record on line 2
+    (problem,) = read_records(tmp_path / "e.json").problems
+    assert f"line 2 column {len(last_line) + 2}" in problem.reason, problem.reason
+
+
+def test_a_processor_without_merge_size_merges_two_by_two_as_qwen():
+    """VisionSpec.for_processor: a processor that does not state merge_size gets Qwen's 2x2 merge (factor = patch x 2)."""
+    from types import SimpleNamespace
+
+    processor = SimpleNamespace(image_processor=SimpleNamespace(patch_size=14, size={}),
+                                video_processor=SimpleNamespace(patch_size=14, size={}))
+    assert VisionSpec.for_processor(processor).factor == 28
