@@ -759,6 +759,8 @@ def test_a_row_that_raises_scores_zero_and_is_reported(caplog):
     assert func(["a", "b"], log_metric=lambda k, v: logged.append((k, v))) == [0.0, 0.0]
     assert logged == [("parse_fail/broken", 1.0)]
     assert "reward broken raised on completion 0" in caplog.text
+    failures = [r for r in caplog.records if "raised on completion" in r.getMessage()]
+    assert len(failures) == 2 and all(r.exc_info and r.exc_info[0] is RuntimeError for r in failures)  # the traceback
 
 
 def test_mixed_stage1_batch_each_reward_grades_its_own_task():
