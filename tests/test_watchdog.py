@@ -22,7 +22,7 @@ import pytest
 
 from vqrl.training.heartbeat import Heartbeat, heartbeat_path, read_heartbeat
 from vqrl.watchdog import Watchdog, backoff_delay, build_parser, find_output_dir, resume_command, split_argv
-from watchdog_utils import (FAST, alive, attempts, child_command, deadline, environ_as, events,
+from watchdog_utils import (FAST, alive, attempts, bare_dog, child_command, deadline, environ_as, events,
                             kinds, self_pipe, watch, watchdog_env)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -553,8 +553,7 @@ def test_inprocess_a_stop_signal_after_a_crash_ends_the_watch_without_a_restart(
 def test_reaping_a_dead_leader_gives_its_exit_code(tmp_path):
     """A run leader that died after the survivors check but is not reaped yet (a zombie) is reaped, so the `exit`
     event of a killed hung run carries its code rather than None."""
-    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST])
-    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog = bare_dog(tmp_path, *FAST)
     assert dog._reap()  # no run yet: nothing to reap
     dog.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     os.waitid(os.P_PID, dog.proc.pid, os.WEXITED | os.WNOWAIT)  # dead, and left a zombie
@@ -695,8 +694,7 @@ def test_a_watchdog_run_from_another_thread_polls_without_signal_handlers(tmp_pa
 def test_sigkill_is_repeated_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch):
     """A process that takes a while to go after SIGKILL (in the kernel, flushing to a slow disk) is signalled again
     every 50 ms until it is gone: the watchdog does not spin a core of the node it shares with the run."""
-    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, "--grace", "0.1"])
-    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog = bare_dog(tmp_path, *FAST, "--grace", "0.1")
     dog.proc = SimpleNamespace(pid=4242, returncode=-signal.SIGKILL)
     gone_at = time.monotonic() + 0.5
     sent = []
@@ -712,8 +710,7 @@ def test_sigkill_is_repeated_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch)
 def test_the_grace_period_is_waited_at_a_pace_not_in_a_busy_loop(tmp_path, monkeypatch):
     """While a run has --grace seconds to exit after SIGTERM, the watchdog checks every 50 ms or so, sleeping in
     between: it does not spin a core of the node it shares with the run."""
-    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, "--grace", "0.3"])
-    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog = bare_dog(tmp_path, *FAST, "--grace", "0.3")
     dog.proc = SimpleNamespace(pid=4242, returncode=-signal.SIGTERM)
     gone_at = time.monotonic() + 0.25  # exits within the grace period
     naps, real_sleep = [], dog._sleep

@@ -15,8 +15,9 @@ import time
 from types import SimpleNamespace
 
 import vqrl.watchdog as watchdog_module
-from watchdog_utils import FAST, alive, child_command, deadline, environ_as, events, kinds, self_pipe, watch, watchdog_env
 from vqrl.watchdog import Watchdog, build_parser, config_error, find_output_dir, main
+from watchdog_utils import (FAST, alive, bare_dog, child_command, deadline, environ_as, events, kinds, self_pipe,
+                            watch, watchdog_env)
 
 
 def test_the_output_folder_is_found_in_either_spelling_and_a_trailing_flag_is_ignored():
@@ -41,16 +42,11 @@ def test_a_configuration_error_is_said_in_one_line_of_at_most_1000_characters():
     assert config_error(0, None) is None
 
 
-def _dog(tmp_path, *options, command=("true",)) -> Watchdog:
-    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *FAST, *options])
-    return Watchdog(opts, list(command), stderr=io.StringIO())
-
-
 def test_an_event_records_the_time_to_the_millisecond_the_attempt_and_the_runs_pid(tmp_path, monkeypatch):
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
     monkeypatch.setattr(watchdog_module, "time", SimpleNamespace(time=lambda: 1_700_000_000.98765,
                                                                  monotonic=time.monotonic))
-    dog = _dog(tmp_path)
+    dog = bare_dog(tmp_path, *FAST)
     dog.event("start", "no run yet")
     dog.attempt, dog.proc = 3, SimpleNamespace(pid=4321)
     dog.event("exit", "run ended", step=7, exit_code=-9)
@@ -65,7 +61,7 @@ def test_an_event_records_the_time_to_the_millisecond_the_attempt_and_the_runs_p
 def test_a_wake_up_ends_one_sleep_only(tmp_path):
     """A signal's wake-up byte ends the sleep in progress and is used up with it: the next sleep sleeps its time,
     even after more wake-ups than one read takes."""
-    with self_pipe(_dog(tmp_path)) as dog:
+    with self_pipe(bare_dog(tmp_path, *FAST)) as dog:
         for _ in range(5000):
             dog._wake()
         t0 = time.monotonic()
@@ -79,7 +75,7 @@ def test_a_wake_up_ends_one_sleep_only(tmp_path):
 def test_a_pending_stop_signal_skips_the_sleep_unless_it_is_the_one_being_handled(tmp_path):
     """A stop signal not yet acted on makes any sleep return at once, even when its wake-up byte was already used;
     the signal being handled (stop_run's naps) does not."""
-    with self_pipe(_dog(tmp_path)) as dog:
+    with self_pipe(bare_dog(tmp_path, *FAST)) as dog:
         dog.pending.append(signal.SIGTERM)
         t0 = time.monotonic()
         dog._sleep(5.0)
@@ -151,7 +147,7 @@ def test_stop_run_finds_the_runs_descendants_itself(tmp_path):
     body = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
             f"time.sleep(60)'], start_new_session=True); open({str(pid_file)!r}, 'w').write(str(p.pid)); "
             f"time.sleep(60)")
-    dog = _dog(tmp_path, "--grace", "2")
+    dog = bare_dog(tmp_path, *FAST, "--grace", "2")
     dog.proc = subprocess.Popen([sys.executable, "-c", body], start_new_session=True)
     escaped = None
     try:
@@ -257,7 +253,7 @@ def test_zero_durations_are_accepted(tmp_path):
 def test_a_stop_signal_event_names_the_last_heartbeat_step(tmp_path, monkeypatch):
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
     (tmp_path / "heartbeat.json").write_text(json.dumps({"step": 7, "phase": "train", "time": 1.0}))
-    dog = _dog(tmp_path)
+    dog = bare_dog(tmp_path, *FAST)
     assert dog._stop_on_signal(signal.SIGINT) == 130
     (event,) = events(tmp_path)
     assert (event["event"], event["step"], event["signal"], event["reason"]) == ("signal", 7, "SIGINT",

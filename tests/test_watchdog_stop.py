@@ -14,10 +14,9 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from watchdog_utils import events, self_pipe
-
 import vqrl.watchdog as watchdog_module
 from vqrl.watchdog import Watchdog, build_parser
+from watchdog_utils import bare_dog, events, self_pipe
 
 PID = 4242
 
@@ -59,8 +58,7 @@ class FakeRun:
 
 def make_dog(tmp_path, monkeypatch, *options) -> Watchdog:
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
-    opts = build_parser().parse_args(["--output_dir", str(tmp_path), *options])
-    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog = bare_dog(tmp_path, *options)
     dog.proc = SimpleNamespace(pid=PID, returncode=-signal.SIGKILL)
     return dog
 
@@ -152,8 +150,7 @@ def test_survivors_skips_a_process_that_vanished_while_listed(tmp_path, monkeypa
     """A process that exits between the listing and the look-up (or cannot be inspected) is skipped; the scan goes
     on to the run's live members after it."""
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
-    opts = build_parser().parse_args(["--output_dir", str(tmp_path)])
-    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog = bare_dog(tmp_path)
     member = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     try:
         gone = max(psutil.pids()) + 100_000
@@ -172,8 +169,7 @@ def test_a_tracked_descendant_counts_only_while_its_start_time_matches(tmp_path,
     """A descendant that left the group is a survivor while its pid still names the same process (same start
     time); a reused pid (another start time) is not."""
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
-    opts = build_parser().parse_args(["--output_dir", str(tmp_path)])
-    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog = bare_dog(tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     try:
         started = psutil.Process(other.pid).create_time()
@@ -188,8 +184,7 @@ def test_a_tracked_descendant_counts_only_while_its_start_time_matches(tmp_path,
 
 def test_stopping_on_a_signal_before_any_run_returns_its_exit_code(tmp_path, monkeypatch):
     monkeypatch.delenv("VQRL_HEARTBEAT", raising=False)
-    opts = build_parser().parse_args(["--output_dir", str(tmp_path)])
-    dog = Watchdog(opts, ["true"], stderr=io.StringIO())
+    dog = bare_dog(tmp_path)
     assert dog._stop_on_signal(signal.SIGTERM) == 143
     assert dog._stop_on_signal(signal.SIGUSR1) == 128 + signal.SIGUSR1
     assert [(e["event"], e["watchdog_exit"]) for e in events(tmp_path)] == [("signal", 143), ("signal", 138)]

@@ -21,6 +21,12 @@ FAST = ["--backoff", "0.05", "--max_backoff", "0.2", "--grace", "1", "--poll", "
         "--hang_timeout", "2", "--startup_timeout", "10", "--window", "600"]
 
 
+def bare_dog(out: Path, *options: str, command=("true",)) -> Watchdog:
+    """A Watchdog on output folder `out`, not started: for tests that drive its parts directly."""
+    return Watchdog(build_parser().parse_args(["--output_dir", str(out), *options]), list(command),
+                    stderr=io.StringIO())
+
+
 def watchdog_env():
     env = dict(os.environ)
     env.pop("VQRL_HEARTBEAT", None)
