@@ -781,6 +781,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vllm-python", default=VLLM_PYTHON, help="the Python of the vLLM venv (with --vllm)")
     p.add_argument("--list", action="store_true", help="list the candidate mutants and exit")
     args = p.parse_args(argv)
+    if args.only_tests and (args.tests or args.vllm or args.fresh_baseline):
+        p.error("--only-tests runs exactly the tests it names, without a baseline: not with --tests, --vllm or "
+                "--fresh-baseline")
     vllm_python = str((ROOT / args.vllm_python).absolute()) if args.vllm else None
     if vllm_python and not os.access(vllm_python, os.X_OK):
         raise SystemExit(f"mutate: --vllm needs the vLLM venv's Python at {vllm_python} (make test-vllm builds it)")

@@ -267,3 +267,11 @@ def test_only_tests_runs_exactly_the_tests_given_without_a_baseline(tmp_path, mo
                         "--out", str(tmp_path / "out")]) == 0
     assert calls == [(ident, ["tests/test_rewards.py::test_a", "tests/test_b.py"], 900.0, True)]
     assert '"killed_by": "tests/test_rewards.py::test_a"' in (tmp_path / "out" / "report.json").read_text()
+
+
+@pytest.mark.parametrize("other", [["--tests", "tests/test_a.py"], ["--vllm"], ["--fresh-baseline"]])
+def test_only_tests_refuses_options_it_would_ignore(other, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mutate.main(["--mutant", "x", "--only-tests", "tests/test_a.py", *other])
+    assert exit_info.value.code == 2
+    assert "--only-tests runs exactly the tests it names" in capsys.readouterr().err
