@@ -31,13 +31,13 @@ def main() -> int:
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from logprob_probe import check_prompts, cut_at_vision, gap_stats, model_inputs, token_logps
+    from logprob_probe import check_prompts, end_at_vision, gap_stats, model_inputs, token_logps
 
     from vqrl.modeling.vision import vision_token_ids
 
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")
     _, encoded = check_prompts(processor)
-    cut_at = set(vision_token_ids(processor.tokenizer))
+    vision_ids = set(vision_token_ids(processor.tokenizer))
 
     def load(dtype, attn):
         return AutoModelForImageTextToText.from_pretrained(a.model, dtype=dtype, attn_implementation=attn,
@@ -52,11 +52,12 @@ def main() -> int:
             out = reference.generate(input_ids=x, attention_mask=torch.ones_like(x), **extra, do_sample=True,
                                      temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=a.tokens,
                                      min_new_tokens=a.tokens, num_return_sequences=a.samples)
-        rows = [row[:cut_at_vision(row, cut_at)] for row in out[:, x.shape[1]:].tolist()]
+        rows = [row[:end_at_vision(row, vision_ids)] for row in out[:, x.shape[1]:].tolist()]
         samples[kind] = [row for row in rows if row]
 
     def score(model):
-        return {kind: torch.cat([token_logps(model, ids, media, tokens, a.device) for tokens in samples[kind]])
+        return {kind: torch.cat([token_logps(model, ids, media, tokens, a.device, vision_ids)
+                                 for tokens in samples[kind]])
                 for kind, (ids, media) in encoded.items()}
 
     base = score(reference)

@@ -1,6 +1,7 @@
 """What the two log-prob diagnostics share (scripts/vllm_logprob_check.py, scripts/hf_numerics_check.py): the same
-text-only, image and video prompts, completions cut before a vision token as the trainers cut them, the training
-forward's log-probs of given tokens, and the gap summary they print."""
+text-only, image and video prompts, completions ended at a sampled vision token as the trainers end them, the training
+forward's log-probs of given tokens (a sampled vision token blanked in what the model reads, as the trainers do), and
+the gap summary they print."""
 
 from __future__ import annotations
 
@@ -28,16 +29,21 @@ def check_prompts(processor) -> tuple[dict, dict]:
     return prompts, {k: encode_prompt(processor, v) for k, v in prompts.items()}
 
 
-def cut_at_vision(tokens: list[int], vision_ids: set[int]) -> int:
-    """Where the trainers end a completion: before its first vision special token."""
-    return next((j for j, t in enumerate(tokens) if t in vision_ids), len(tokens))
+def end_at_vision(tokens: list[int], vision_ids: set[int]) -> int:
+    """How many tokens the trainers keep of a completion: up to and including its first vision special token."""
+    return next((j + 1 for j, t in enumerate(tokens) if t in vision_ids), len(tokens))
 
 
-def model_inputs(model, ids: list[int], media: dict, tokens: list[int], device) -> tuple[torch.Tensor, dict]:
-    """input_ids of prompt + tokens and the vision keyword arguments, as the trainers' log-prob forward gets them."""
-    from vqrl.modeling.vision import VISION_KEYS, mm_token_type_ids
+def model_inputs(model, ids: list[int], media: dict, tokens: list[int], device,
+                 vision_ids=()) -> tuple[torch.Tensor, dict]:
+    """input_ids of prompt + tokens and the vision keyword arguments, as the trainers' log-prob forward gets them: a
+    vision token among `tokens` (one of `vision_ids`) is blanked (pad) in what the model reads."""
+    from vqrl.modeling.vision import VISION_KEYS, blank_scored_vision_tokens, mm_token_type_ids
 
     x = torch.tensor([ids + tokens], device=device)
+    if vision_ids:
+        scored = torch.tensor([[-100] * len(ids) + tokens], device=device)
+        x = blank_scored_vision_tokens(x, scored, sorted(vision_ids), model.config.pad_token_id or 0)
     extra = {k: v.to(device) for k, v in media.items() if k in VISION_KEYS}
     for k in ("pixel_values", "pixel_values_videos"):
         if k in extra:
@@ -47,9 +53,9 @@ def model_inputs(model, ids: list[int], media: dict, tokens: list[int], device) 
     return x, extra
 
 
-def token_logps(model, ids: list[int], media: dict, tokens: list[int], device) -> torch.Tensor:
+def token_logps(model, ids: list[int], media: dict, tokens: list[int], device, vision_ids=()) -> torch.Tensor:
     """log p(token) of each completion token under `model` (host float32)."""
-    x, extra = model_inputs(model, ids, media, tokens, device)
+    x, extra = model_inputs(model, ids, media, tokens, device, vision_ids)
     with torch.no_grad():
         logits = model(input_ids=x, **extra).logits[0, len(ids) - 1:-1].float()
     return logits.log_softmax(-1).gather(-1, torch.tensor(tokens, device=device)[:, None])[:, 0].cpu()

@@ -36,7 +36,7 @@ def main() -> int:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from vllm import LLM, SamplingParams
 
-    from logprob_probe import check_prompts, cut_at_vision, gap_stats, token_logps
+    from logprob_probe import check_prompts, end_at_vision, gap_stats, token_logps
 
     from vqrl.modeling.vision import media_of, vision_token_ids
     from vqrl.modeling.vllm_compat import llm_drops_video_metadata
@@ -77,10 +77,10 @@ def main() -> int:
         for sample in out.outputs:
             tokens = list(sample.token_ids)
             sampled = torch.tensor([next(iter(d.values())).logprob for d in sample.logprobs])
-            cut = cut_at_vision(tokens, vision_tokens)
-            tokens, sampled = tokens[:cut], sampled[:cut]
+            keep = end_at_vision(tokens, vision_tokens)
+            tokens, sampled = tokens[:keep], sampled[:keep]
             if tokens:
-                gaps.append(token_logps(model, ids, vision, tokens, a.device) - sampled)
+                gaps.append(token_logps(model, ids, vision, tokens, a.device, vision_tokens) - sampled)
         result[kind] = gap_stats(torch.cat(gaps))
         print(f"{kind:>6}: mean |Δlogp| {result[kind]['mean']:.4f}  p99 {result[kind]['p99']:.4f}  "
               f"max {result[kind]['max']:.4f}  ({result[kind]['tokens']} tokens)", flush=True)

@@ -45,7 +45,9 @@ def _fixed_batch(trainer, n_prompts: int, completion_len: int = 6) -> dict:
     prompt_mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in ids])[:, None]).long()
     gen = torch.Generator().manual_seed(0)
     n = len(ids)
-    completion_ids = torch.randint(10, 200, (n, completion_len), generator=gen)  # plain text ids
+    # plain text ids: above the vision special tokens (9-13 in the tiny tokenizer), which a completion holds only as
+    # its last, sampled token, blanked in what the model reads (test_trainer.py)
+    completion_ids = torch.randint(max(trainer._vision_token_ids) + 1, 200, (n, completion_len), generator=gen)
     completion_mask = torch.ones(n, completion_len, dtype=torch.long)
     completion_mask[::3, -2:] = 0  # some shorter completions
     return {

@@ -136,9 +136,10 @@ def test_rewards_get_the_group_size_of_the_mode_they_score(tiny_model_dir, tmp_p
         assert rewards[:, 0].tolist() == [group] * 4
 
 
-def test_completions_are_cut_before_vision_tokens(tiny_model_dir, tmp_path):
+def test_completions_end_at_vision_tokens(tiny_model_dir, tmp_path):
     """Vision special tokens are not suppressed in sampling (the loss scores the whole vocabulary); a completion
-    that holds one ends just before it, its sampling log-probs with it; the cut fraction is logged."""
+    that samples one ends with it, its sampling log-probs with it, so the loss scores that choice; the share of such
+    completions is logged."""
     data = write_records(tmp_path / "d.json", IMAGE_RECORDS)
     trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"])
     tok = trainer._tokenizer
@@ -148,16 +149,48 @@ def test_completions_are_cut_before_vision_tokens(tiny_model_dir, tmp_path):
     # never suppressed in sampling: the loss scores the softmax over the whole vocabulary
     assert not set(trainer.generation_config.suppress_tokens or []) & set(special)
     image_pad, start = trainer._image_token_id, special[0]
-    eos = tok.eos_token_id
     trainer.model.train()
     ids = [[105, 106, image_pad, 107], [105, 106], [start, 109], [108, 109, 110, start, image_pad]]
     logprobs = [[-1.0, -2.0, -3.0, -4.0], [-1.0, -2.0], [-5.0, -6.0], [-7.0, -8.0, -9.0, -1.0, -2.0]]
-    cut, cut_logprobs = trainer._cut_at_vision_tokens(ids, logprobs)
-    # a completion whose first token is a vision token: TRL needs a last token, so it becomes end-of-text alone
-    assert cut == [[105, 106], [105, 106], [eos], [108, 109, 110]]
-    assert cut_logprobs == [[-1.0, -2.0], [-1.0, -2.0], [-5.0], [-7.0, -8.0, -9.0]]
-    assert trainer._metrics["train"]["completions/cut_at_vision_token"] == [0.75]
-    assert trainer._cut_at_vision_tokens([[105, 106]], None) == ([[105, 106]], None)
+    ended, ended_logprobs = trainer._end_at_vision_tokens(ids, logprobs)
+    assert ended == [[105, 106, image_pad], [105, 106], [start], [108, 109, 110, start]]
+    assert ended_logprobs == [[-1.0, -2.0, -3.0], [-1.0, -2.0], [-5.0], [-7.0, -8.0, -9.0, -1.0]]
+    assert trainer._metrics["train"]["completions/ended_at_vision_token"] == [0.75]
+    assert trainer._end_at_vision_tokens([[105, 106]], None) == ([[105, 106]], None)
+
+
+@pytest.mark.parametrize("vision_once", ["true", "false"])
+def test_the_loss_scores_a_sampled_vision_token_as_the_model_would_sample_it(tiny_model_dir, tmp_path, vision_once):
+    """The log-prob passes score a completion that ends with a sampled vision token (image placeholder, vision start)
+    exactly as the model gives it after the completion's other tokens. Before 2026-12-02 such completions were cut
+    before the token, which then never met the policy gradient (docs/learning.md); fed to the model as it is, it
+    would be read as an image without features."""
+    from vqrl.modeling import vision as V
+
+    data = write_records(tmp_path / "d.json", IMAGE_RECORDS)
+    trainer = make_trainer(tiny_model_dir, tmp_path / "out", [data], reward_funcs=["recording:length_reward"],
+                           per_device_train_batch_size=4, num_generations=2, vision_once=vision_once)
+    inputs = _generation_batch(trainer)
+    tok = trainer._tokenizer
+    enders = [trainer._image_token_id, tok.convert_tokens_to_ids("<|vision_start|>"), trainer._video_token_id,
+              tok.convert_tokens_to_ids("<|vision_end|>")]
+    completion = torch.tensor([[105, 106, end] for end in enders])
+    prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+    model = trainer.model
+    with torch.no_grad():
+        trainer._pending_vision = inputs["vision"]
+        got, _, _ = trainer._get_per_token_logps_and_entropies(
+            model, torch.cat([prompt_ids, completion], 1), torch.cat([prompt_mask, torch.ones_like(completion)], 1), 3)
+        # the model's own distribution after each completion prefix, read without the last (vision) token
+        x = torch.cat([prompt_ids, completion[:, :2]], 1)
+        extra = V.collate(inputs["vision"])
+        extra["mm_token_type_ids"] = V.mm_token_type_ids(x, trainer._image_token_id, trainer._video_token_id)
+        with trainer.accelerator.autocast():  # as TRL's pass runs (bf16 autocast in these tests' flags)
+            logits = model(input_ids=x, attention_mask=torch.cat([prompt_mask, torch.ones_like(completion[:, :2])],
+                                                                 1), **extra).logits[:, -3:]
+        want = logits.float().log_softmax(-1).gather(-1, completion[:, :, None])[:, :, 0]
+    assert torch.allclose(got, want, atol=1e-5), (got, want)
+    assert torch.isfinite(got).all()
 
 
 def test_bad_sample_policy(tiny_model_dir, tmp_path):

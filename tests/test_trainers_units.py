@@ -19,6 +19,7 @@ from trl.trainer.utils import RepeatSampler
 
 from vqrl.trainers import base as trainer_base
 from vqrl.trainers import refine as refine_module
+from vqrl.trainers import trl_seam
 from vqrl.trainers.base import EpochRepeatSampler, VQRLTrainer
 from vqrl.trainers.refine import RefineTrainer
 
@@ -60,12 +61,17 @@ def _sequences(n: int):
     return ids, mask, vision
 
 
+def _fed(call):
+    """What the model of a recorded chunk receives when TRL calls it with the chunk's ids, nothing scored."""
+    return call["model"](input_ids=call["ids"], labels=torch.full_like(call["ids"], -100))
+
+
 def test_logps_run_chunk_by_chunk_each_with_its_own_sequences_vision(monkeypatch):
     calls = _record_base(monkeypatch)
     ids, mask, vision = _sequences(5)
     model = lambda **kw: kw  # noqa: E731 - returns what it is called with
     trainer = _bare(_pending_vision=vision, vision_once=False, _image_token_id=IMAGE_TOKEN,
-                    _video_token_id=VIDEO_TOKEN)
+                    _video_token_id=VIDEO_TOKEN, _vision_token_ids=[IMAGE_TOKEN, VIDEO_TOKEN], _blank_token_id=0)
     lp, ent, aux = trainer._get_per_token_logps_and_entropies(model, ids, mask, 2, batch_size=2,
                                                               compute_entropy=True, compute_aux_loss=True)
     assert [c["ids"][:, 0].tolist() for c in calls] == [[0, 1], [2, 3], [4]]
@@ -73,8 +79,9 @@ def test_logps_run_chunk_by_chunk_each_with_its_own_sequences_vision(monkeypatch
     assert [c["mask"][:, 0].tolist() for c in calls] == [[0, 1], [0, 1], [0]]
     assert all(c["keep"] == 2 and c["entropy"] and c["aux"] and c["kwargs"] == {} for c in calls)
     for call, rows in zip(calls, ([0, 1], [2, 3], [4])):
-        extra = call["model"]()  # what the model receives beside TRL's own arguments: this chunk's vision
-        assert set(extra) == {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
+        extra = _fed(call)  # what the model receives beside TRL's own arguments: this chunk's vision
+        assert set(extra) == {"input_ids", "labels", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
+        assert torch.equal(extra["input_ids"], call["ids"])  # prompt vision tokens are read as they are
         assert extra["pixel_values"][:, 0].tolist() == [float(r) for r in rows]
         assert extra["image_grid_thw"][:, 2].tolist() == [r + 1 for r in rows]
         assert extra["mm_token_type_ids"].tolist() == [[0, 1 if r % 2 == 0 else 0, 0, 0] for r in rows]
@@ -97,19 +104,49 @@ def test_logps_of_text_only_sequences_get_no_vision_arguments(monkeypatch):
     calls = _record_base(monkeypatch)
     ids, mask, _ = _sequences(2)
     trainer = _bare(_pending_vision=[{}, {}], vision_once=False, _image_token_id=IMAGE_TOKEN,
-                    _video_token_id=VIDEO_TOKEN)
+                    _video_token_id=VIDEO_TOKEN, _vision_token_ids=[IMAGE_TOKEN], _blank_token_id=0)
     trainer._get_per_token_logps_and_entropies(lambda **kw: kw, ids, mask, 1, batch_size=2)
-    assert calls[0]["model"]() == {}  # no mm_token_type_ids without vision tensors
+    assert set(_fed(calls[0])) == {"input_ids", "labels"}  # no mm_token_type_ids without vision tensors
 
 
 def test_logps_without_pending_vision_are_trls_own_call(monkeypatch):
     calls = _record_base(monkeypatch)
     ids, mask, _ = _sequences(3)
-    model = lambda **kw: None
-    trainer = _bare(_pending_vision=None, vision_once=True)
+    model = lambda **kw: kw  # noqa: E731 - returns what it is called with
+    trainer = _bare(_pending_vision=None, vision_once=True, _vision_token_ids=[IMAGE_TOKEN], _blank_token_id=0)
     trainer._get_per_token_logps_and_entropies(model, ids, mask, 2, batch_size=2, compute_entropy=True, extra=1)
-    assert len(calls) == 1 and calls[0]["model"] is model and calls[0]["batch_size"] == 2
+    assert len(calls) == 1 and calls[0]["batch_size"] == 2
+    assert set(_fed(calls[0])) == {"input_ids", "labels"}  # the model itself, its scored vision tokens blanked
     assert torch.equal(calls[0]["ids"], ids) and calls[0]["kwargs"] == {"extra": 1} and calls[0]["entropy"]
+
+
+@pytest.mark.parametrize("pending", [None, "vision"])
+def test_the_log_prob_forward_reads_a_blank_for_a_completions_sampled_vision_token(monkeypatch, pending):
+    """A completion ends with the vision token it sampled: the loss scores it (labels), the model reads a blank
+    there (never a medium without features), prompt vision tokens stay, and the modality ids follow what it reads."""
+    calls = _record_base(monkeypatch)
+    ids = torch.tensor([[1, IMAGE_TOKEN, 4, VIDEO_TOKEN], [1, IMAGE_TOKEN, 4, 5]])
+    vision = [{"pixel_values": torch.ones(1, 2), "image_grid_thw": torch.tensor([[1, 1, 1]])}] * 2
+    trainer = _bare(_pending_vision=vision if pending else None, vision_once=False, _image_token_id=IMAGE_TOKEN,
+                    _video_token_id=VIDEO_TOKEN, _vision_token_ids=[IMAGE_TOKEN, VIDEO_TOKEN], _blank_token_id=0)
+    trainer._get_per_token_logps_and_entropies(lambda **kw: kw, ids, torch.ones_like(ids), 2)
+    labels = ids.clone()
+    labels[:, :2] = -100  # TRL scores the completion only (the last logits_to_keep columns)
+    fed = calls[0]["model"](input_ids=ids, labels=labels)
+    assert fed["input_ids"].tolist() == [[1, IMAGE_TOKEN, 4, 0], [1, IMAGE_TOKEN, 4, 5]]
+    assert torch.equal(fed["labels"], labels)  # the sampled vision token is still the one scored
+    if pending:
+        assert fed["mm_token_type_ids"].tolist() == [[0, 1, 0, 0], [0, 1, 0, 0]]
+
+
+def test_a_trl_that_calls_the_model_without_labels_is_stopped_naming_the_release(monkeypatch):
+    calls = _record_base(monkeypatch)
+    ids, mask, _ = _sequences(2)
+    trainer = _bare(_pending_vision=None, _vision_token_ids=[IMAGE_TOKEN], _blank_token_id=0)
+    trainer._get_per_token_logps_and_entropies(lambda **kw: kw, ids, mask, 1)
+    with pytest.raises(trl_seam.SeamError, match=r"^trl \S+'s _get_per_token_logps_and_entropies called the model "
+                                                 r"without labels .* \(written against trl 1\.16\.0\)$"):
+        calls[0]["model"](input_ids=ids)
 
 
 def test_logps_refuse_vision_for_another_number_of_sequences(monkeypatch):
@@ -289,24 +326,23 @@ def test_without_vllm_no_gap_is_measured_and_pending_state_is_cleared_on_error(m
     assert trainer._pending_vision is None and trainer._pending_sample_ids is None and trainer._pending_media is None
 
 
-# ---------------------------------------------------------------- completions cut before vision tokens
+# ---------------------------------------------------------------- completions end at vision tokens
 @pytest.mark.parametrize("training, mode", [(True, "train"), (False, "eval")])
-def test_cut_at_vision_tokens_logs_the_share_of_cut_completions(training, mode):
-    trainer = _bare(_vision_token_ids=[50, 51], _tokenizer=SimpleNamespace(eos_token_id=2),
-                    model=SimpleNamespace(training=training),
+def test_end_at_vision_tokens_logs_the_share_of_ended_completions(training, mode):
+    trainer = _bare(_vision_token_ids=[50, 51], model=SimpleNamespace(training=training),
                     _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
     ids = [[10, 11, 50, 12], [51, 13], [14, 15], [16]]
     logprobs = [[-1.0, -2.0, -3.0, -4.0], [-5.0, -6.0], [-7.0, -8.0], [-9.0]]
-    cut, cut_logprobs = trainer._cut_at_vision_tokens(ids, logprobs)
-    assert cut == [[10, 11], [2], [14, 15], [16]]
-    assert cut_logprobs == [[-1.0, -2.0], [-5.0], [-7.0, -8.0], [-9.0]]
-    assert dict(trainer._metrics[mode]) == {"completions/cut_at_vision_token": [0.5]}
-    assert trainer._cut_at_vision_tokens([], None) == ([], None)
-    assert trainer._metrics[mode]["completions/cut_at_vision_token"] == [0.5, 0.0]
+    ended, ended_logprobs = trainer._end_at_vision_tokens(ids, logprobs)
+    assert ended == [[10, 11, 50], [51], [14, 15], [16]]
+    assert ended_logprobs == [[-1.0, -2.0, -3.0], [-5.0], [-7.0, -8.0], [-9.0]]
+    assert dict(trainer._metrics[mode]) == {"completions/ended_at_vision_token": [0.5]}
+    assert trainer._end_at_vision_tokens([], None) == ([], None)
+    assert trainer._metrics[mode]["completions/ended_at_vision_token"] == [0.5, 0.0]
 
 
 # ---------------------------------------------------------------- __init__: what it sets around TRL's own
-def _init_without_trl(monkeypatch, cls, device="cpu", **config):
+def _init_without_trl(monkeypatch, cls, device="cpu", pad_token_id=7, **config):
     """Build `cls` with TRL's __init__ and its library checks faked; returns (trainer, what TRL's __init__ saw,
     the trainers vllm_rollouts.attach got)."""
     from vqrl.modeling import vision as V
@@ -319,7 +355,7 @@ def _init_without_trl(monkeypatch, cls, device="cpu", **config):
         seen.update(use_vllm=config.use_vllm, vllm_max_model_length=config.vllm_max_model_length)
         self.args, self.use_vllm = config, config.use_vllm
         self.model = SimpleNamespace(config=SimpleNamespace(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN))
-        self._tokenizer = SimpleNamespace(eos_token_id=2)
+        self._tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=pad_token_id)
         self.accelerator = SimpleNamespace(device=SimpleNamespace(type=device))
         self.generation_kwargs = {"suppress_tokens": [IMAGE_TOKEN], "top_k": 5}  # TRL suppresses the image token
         self.generation_config = SimpleNamespace(suppress_tokens=[IMAGE_TOKEN])
@@ -349,6 +385,7 @@ def test_the_vllm_trainer_turns_vllm_on_and_sizes_its_context_before_trl_starts_
     assert attached == [trainer]
     assert trainer.generation_kwargs == {"suppress_tokens": [IMAGE_TOKEN], "top_k": 5}  # vLLM's: left as TRL set
     assert trainer._vision_token_ids == [50, 51]
+    assert trainer._blank_token_id == 7  # the pad token: what the log-prob forward reads for a sampled vision token
     assert (trainer._image_token_id, trainer._video_token_id) == (IMAGE_TOKEN, VIDEO_TOKEN)
     assert trainer.vision_once is True and trainer.activation_budget is None and trainer._max_loss_tokens == 0
     assert trainer._pending_vision is None and trainer._logp_gap_warned == set()
@@ -364,6 +401,13 @@ def test_without_vllm_only_the_users_suppressed_tokens_stay(monkeypatch, users):
     assert attached == []
     assert trainer.generation_kwargs == {"suppress_tokens": users, "top_k": 5}
     assert trainer.generation_config.suppress_tokens == users
+
+
+def test_without_a_pad_token_a_sampled_vision_token_is_read_as_end_of_text(monkeypatch):
+    from vqrl.trainers import get_trainer
+
+    trainer, _, _ = _init_without_trl(monkeypatch, get_trainer("standard"), pad_token_id=None)
+    assert trainer._blank_token_id == 2
 
 
 def test_a_bad_configuration_is_refused_before_trl_starts(monkeypatch):
@@ -733,15 +777,15 @@ def _generation(monkeypatch, **attrs):
     return trainer, seen, entered
 
 
-def test_generation_prefills_distinct_pixels_once_and_cuts_at_vision_tokens(monkeypatch):
+def test_generation_prefills_distinct_pixels_once_and_ends_at_vision_tokens(monkeypatch):
     trainer, seen, entered = _generation(monkeypatch)
     out = trainer._generate_single_turn([[7], [8]], None, {"pixel_values": "per sequence", "other": 1}, 2)
     assert seen == [{"prompt_ids": [[7], [8]], "images": None, "num_generations": 2, "has_tool_images": False,
                      "multimodal_fields": {"pixel_values": "distinct", "other": 1,
                                            "pixel_values_videos": "distinct videos"}}]
     assert entered == [("vl-base", {"get_image_features": "map"})]
-    assert out == ([[1], [3]], [[-1.0], [-4.0]])
-    assert trainer._metrics["train"]["completions/cut_at_vision_token"] == [0.5]
+    assert out == ([[1, 50], [3]], [[-1.0, -2.0], [-4.0]])
+    assert trainer._metrics["train"]["completions/ended_at_vision_token"] == [0.5]
 
 
 @pytest.mark.parametrize("attrs", [

@@ -56,6 +56,7 @@ def _grouped_batch(trainer) -> dict:
     assert [int(v["image_grid_thw"].shape[0]) if "image_grid_thw" in v else 0 for v in vision[::G]] == [1, 2, 0, 1]
     width, pad = max(map(len, ids)), trainer._tokenizer.pad_token_id
     n = len(ids)
+    text_ids = max(trainer._vision_token_ids) + 1  # plain text: above the vision special tokens
     gen = torch.Generator().manual_seed(0)
     completion_mask = torch.ones(n, COMPLETION_LEN, dtype=torch.long)
     for i, length in enumerate(torch.randint(2, COMPLETION_LEN + 1, (n,), generator=gen).tolist()):
@@ -63,7 +64,7 @@ def _grouped_batch(trainer) -> dict:
     return {
         "prompt_ids": torch.tensor([[pad] * (width - len(p)) + p for p in ids]),
         "prompt_mask": (torch.arange(width) >= torch.tensor([width - len(p) for p in ids])[:, None]).long(),
-        "completion_ids": torch.randint(10, 200, (n, COMPLETION_LEN), generator=gen),
+        "completion_ids": torch.randint(text_ids, 200, (n, COMPLETION_LEN), generator=gen),
         "completion_mask": completion_mask,
         "advantages": torch.randn(n, generator=gen),
         "ref_per_token_logps": -5 + torch.randn(n, COMPLETION_LEN, generator=gen) * 0.1,

@@ -12,7 +12,8 @@ import torch
 # Processor outputs that belong to vision, per sample; concatenated along dim 0 when samples are batched.
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
-# Qwen-VL's vision special tokens: a completion must never contain one (the next forward would read it as a medium).
+# Qwen-VL's vision special tokens: a completion may end with one it sampled, which the log-prob forward must never
+# read as a medium (blank_scored_vision_tokens).
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
@@ -72,6 +73,17 @@ def collate(samples: list[dict], device=None) -> dict:
         if parts:
             out[key] = torch.cat(parts, dim=0).to(device) if device is not None else torch.cat(parts, dim=0)
     return out
+
+
+def blank_scored_vision_tokens(input_ids: torch.Tensor, labels: torch.Tensor, vision_ids: list[int],
+                               blank_id: int) -> torch.Tensor:
+    """`input_ids` with every vision special token at a scored position (labels != -100: a completion's) replaced by
+    `blank_id`. A completion may end with a sampled vision token (trainers keep it, so the loss scores it); fed to the
+    model as such it would be read as a medium (an image placeholder without features, an M-RoPE vision start). Its
+    own log-prob comes from the positions before it, and what the model makes of the blank only predicts tokens after
+    the completion's end, which nothing scores."""
+    blank = torch.isin(input_ids, torch.tensor(vision_ids, device=input_ids.device)) & (labels != -100)
+    return input_ids.masked_fill(blank, blank_id)  # no test for "any": that would wait for the GPU
 
 
 def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:

@@ -6,7 +6,6 @@ reward kwargs. GRPO itself — advantages, KL, clipping, μ iterations, loss typ
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from contextlib import nullcontext
@@ -117,11 +116,13 @@ class VQRLTrainer(GRPOTrainer):
         self._logp_gap_warned: set[str] = set()  # prompt kinds whose vLLM log-prob gap was reported
         self.heartbeat = heartbeat
         self._vision_token_ids = V.vision_token_ids(self._tokenizer)
+        pad = self._tokenizer.pad_token_id  # what the log-prob forward reads in place of a sampled vision token
+        self._blank_token_id = pad if pad is not None else self._tokenizer.eos_token_id
         config = self.model.config
         self._image_token_id = getattr(config, "image_token_id", None)
         self._video_token_id = getattr(config, "video_token_id", None)
-        # Vision tokens are sampled like any other (a completion that samples one is cut before it: see
-        # _cut_at_vision_tokens), never suppressed: TRL scores the softmax over the whole vocabulary, so suppressing
+        # Vision tokens are sampled like any other (a completion that samples one ends with it: see
+        # _end_at_vision_tokens), never suppressed: TRL scores the softmax over the whole vocabulary, so suppressing
         # them in sampling made the loss score another distribution than the one sampled, and the mass on the
         # suppressed tokens ran away under the KL and entropy terms (the KL spikes of docs/learning.md). TRL 1.16
         # suppresses the image token for HF generation by default; only a user's own suppress_tokens stay.
@@ -221,29 +222,30 @@ class VQRLTrainer(GRPOTrainer):
                 prompt_ids=prompt_ids, images=images, multimodal_fields=multimodal_fields,
                 num_generations=num_generations, has_tool_images=has_tool_images,
             )
-        return self._cut_at_vision_tokens(completion_ids, logprobs)
+        return self._end_at_vision_tokens(completion_ids, logprobs)
 
     def _phase(self, name: str):
         """Keep the watchdog's heartbeat fresh through a long phase (generation, saving)."""
         return self.heartbeat.phase(name, self.state.global_step) if self.heartbeat is not None else nullcontext()
 
-    def _cut_at_vision_tokens(self, completion_ids, logprobs):
-        """End a completion before any vision special token, so it is neither fed back nor trained on (the log-prob
-        forward would need image features for it). What remains was sampled from the distribution the loss scores."""
+    def _end_at_vision_tokens(self, completion_ids, logprobs):
+        """End a completion at its first vision special token, which stays its last token (with its sampling
+        log-prob): the loss scores it with the completion's advantage, so a zero-reward completion lowers that
+        token's probability like any other bad choice. Cutting the completion before it, as vqrl did until
+        2026-12-02, hid the token from the policy gradient while the KL and entropy terms raised it: ~10 % of the
+        H200 learning check's completions ended there for 350 steps (docs/learning.md). The log-prob forward reads a
+        blank in its place (V.blank_scored_vision_tokens), never a medium."""
         vision = set(self._vision_token_ids)
-        cut = 0
+        ended = 0
         for i, ids in enumerate(completion_ids):
             pos = next((j for j, t in enumerate(ids) if t in vision), None)
             if pos is not None:
-                cut += 1
-                # a completion cut to nothing becomes the end-of-text token alone (TRL needs a last token): the one
-                # token of a cut completion not sampled as scored; it earns no reward and carries its own gradient
-                keep = max(pos, 1)
-                completion_ids[i] = list(ids[:pos]) or [self._tokenizer.eos_token_id]
+                ended += 1
+                completion_ids[i] = list(ids[:pos + 1])
                 if logprobs is not None:
-                    logprobs[i] = logprobs[i][:keep]
+                    logprobs[i] = logprobs[i][:pos + 1]
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["completions/cut_at_vision_token"].append(cut / max(len(completion_ids), 1))
+        self._metrics[mode]["completions/ended_at_vision_token"].append(ended / max(len(completion_ids), 1))
         return completion_ids, logprobs
 
     def _generate_and_score_completions(self, inputs):
@@ -279,9 +281,9 @@ class VQRLTrainer(GRPOTrainer):
         vision = self._pending_vision
         base = GRPOTrainer._get_per_token_logps_and_entropies
         if vision is None:
-            return base(self, model=model, input_ids=input_ids, attention_mask=attention_mask,
-                        logits_to_keep=logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
-                        compute_aux_loss=compute_aux_loss, **kwargs)
+            return base(self, model=self._scoring_forward(model, {}), input_ids=input_ids,
+                        attention_mask=attention_mask, logits_to_keep=logits_to_keep, batch_size=batch_size,
+                        compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
         if len(vision) != input_ids.size(0):
             raise RuntimeError(f"vision inputs for {len(vision)} samples but {input_ids.size(0)} sequences")
         step = batch_size or input_ids.size(0)
@@ -294,10 +296,8 @@ class VQRLTrainer(GRPOTrainer):
                 extra, maps = vision_once.model_kwargs(vision[start:end], ids.device)
             else:
                 extra, maps = V.collate(vision[start:end], device=ids.device), {}
-            if extra:
-                extra["mm_token_type_ids"] = V.mm_token_type_ids(ids, self._image_token_id, self._video_token_id)
             with vision_once.encode_once(vl_base, maps) if maps else nullcontext():
-                lp, ent, ax = base(self, model=functools.partial(model, **extra), input_ids=ids,
+                lp, ent, ax = base(self, model=self._scoring_forward(model, extra), input_ids=ids,
                                    attention_mask=attention_mask[start:end], logits_to_keep=logits_to_keep,
                                    batch_size=end - start, compute_entropy=compute_entropy,
                                    compute_aux_loss=compute_aux_loss)
@@ -306,6 +306,24 @@ class VQRLTrainer(GRPOTrainer):
             aux.append(ax)
         return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
                 torch.stack(aux).mean() if compute_aux_loss else None)
+
+    def _scoring_forward(self, model, extra: dict):
+        """`model` as TRL's log-prob pass calls it (input_ids, and labels = the scored tokens), with `extra` vision
+        inputs: the completions' sampled vision tokens stay in the labels (scored) and are blanked in what the model
+        reads; with vision inputs, Qwen's per-token modality ids are those of what it reads."""
+        def forward(*, input_ids, labels=None, **kwargs):
+            if labels is None:
+                raise trl_seam.SeamError(
+                    f"trl {trl_seam.versions()['trl']}'s _get_per_token_logps_and_entropies called the model without "
+                    f"labels (the scored tokens), which vqrl needs to blank a completion's sampled vision token "
+                    f"(written against trl {trl_seam.WRITTEN_AGAINST['trl']})")
+            input_ids = V.blank_scored_vision_tokens(input_ids, labels, self._vision_token_ids, self._blank_token_id)
+            if extra:
+                types = V.mm_token_type_ids(input_ids, self._image_token_id, self._video_token_id)
+                kwargs = {**extra, "mm_token_type_ids": types, **kwargs}
+            return model(input_ids=input_ids, labels=labels, **kwargs)
+
+        return forward
 
     # ---- micro-batches of whole prompt groups -------------------------------------------------------------------
     def _groups_keep_result(self) -> bool:

@@ -45,7 +45,7 @@ HOOKS = (
          "override: encode each record's images and videos once, keep each sample's vision tensors"),
     Hook("_generate_single_turn",
          "(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False)", "trl",
-         "override + keyword super call: vision-once prefill, cut completions at vision tokens"),
+         "override + keyword super call: vision-once prefill, completions end at a sampled vision token"),
     Hook("_generate_and_score_completions", "(self, inputs)", "trl",
          "override + keyword super call: sample ids in, per-sample vision out; Refine's seed advantages"),
     Hook("_compute_loss", "(self, model, inputs)", "trl",
@@ -55,7 +55,8 @@ HOOKS = (
          "compute_aux_loss=False, pixel_values=None, image_grid_thw=None, num_images=None, pixel_attention_mask=None, "
          "spatial_shapes=None, num_tiles=None, image_sizes=None, token_type_ids=None, mm_token_type_ids=None, "
          "image_position_ids=None)", "trl",
-         "override + keyword call of TRL's own per chunk: images AND videos in every log-prob pass"),
+         "override + keyword call of TRL's own per chunk: images AND videos in every log-prob pass; the model it "
+         "calls (input_ids, labels = the scored tokens) reads a blank for a completion's sampled vision token"),
     Hook("_prepare_inputs", "(self, generation_batch)", "trl",
          "override: swaps shuffle_sequence_dict for shuffle_by_group in TRL's call (micro-batches of whole groups)"),
     Hook("_calculate_rewards", "(self, inputs, prompts, completions, completion_ids_list)", "trl",
