@@ -43,7 +43,8 @@ def model_inputs(model, ids: list[int], media: dict, tokens: list[int], device,
     x = torch.tensor([ids + tokens], device=device)
     if vision_ids:
         scored = torch.tensor([[-100] * len(ids) + tokens], device=device)
-        x = blank_scored_vision_tokens(x, scored, sorted(vision_ids), model.config.pad_token_id or 0)
+        blank = getattr(model.config.get_text_config(), "pad_token_id", None) or 0  # any text token would do
+        x = blank_scored_vision_tokens(x, scored, sorted(vision_ids), blank)
     extra = {k: v.to(device) for k, v in media.items() if k in VISION_KEYS}
     for k in ("pixel_values", "pixel_values_videos"):
         if k in extra:

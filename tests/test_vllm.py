@@ -226,8 +226,9 @@ def test_bench_vllm_rows_split_generation_weight_sync_and_log_the_logprob_gap(tm
 
 def test_logprob_check_script_scores_every_prompt_kind(model64, tmp_path):
     """scripts/vllm_logprob_check.py (the GPU diagnosis of docs/perf.md) runs end to end: a tiny vocabulary makes vLLM
-    sample vision tokens, which the script must cut as the trainers do (it crashed in HF's forward before), and in
-    float32 on the CPU text, image and video agree."""
+    sample vision tokens, where the script must end completions and blank them in the forward as the trainers do (fed
+    as they are they crash HF's forward), and in float32 on the CPU text, image and video agree, vision tokens
+    included."""
     import json
 
     out = tmp_path / "check.json"
