@@ -31,9 +31,9 @@ def main() -> int:
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from logprob_probe import check_prompts, end_at_vision, gap_stats, model_inputs, token_logps
+    from logprob_probe import check_prompts, gap_stats, model_inputs, token_logps
 
-    from vqrl.modeling.vision import vision_token_ids
+    from vqrl.modeling.vision import vision_token_end, vision_token_ids
 
     processor = AutoProcessor.from_pretrained(a.model, padding_side="left")
     _, encoded = check_prompts(processor)
@@ -52,7 +52,7 @@ def main() -> int:
             out = reference.generate(input_ids=x, attention_mask=torch.ones_like(x), **extra, do_sample=True,
                                      temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=a.tokens,
                                      min_new_tokens=a.tokens, num_return_sequences=a.samples)
-        rows = [row[:end_at_vision(row, vision_ids)] for row in out[:, x.shape[1]:].tolist()]
+        rows = [row[:vision_token_end(row, vision_ids) or len(row)] for row in out[:, x.shape[1]:].tolist()]
         samples[kind] = [row for row in rows if row]
 
     def score(model):

@@ -29,11 +29,6 @@ def check_prompts(processor) -> tuple[dict, dict]:
     return prompts, {k: encode_prompt(processor, v) for k, v in prompts.items()}
 
 
-def end_at_vision(tokens: list[int], vision_ids: set[int]) -> int:
-    """How many tokens the trainers keep of a completion: up to and including its first vision special token."""
-    return next((j + 1 for j, t in enumerate(tokens) if t in vision_ids), len(tokens))
-
-
 def model_inputs(model, ids: list[int], media: dict, tokens: list[int], device,
                  vision_ids=()) -> tuple[torch.Tensor, dict]:
     """input_ids of prompt + tokens and the vision keyword arguments, as the trainers' log-prob forward gets them: a

@@ -36,9 +36,9 @@ def main() -> int:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from vllm import LLM, SamplingParams
 
-    from logprob_probe import check_prompts, end_at_vision, gap_stats, token_logps
+    from logprob_probe import check_prompts, gap_stats, token_logps
 
-    from vqrl.modeling.vision import media_of, vision_token_ids
+    from vqrl.modeling.vision import media_of, vision_token_end, vision_token_ids
     from vqrl.modeling.vllm_compat import llm_drops_video_metadata
     from vqrl.modeling.vllm_requests import check_expansion, media_request
 
@@ -77,7 +77,7 @@ def main() -> int:
         for sample in out.outputs:
             tokens = list(sample.token_ids)
             sampled = torch.tensor([next(iter(d.values())).logprob for d in sample.logprobs])
-            keep = end_at_vision(tokens, vision_tokens)
+            keep = vision_token_end(tokens, vision_tokens) or len(tokens)
             tokens, sampled = tokens[:keep], sampled[:keep]
             if tokens:
                 gaps.append(token_logps(model, ids, vision, tokens, a.device, vision_tokens) - sampled)

@@ -1,4 +1,5 @@
-"""modeling/vision.py: what the log-prob forward reads where a completion sampled a vision special token."""
+"""modeling/vision.py: where a completion that sampled a vision special token ends, and what the log-prob forward reads
+there."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vqrl.modeling.vision import blank_scored_vision_tokens
+from vqrl.modeling.vision import blank_scored_vision_tokens, vision_token_end
 
 VISION = [9, 12]
 PAD = 0
@@ -31,3 +32,12 @@ def test_only_scored_vision_tokens_are_blanked(rows, keep, data):
         for c in range(ids.shape[1]):
             scored_vision = labels[r, c] != -100 and int(ids[r, c]) in VISION
             assert int(read[r, c]) == (PAD if scored_vision else int(ids[r, c]))
+
+
+@given(st.lists(st.integers(0, 15), max_size=12))
+def test_a_completion_ends_just_after_its_first_vision_token(tokens):
+    end = vision_token_end(tokens, set(VISION))
+    if end is None:
+        assert not set(tokens) & set(VISION)
+    else:
+        assert tokens[end - 1] in VISION and not set(tokens[:end - 1]) & set(VISION)

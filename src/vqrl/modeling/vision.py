@@ -75,6 +75,12 @@ def collate(samples: list[dict], device=None) -> dict:
     return out
 
 
+def vision_token_end(tokens: list[int], vision_ids) -> int | None:
+    """Where a completion that sampled a vision special token ends: just after the first one, which it keeps (so
+    the loss scores that choice); None when it sampled none. The trainers and the log-prob diagnostics both cut here."""
+    return next((j + 1 for j, t in enumerate(tokens) if t in vision_ids), None)
+
+
 def blank_scored_vision_tokens(input_ids: torch.Tensor, labels: torch.Tensor, vision_ids: list[int],
                                blank_id: int) -> torch.Tensor:
     """`input_ids` with every vision special token at a scored position (labels != -100: a completion's) replaced by

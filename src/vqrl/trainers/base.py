@@ -238,12 +238,12 @@ class VQRLTrainer(GRPOTrainer):
         vision = set(self._vision_token_ids)
         ended = 0
         for i, ids in enumerate(completion_ids):
-            pos = next((j for j, t in enumerate(ids) if t in vision), None)
-            if pos is not None:
+            end = V.vision_token_end(ids, vision)
+            if end is not None:
                 ended += 1
-                completion_ids[i] = list(ids[:pos + 1])
+                completion_ids[i] = list(ids[:end])
                 if logprobs is not None:
-                    logprobs[i] = logprobs[i][:pos + 1]
+                    logprobs[i] = logprobs[i][:end]
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["completions/ended_at_vision_token"].append(ended / max(len(completion_ids), 1))
         return completion_ids, logprobs
