@@ -6,7 +6,7 @@
 # .whl/setup-vllm.sh`; each part logs to its own file and a failing part does not stop the next.
 set -uo pipefail
 out=${1:-outputs/h200}
-parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step
+parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step mixed
 trainers3b=${TRAINERS_3B:-"trl standard vllm refine refine_vllm"}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -47,6 +47,9 @@ for part in $parts; do
       side=$(python3 -c "import json,math; r=json.load(open('$out/bench_3b_video.json'))['results'][0]; t=max(r['visual_tokens_per_prompt']); print(28*round(math.sqrt(t)))") &&
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --image_size "$side" --steps 2 --warmup 1 \
         --workdir /tmp/bv3 --out "$out/bench_3b_image_same_tokens.json" > "$out/bench_3b_image_same_tokens.log" 2>&1 ;;
+    mixed)  # the speed issue's mixed sizes and aspect ratios (a fixed, seeded mix), beside the 448^2 anchor row
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --image_sizes mixed --steps 2 --warmup 1 \
+        --workdir /tmp/bv3 --out "$out/bench_3b_mixed.json" > "$out/bench_3b_mixed.log" 2>&1 ;;
     bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1 ;;

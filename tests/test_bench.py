@@ -54,6 +54,22 @@ def test_nested_phases_count_once():
     assert step["generate"] >= 0 and step["weight_sync"] >= 0
 
 
+def test_time_between_steps_is_what_passed_outside_them():
+    """`between` (data loading, logging, evaluation callbacks) is the gap since the previous step ended, not part of
+    the step: the learning check reads it to see whether the GPU or the host bounds a step."""
+    import time
+
+    timer = bench.StepTimer()
+    timer.begin()
+    timer.end()
+    time.sleep(0.05)
+    timer.begin()
+    timer.end()
+    first, second = timer.steps
+    assert first["between"] == 0.0
+    assert second["between"] >= 0.05 and second["step"] < 0.05
+
+
 def test_peak_memory_is_the_maximum_over_the_step_rows(tmp_path):
     (tmp_path / "resources_rank0.jsonl").write_text(
         "\n".join(json.dumps({"step": s, "peak_allocated_gb": g}) for s, g in ((1, 40.0), (2, 52.5), (3, 30.0))))

@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     grpo.add_argument("--grpo_arg", action="append", default=[], metavar="KEY=VALUE",
                       help="any other vqrl/TRL GRPO option for every run (repeatable)")
     grpo.add_argument("--no_final_eval", action="store_true", help="skip the full `vqrl eval` of the final models")
+    grpo.add_argument("--step_timing", action=argparse.BooleanOptionalAction, default=True,
+                      help="log each step's time split (generation, log-probs, rest, between steps) as time/* "
+                           "and its median in run.json")
     grpo.add_argument("--stability_probe", action=argparse.BooleanOptionalAction, default=True,
                       help="log per step the sampled-vs-scored log-prob gap and the largest token KL "
                            "(vqrl.learning.stability; no extra forward pass)")

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..training import saved_settings
+from ..training.step_timing import StepTimer, instrument
 from .evaluate import SplitScorer, vqrl_eval
 from .stability import probing
 
@@ -67,6 +68,10 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     scorer = SplitScorer(data / "heldout.json", data, trainer.processing_class, cfg.max_completion_length)
     points, logs = [], []
     stopped = {"early": False}
+    timer = None
+    if getattr(cfg, "step_timing", True):  # where a step's time goes (GPU synced at each phase boundary)
+        timer = StepTimer()
+        instrument(trainer, timer)  # before Curves: the step's timer stops before the evaluation runs
 
     class Curves(TrainerCallback):
         def _eval(self, state, model):
@@ -91,6 +96,8 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
                 row.update({k: logs[k] for k in LOGGED if k in logs})
                 row.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith("rewards/") and
                             k.endswith("/mean")})
+                if timer is not None and timer.steps:
+                    row.update({f"time/{k}": round(v, 4) for k, v in timer.steps[-1].items()})
                 logs_list.append(row)
 
         def on_step_end(self, a, state, control, model=None, **kw):
@@ -116,7 +123,7 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     run = {"trainer": trainer_name, "seed": seed, "steps_planned": args.max_steps,
            "steps": points[-1]["step"] if points else 0, "stopped_by_deadline": stopped["early"],
            "train_seconds": train_seconds, "points": points, "train_log": logs, "final_model": str(final),
-           **verdict(points), **stability(logs)}
+           "step_seconds_median": step_seconds(logs), **verdict(points), **stability(logs)}
     if not cfg.no_final_eval:
         run["final_eval"] = {split: vqrl_eval(final, data / f"{split}.json", data, out / "eval", device=cfg.device,
                                               max_new_tokens=cfg.max_completion_length)
@@ -151,6 +158,16 @@ def stability(logs: list[dict]) -> dict:
                                                                     default=None),
             "kl_token_max": peak("probe/kl_token_max")[0],
             "sampled_minus_scored_max": peak("probe/sampled_minus_scored_max")[0]}
+
+
+def step_seconds(logs: list[dict]) -> dict:
+    """Median seconds per step and per phase (generation, no-grad log-probs, PD, the rest; `between`: outside the
+    step, e.g. data loading and evaluations) over the logged steps after the first (which pays one-time costs)."""
+    import statistics
+
+    rows = [r for r in logs[1:] if "time/step" in r]
+    keys = sorted({k for r in rows for k in r if k.startswith("time/")})
+    return {k.split("/", 1)[1]: round(statistics.median(r[k] for r in rows if k in r), 4) for k in keys}
 
 
 def _mean_since(logs: list[dict], after: int, upto: int) -> dict:

@@ -48,7 +48,8 @@ def rows(results: dict) -> list[dict]:
                 "test_baseline": base["best_test"]["srcc"],
                 "two_sided": base.get("best_two_sided_heldout", {}).get("srcc"),
                 "kl_max": run.get("kl_max"), "kl_max_step": run.get("kl_max_step"),
-                "seconds": run.get("seconds"), **_thinking(run),
+                "seconds": run.get("seconds"), "step_seconds": run.get("step_seconds_median") or {},
+                **_thinking(run),
             })
     return out
 
@@ -129,6 +130,13 @@ def markdown(table: list[dict], agg: dict, task: dict) -> str:
                          f"{_pct(r.get('think_is_template'))}" + (
                              f"; last quarter: PD reward {_g(r['pd'])}, P(true score | think) {_g(r['p_think'])} vs "
                              f"no-think {_g(r['p_nothink'])}" if r.get("pd") is not None else "") + ".")
+    for r in sorted(table, key=lambda r: (r["trainer"], r["seed"])):
+        t = r.get("step_seconds") or {}
+        if "step" in t:
+            lines.append(f"Step time, seed {r['seed']} {r['trainer']} (median s): step {t['step']:.3f} = generation "
+                         f"{t.get('generate', 0):.3f} + no-grad log-probs {t.get('logprobs_nograd', 0):.3f} + PD "
+                         f"{t.get('pd', 0):.3f} + loss, backward, optimizer and rest "
+                         f"{t.get('backward_optimizer_other', 0):.3f}; between steps {t.get('between', 0):.3f}.")
     for trainer, a in agg.items():
         if "targets_met" in a:
             lines.append(f"Targets ({trainer}, every seed): " + ", ".join(
