@@ -756,6 +756,32 @@ def test_pixel_budgets_reach_the_image_and_the_video_processor(tokenizer):
     assert image_only.image_processor.size == {"longest_edge": 100}
 
 
+def test_a_passed_in_processor_gets_the_runs_pixel_budgets(tiny_models, tmp_path):
+    """build_trainer with its own model and processor (as `vqrl bench` calls it) applies --max_pixels too. It used
+    to keep the processor's own budget: the bench's 1260 px image row silently ran at 980 px (1,225 visual tokens
+    instead of 2,025)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trainer_utils import flags, write_records
+
+    from vqrl.grpo import build_trainer, parse
+
+    model_dir = tiny_models("qwen2_5_vl")
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir, padding_side="left")
+    ip = processor.image_processor
+    factor = ip.patch_size * ip.merge_size
+    ip.size["longest_edge"] = 4 * factor * factor  # the passed-in processor's own budget: 4 visual tokens
+    expected = VisionSpec.for_processor(processor, max_pixels=24 * factor * factor).image_tokens(300, 451)
+    assert expected > 12
+    Image.new("RGB", (451, 300), (90, 120, 30)).save(tmp_path / "wide.png")
+    data = write_records(tmp_path / "d.json", [{"image": "wide.png", "solution": 4.5, "type": "scoring_image"}])
+    args, model_args = parse(flags(model_dir, tmp_path / "out", [data], image_root=str(tmp_path),
+                                   max_pixels=24 * factor * factor, per_device_train_batch_size=2))
+    trainer = build_trainer(args, model_args, model=model, processor=processor)
+    ids, _, _ = trainer._tokenize_prompts([trainer.train_dataset[0]["prompt"]])
+    assert ids[0].count(model.config.image_token_id) == expected
+
+
 def test_a_processor_that_states_no_pixel_floor_gets_qwens(tokenizer):
     """VisionSpec's own floors (used where a processor's config names none) are the Qwen2/2.5-VL processors':
     56×56 pixels for an image and for each video frame, so a tiny image or frame is brought up as Qwen's would be."""

@@ -72,7 +72,6 @@ def load_model_and_processor(model_args: ModelConfig, args: VQRLConfig):
     )
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=args.trust_remote_code,
                                               padding_side="left")
-    set_pixel_budgets(processor, args.min_pixels, args.max_pixels, args.video_max_pixels)
     return model, processor
 
 
@@ -136,6 +135,9 @@ def build_trainer(args: VQRLConfig, model_args: ModelConfig, model=None, process
     set_seed(args.seed)
     if model is None or processor is None:
         model, processor = load_model_and_processor(model_args, args)
+    # the run's pixel budgets on whichever processor it got (loaded here or passed in, as `vqrl bench` does): a
+    # passed-in processor kept its own, so --max_pixels above it was silently capped (1260 px images became 980)
+    set_pixel_budgets(processor, args.min_pixels, args.max_pixels, args.video_max_pixels)
     if args.freeze_vision_tower:
         freeze_vision(model, keep_merger=args.train_merger)
     spec = VisionSpec.for_processor(
