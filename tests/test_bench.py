@@ -95,9 +95,12 @@ def test_bench_video_and_mixed_rows(tmp_path):
                                 video_frames=4)) == 0
     video = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert video["visual_tokens_per_prompt"] and all(t > 0 for t in video["visual_tokens_per_prompt"])
-    assert bench.run(bench_args(tmp_path, ["trl"], image_sizes="mixed", image_size=224, prompts=4)) == 0
+    assert bench.run(bench_args(tmp_path, ["trl"], image_sizes="mixed", image_size=224, prompts=4,
+                                profile_dir=tmp_path / "prof")) == 0
     mixed = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert len(set(mixed["visual_tokens_per_prompt"])) > 1  # different sizes, different token counts
+    profile = (tmp_path / "prof" / "profile_trl.txt").read_text()  # --profile_dir: the first timed step's operators
+    assert "optimizer step 2" in profile and "by host time" in profile and "aten::" in profile
 
 
 def test_rows_under_deepspeed_are_accelerate_launches_of_one_row(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .training.step_timing import PHASES, StepTimer, instrument
+from .training.step_timing import PHASES, StepTimer, instrument, profile_step
 
 TRAINERS = {  # bench name -> (vqrl trainer, vLLM rollouts); "trl" is plain trl.GRPOTrainer
     "standard": ("standard", False), "vllm": ("vllm", True), "refine": ("refine", False),
@@ -247,6 +247,8 @@ def run_one(kind: str, a, workdir: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     trainer = build(kind, a, workdir)
     instrument(trainer, timer)
+    if a.profile_dir:  # the first timed step, after warm-up (compilation, vLLM start, the activation budget)
+        profile_step(trainer, a.warmup + 1, os.path.join(a.profile_dir, f"profile_{kind}.txt"))
     visual = visual_tokens(trainer)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())  # ZeRO-3: full size
     trainer.train()
@@ -381,6 +383,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "configs/accelerate/zero3.yaml); plain TRL runs under the same config")
     parser.add_argument("--num_processes", type=int, default=1,
                         help="with --accelerate_config: processes (GPUs); each runs the same per-device batch")
+    parser.add_argument("--profile_dir", default=None,
+                        help="write a torch.profiler table of each row's first timed step here (profile_<row>.txt)")
     parser.add_argument("--out", default="outputs/bench.json")
 
 
@@ -450,6 +454,8 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("vqrl bench: --accelerate_config needs GPUs (accelerate starts DeepSpeed only on GPUs)")
     main = int(os.environ.get("RANK", "0")) == 0
+    if args.profile_dir:  # rows run in their own processes, maybe from another folder
+        args.profile_dir = os.path.abspath(args.profile_dir)
     results = []
     with (tempfile.TemporaryDirectory() if not args.workdir else _keep(args.workdir)) as workdir:
         isolated = (len(args.trainers) > 1 and args.isolate) or (args.accelerate_config and not launched())

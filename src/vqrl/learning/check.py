@@ -97,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     grpo.add_argument("--step_timing", action=argparse.BooleanOptionalAction, default=True,
                       help="log each step's time split (generation, log-probs, rest, between steps) as time/* "
                            "and its median in run.json")
+    grpo.add_argument("--profile_step", type=int, help="write a torch.profiler table of this GRPO step to "
+                      "<run>/profile.txt (exported)")
     grpo.add_argument("--stability_probe", action=argparse.BooleanOptionalAction, default=True,
                       help="log per step the sampled-vs-scored log-prob gap and the largest token KL "
                            "(vqrl.learning.stability; no extra forward pass)")
@@ -153,7 +155,8 @@ def stage_grpo(cfg, seed: int, trainer: str, deadline: float | None = None) -> d
 
 
 EXPORTED = ("results.json", "summary.md", "curves.png", "config.json", "data/task.json", "seed*/warmup.json",
-            "seed*/*.log", "seed*/*/run.json", "seed*/*/metrics.jsonl", "seed*/*/stability_probe.jsonl",
+            "seed*/*.log", "seed*/*/run.json", "seed*/*/profile.txt", "seed*/*/metrics.jsonl",
+            "seed*/*/stability_probe.jsonl",
             "seed*/*/eval/*/metrics.json", "seed*/*/eval/*/scatter_*.png")
 
 

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ..training import saved_settings
-from ..training.step_timing import StepTimer, instrument
+from ..training.step_timing import StepTimer, instrument, profile_step
 from .evaluate import SplitScorer, vqrl_eval
 from .stability import probing
 
@@ -72,6 +72,8 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     if getattr(cfg, "step_timing", True):  # where a step's time goes (GPU synced at each phase boundary)
         timer = StepTimer()
         instrument(trainer, timer)  # before Curves: the step's timer stops before the evaluation runs
+    if getattr(cfg, "profile_step", None):
+        profile_step(trainer, cfg.profile_step, str(out / "profile.txt"))
 
     class Curves(TrainerCallback):
         def _eval(self, state, model):

@@ -7,6 +7,7 @@ Each phase boundary synchronises the GPU: the figures are exact, at the cost of 
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -108,3 +109,41 @@ def instrument(trainer, timer: StepTimer) -> None:
             timer.end()
 
     trainer.add_callback(Cb())
+
+
+def profile_step(trainer, step: int, path: str, rows: int = 40) -> None:
+    """Record torch.profiler over optimizer step `step` (1-based) and write the operators that cost most, by device
+    time (on a GPU) and by host time, to `path`: where a step's time goes below the phase split (launch-bound
+    decoding, recomputation, optimizer kernels, host syncs)."""
+    from transformers import TrainerCallback
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    class Profiled(TrainerCallback):
+        profiler = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step + 1 == step:
+                _sync()
+                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.profiler is None:
+                return
+            _sync()
+            self.profiler.__exit__(None, None, None)
+            averages = self.profiler.key_averages()
+            self.profiler = None
+            parts = [f"torch.profiler over optimizer step {step} ({', '.join(a.name for a in activities)})"]
+            if torch.cuda.is_available():
+                parts += ["", "## by device time (self)", averages.table(sort_by="self_device_time_total",
+                                                                         row_limit=rows)]
+            parts += ["", "## by host time (self)", averages.table(sort_by="self_cpu_time_total", row_limit=rows)]
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                f.write("\n".join(parts) + "\n")
+
+    trainer.add_callback(Profiled())
