@@ -6,7 +6,7 @@
 # .whl/setup-vllm.sh`; each part logs to its own file and a failing part does not stop the next.
 set -uo pipefail
 out=${1:-outputs/h200}
-parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step mixed
+parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step mixed profile3b
 trainers3b=${TRAINERS_3B:-"trl standard vllm refine refine_vllm"}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -50,6 +50,15 @@ for part in $parts; do
     mixed)  # the speed issue's mixed sizes and aspect ratios (a fixed, seeded mix), beside the 448^2 anchor row
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --image_sizes mixed --steps 2 --warmup 1 \
         --workdir /tmp/bv3 --out "$out/bench_3b_mixed.json" > "$out/bench_3b_mixed.log" 2>&1 ;;
+    profile3b)  # where the standard step's time goes: plain TRL and standard with every layer checkpointed, standard
+      # without checkpointing and with the activation budget (auto): one torch.profiler table per row and setting
+      for setting in "all:true" "none:false" "auto:true"; do
+        name=${setting%%:*}; ckpt=${setting##*:}; layers=$name; [[ $name == none ]] && layers=all
+        rows="standard"; [[ $name == all ]] && rows="trl standard"
+        python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers $rows --gradient_checkpointing $ckpt \
+          --checkpoint_layers $layers --steps 2 --warmup 2 --workdir /tmp/bw3 --label "ckpt_$name" \
+          --profile_dir "$out/profile_ckpt_$name" --out "$out/bench_3b_ckpt_$name.json" > "$out/bench_3b_ckpt_$name.log" 2>&1
+      done ;;
     bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1 ;;
