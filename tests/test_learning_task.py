@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from vqrl.datagen.scenes import MEAN_LUMINANCE, render_scene, write_scenes
-from vqrl.learning import baselines, parallel, report
+from vqrl.learning import baselines, grpo_run, parallel, report
 from vqrl.learning.task import SPLITS, TaskSpec, build_task, load_task, source_of
 
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -148,10 +149,55 @@ def test_targets_must_hold_on_every_seed():
     met = report.aggregate(report.rows(_results(one_bad)))["standard"]["targets_met"]
     assert met["held-out SRCC >= 0.8"] is False and met["held-out SRCC >= best baseline + 0.3"] is True
     spiky = report.aggregate(report.rows(_results(good, kl=11.0)))["standard"]["targets_met"]
-    assert spiky["per-token KL <= 10 at every step"] is False
+    assert spiky["step KL (TRL's `kl`, mean over tokens) <= 10 at every step"] is False
     short = _results(good)
     short["seeds"]["0"]["runs"]["refine"]["steps_planned"] = 10  # a shorter Refine run is not judged against standard
     assert "within_tolerance_of_standard" not in report.aggregate(report.rows(short))["refine"]
+
+
+def test_a_planned_seed_without_a_run_fails_the_targets_and_is_named():
+    """Targets hold on every PLANNED seed: a seed whose run failed or never started cannot pass by its absence."""
+    good = _results({(0, "standard"): 0.9})
+    assert all(report.aggregate(report.rows(good), {"seeds": [0], "trainers": ["standard"]})["standard"]
+               ["targets_met"].values())
+    agg = report.aggregate(report.rows(good), {"seeds": [0, 1, 2], "trainers": ["standard"]})
+    assert not any(agg["standard"]["targets_met"].values())
+    text = report.markdown(report.rows(good), agg, good["task"])
+    assert "1 of 3 planned seeds have a run" in text
+
+
+def test_greedy_target_needs_parsed_answers_and_a_nan_kl_fails():
+    results = _results({(0, "standard"): 0.9})
+    run = results["seeds"]["0"]["runs"]["standard"]
+    run["greedy_parse_fail_end"] = 0.5  # SRCC 0.8 over half of the answers: not a greedy ranking of the split
+    met = report.aggregate(report.rows(results))["standard"]["targets_met"]
+    assert met["greedy SRCC >= 0.6 with <= 5% unparsed"] is False and met["held-out SRCC >= 0.8"] is True
+    assert "(50% unparsed)" in report.markdown(report.rows(results), report.aggregate(report.rows(results)),
+                                               results["task"])
+    assert grpo_run.stability([{"step": 1, "kl": 0.1}, {"step": 2, "kl": math.nan}, {"step": 3, "kl": 0.2}]) \
+        ["nonfinite_steps"] == 1
+    run["greedy_parse_fail_end"], run["nonfinite_steps"] = 0.0, 1
+    met = report.aggregate(report.rows(results))["standard"]["targets_met"]
+    assert met["step KL (TRL's `kl`, mean over tokens) <= 10 at every step"] is False
+
+
+def test_the_best_baseline_is_the_best_signed_or_two_sided_statistic():
+    results = _results({(0, "standard"): 0.6})
+    results["task"]["baselines"]["best_two_sided_heldout"] = {"name": "sharpness", "srcc": 0.45}
+    row = report.rows(results)[0]
+    assert (row["baseline"], row["baseline_name"]) == (0.45, "sharpness, two-sided")
+    assert row["over_baseline"] == pytest.approx(0.15)
+    results["task"]["baselines"]["best_two_sided_heldout"]["srcc"] = 0.1  # below the signed 0.3: the signed stands
+    assert report.rows(results)[0]["baseline_name"] == "contrast"
+
+
+def test_verdict_means_the_last_three_distinct_evaluations():
+    points = [{"step": s, "expected_srcc": v, "greedy_srcc": g, "greedy_parse_fail_rate": 0.0}
+              for s, v, g in ((0, 0.0, 0.0), (20, 0.2, 0.1), (40, 0.4, 0.3), (60, 0.6, None), (61, 0.9, None))]
+    v = grpo_run.verdict(points, min_gap=10)
+    assert v["verdict_steps"] == [20, 40, 61]  # step 61 (the budget's stop) replaces step 60
+    assert v["srcc_end"] == pytest.approx((0.2 + 0.4 + 0.9) / 3)
+    assert v["greedy_srcc_end"] == pytest.approx((0.1 + 0.3 + 0.0) / 3)  # no parsed answer: ranks nothing
 
 
 def test_markdown_has_a_row_per_seed_and_the_mean_and_worst():
@@ -188,3 +234,14 @@ def test_parallel_runs_grpo_after_its_warmup_and_reports_failures(tmp_path, monk
             assert r["start"] >= warm["end"]
     events = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
     assert max(np.cumsum([e for _, e in events])) <= 3
+
+
+def test_jobs_the_budget_never_started_are_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(parallel, "worker_command", _fake_worker(tmp_path, fail_warmup_seed=-1))
+    monkeypatch.setattr(parallel, "STOP_BEFORE_END", 0)
+    cfg = argparse.Namespace(out=str(tmp_path), seeds=[0, 1, 2], trainers=["standard"], parallel=1, threads=1,
+                             budget=0.5, started=time.time())
+    failures = parallel.run_stages(cfg, deadline=None)
+    reasons = {(f["stage"], f["seed"]): f["reason"] for f in failures}
+    assert reasons[("warmup", 0)] == "stopped at the end of --budget"
+    assert reasons[("warmup", 1)] == reasons[("warmup", 2)] == "not started before the end of --budget"

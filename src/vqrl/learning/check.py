@@ -32,9 +32,10 @@ PRESETS = {
     ),
     # one H200 (16 cores): 3 seeds x (standard, refine) as 6 processes sharing the GPU, in one device call; GRPO
     # stops at the step budget or when the wall-clock budget says so, leaving time for the final evaluations. Data
-    # seed 1: the task was designed on data seed 0 (docs/learning.md), so its held-out and test scenes are fresh
+    # seed 2: the task was designed on data seed 0, and three GPU sessions (2026-12-01/02) scored data seed 1's
+    # held-out and test splits before choices were made that followed them (docs/learning.md): 2 is fresh
     "gpu": dict(
-        device="cuda", threads=2, workers=12, seeds=[0, 1, 2], data_seed=1, families=list(FAMILIES), train_sources=1000,
+        device="cuda", threads=2, workers=12, seeds=[0, 1, 2], data_seed=2, families=list(FAMILIES), train_sources=1000,
         heldout_sources=8, test_sources=8, per_source=5, per_source_eval=10, size=112, hidden_size=128, layers=2,
         head_dim=32, vision_hidden_size=32, vision_depth=2, sft_steps=200, sft_lr=2e-3, sft_batch=16,
         steps=300, refine_steps=300, lr=1e-3, lr_schedule="constant_with_warmup", warmup_steps=10,
@@ -190,7 +191,7 @@ def main(argv=None) -> dict | None:
         else:
             stage_grpo(cfg, cfg.seed, cfg.trainer, cfg.deadline)
         return None
-    from .report import write_report
+    from .report import best_baseline, write_report
     from .task import build_task, load_task
 
     started = time.time()
@@ -206,11 +207,10 @@ def main(argv=None) -> dict | None:
         (out / "data").symlink_to(Path(cfg.reuse_data).resolve(), target_is_directory=True)
     else:
         task = build_task(task_spec(cfg), out / "data", workers=cfg.workers)
-    b = task["baselines"]
+    held, test = (best_baseline(task["baselines"], split) for split in ("heldout", "test"))
     print(f"data: {task['splits']['train']['records']} train / {task['splits']['heldout']['records']} held-out / "
           f"{task['splits']['test']['records']} test records ({time.time() - started:.0f}s); best baseline: held-out "
-          f"{b['best_heldout']['name']} {b['best_heldout']['srcc']:+.3f}, test {b['best_test']['name']} "
-          f"{b['best_test']['srcc']:+.3f}", flush=True)
+          f"{held['name']} {held['srcc']:+.3f}, test {test['name']} {test['srcc']:+.3f}", flush=True)
     deadline = started + cfg.budget - RESERVE_SECONDS if cfg.budget else None
     if cfg.parallel:
         from .parallel import run_stages

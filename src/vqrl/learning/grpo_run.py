@@ -9,6 +9,7 @@ once, after training.
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +22,8 @@ from .stability import probing
 LAST_EVALS = 3  # a run's result: the mean held-out SRCC of its last three evaluations (one lucky point cannot pass)
 LOGGED = ("reward", "reward_std", "kl", "loss", "entropy", "grad_norm", "completions/mean_length",
           "completions/clipped_ratio", "frac_reward_zero_std", "refine/p_think", "refine/p_nothink",
-          "refine/frac_earning_pd", "probe/sampled_minus_scored_max", "probe/scored_logp_min", "probe/kl_token_max")
+          "refine/frac_earning_pd", "probe/sampled_minus_scored_max", "probe/sampled_scored_abs_max",
+          "probe/scored_logp_min", "probe/kl_token_max")
 
 
 def grpo_flags(cfg, trainer: str, start: Path, data: Path, out: Path, seed: int) -> list[str]:
@@ -125,7 +127,8 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     run = {"trainer": trainer_name, "seed": seed, "steps_planned": args.max_steps,
            "steps": points[-1]["step"] if points else 0, "stopped_by_deadline": stopped["early"],
            "train_seconds": train_seconds, "points": points, "train_log": logs, "final_model": str(final),
-           "step_seconds_median": step_seconds(logs), **verdict(points), **stability(logs)}
+           "step_seconds_median": step_seconds(logs), **verdict(points, min_gap=cfg.eval_every / 2),
+           **stability(logs)}
     if not cfg.no_final_eval:
         run["final_eval"] = {split: vqrl_eval(final, data / f"{split}.json", data, out / "eval", device=cfg.device,
                                               max_new_tokens=cfg.max_completion_length)
@@ -135,31 +138,52 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     return run
 
 
-def verdict(points: list[dict]) -> dict:
+def verdict(points: list[dict], min_gap: float = 0) -> dict:
     """Held-out SRCC after the warm-up (the first point), at the end (mean of the last LAST_EVALS points after it)
-    and the gain; the same for greedy decoding."""
+    and the gain; the same for greedy decoding.
+
+    An evaluation less than `min_gap` steps after the previous one (the extra one when the wall-clock budget stops a
+    run just after a scheduled evaluation) replaces it, so the mean is not of two near-identical models. An
+    evaluation whose answers did not parse at all (SRCC None) counts as 0: a model that gives no score ranks nothing.
+    The greedy parse-failure rate over the same points is reported beside it (the SRCC is over parsed answers)."""
+    tail = []
+    for p in points[1:]:
+        if tail and p["step"] - tail[-1]["step"] < min_gap:
+            tail[-1] = p
+        else:
+            tail.append(p)
+    tail = tail[-LAST_EVALS:]
     out = {}
     for key, name in (("expected_srcc", "srcc"), ("greedy_srcc", "greedy_srcc")):
         start = points[0].get(key) if points else None
-        tail = [p[key] for p in points[1:][-LAST_EVALS:] if p.get(key) is not None]
-        end = sum(tail) / len(tail) if tail else None
+        end = sum(p.get(key) or 0.0 for p in tail) / len(tail) if tail else None
         out[f"{name}_start"], out[f"{name}_end"] = start, end
         out[f"{name}_gain"] = None if start is None or end is None else end - start
+    fails = [p["greedy_parse_fail_rate"] for p in tail if p.get("greedy_parse_fail_rate") is not None]
+    out["greedy_parse_fail_end"] = sum(fails) / len(fails) if fails else None
+    out["verdict_steps"] = [p["step"] for p in tail]
     return out
 
 
 def stability(logs: list[dict]) -> dict:
-    """The largest logged per-token KL (TRL's `kl`: the mean over a step's completion tokens) and loss, and where;
-    with the probe, the largest single-token KL and sampled-vs-scored log-prob gap (vqrl.learning.stability)."""
+    """The largest logged KL (TRL's `kl`: the mean over a step's completion tokens) and loss, and where, with the
+    number of steps where either was not finite (a NaN must fail the check, not vanish from a max); with the probe,
+    the largest single-token KL and sampled-vs-scored log-prob gaps (vqrl.learning.stability)."""
+    def finite(key):
+        return [(r[key], r["step"]) for r in logs if r.get(key) is not None and math.isfinite(r[key])]
+
     def peak(key):
-        rows = [(r[key], r["step"]) for r in logs if r.get(key) is not None]
+        rows = finite(key)
         return max(rows) if rows else (None, None)
 
     kl, kl_step = peak("kl")
-    return {"kl_max": kl, "kl_max_step": kl_step, "abs_loss_max": max((abs(r["loss"]) for r in logs if "loss" in r),
-                                                                    default=None),
+    return {"kl_max": kl, "kl_max_step": kl_step,
+            "abs_loss_max": max((abs(v) for v, _ in finite("loss")), default=None),
+            "nonfinite_steps": sum(1 for r in logs for k in ("kl", "loss")
+                                   if r.get(k) is not None and not math.isfinite(r[k])),
             "kl_token_max": peak("probe/kl_token_max")[0],
-            "sampled_minus_scored_max": peak("probe/sampled_minus_scored_max")[0]}
+            "sampled_minus_scored_max": peak("probe/sampled_minus_scored_max")[0],
+            "sampled_scored_abs_max": peak("probe/sampled_scored_abs_max")[0]}
 
 
 def step_seconds(logs: list[dict]) -> dict:

@@ -53,6 +53,9 @@ def run_stages(cfg, deadline: float | None) -> list[dict]:
                     failures.append(_failure(stage, seed, trainer, "stopped at the end of --budget", log))
                 for proc in running:
                     proc.wait()
+                for stage, seed, trainer in pending:  # never started: reported, not silently dropped
+                    log = Path(cfg.out) / f"seed{seed}" / f"{trainer or stage}.log"
+                    failures.append(_failure(stage, seed, trainer, "not started before the end of --budget", log))
                 running.clear()
                 pending.clear()
                 break

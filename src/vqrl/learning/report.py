@@ -10,8 +10,10 @@ import json
 import math
 from pathlib import Path
 
-# Targets of issue 23 for the standard trainer (on every seed), and Refine's tolerance against it.
+# Targets of issue 23 for the standard trainer (on every seed), and Refine's tolerance against it. The greedy SRCC
+# is over the answers that parse: it counts only where at most MAX_UNPARSED of them did not.
 TARGET_SRCC, TARGET_OVER_BASELINE, TARGET_GREEDY, REFINE_TOLERANCE = 0.8, 0.3, 0.6, 0.05
+TARGET_STEP_KL, MAX_UNPARSED = 10.0, 0.05
 
 
 def collect(cfg) -> dict:
@@ -26,12 +28,27 @@ def collect(cfg) -> dict:
             if run is not None:
                 entry["runs"][trainer] = run
         seeds[str(seed)] = entry
-    return {"task": task, "seeds": seeds}
+    missing = [{"seed": seed, "trainer": t} for seed in cfg.seeds for t in cfg.trainers
+               if t not in seeds[str(seed)]["runs"]]
+    return {"task": task, "seeds": seeds, "planned": {"seeds": list(cfg.seeds), "trainers": list(cfg.trainers)},
+            "missing": missing}
+
+
+def best_baseline(baselines: dict, split: str) -> dict:
+    """The best trivial predictor on `split`: the best signed statistic or the best two-sided one (distance from a
+    centre fitted on train), whichever ranks the split better. Both are fitted on train only; the both-directions
+    task defeats the signed ones by design, so the two-sided ones are the bar a skeptic would set."""
+    signed = baselines[f"best_{split}"]
+    two = baselines.get(f"best_two_sided_{split}")
+    if two is not None and two["srcc"] > signed["srcc"]:
+        return {"name": f"{two['name']}, two-sided", "srcc": two["srcc"]}
+    return signed
 
 
 def rows(results: dict) -> list[dict]:
     """One row per (seed, trainer): the numbers the table and the targets use."""
     base = results["task"]["baselines"]
+    best = best_baseline(base, "heldout")
     out = []
     for seed, entry in results["seeds"].items():
         for trainer, run in entry["runs"].items():
@@ -41,13 +58,15 @@ def rows(results: dict) -> list[dict]:
                 "steps_planned": run.get("steps_planned", run["steps"]),
                 "stopped_by_deadline": run.get("stopped_by_deadline", False),
                 "srcc_start": run["srcc_start"], "srcc_end": run["srcc_end"], "greedy_end": run["greedy_srcc_end"],
-                "baseline": base["best_heldout"]["srcc"], "baseline_name": base["best_heldout"]["name"],
-                "over_baseline": None if run["srcc_end"] is None else run["srcc_end"] - base["best_heldout"]["srcc"],
+                "greedy_unparsed": run.get("greedy_parse_fail_end"),
+                "baseline": best["srcc"], "baseline_name": best["name"],
+                "over_baseline": None if run["srcc_end"] is None else run["srcc_end"] - best["srcc"],
                 "test_srcc": fe.get("test", {}).get("expected", {}).get("srcc"),
                 "test_greedy": fe.get("test", {}).get("greedy", {}).get("srcc"),
-                "test_baseline": base["best_test"]["srcc"],
+                "test_baseline": best_baseline(base, "test")["srcc"],
                 "two_sided": base.get("best_two_sided_heldout", {}).get("srcc"),
                 "kl_max": run.get("kl_max"), "kl_max_step": run.get("kl_max_step"),
+                "kl_token_max": run.get("kl_token_max"), "nonfinite_steps": run.get("nonfinite_steps", 0),
                 "seconds": run.get("seconds"), "step_seconds": run.get("step_seconds_median") or {},
                 **_thinking(run),
             })
@@ -71,12 +90,13 @@ def _thinking(run: dict) -> dict:
             "think_is_template": mean("greedy_think_is_template", points[1:][-3:])}
 
 
-def aggregate(table: list[dict]) -> dict:
-    """Per trainer: mean and worst seed of each number, and whether the targets hold on every seed."""
+def aggregate(table: list[dict], planned: dict | None = None) -> dict:
+    """Per trainer: mean and worst seed of each number, and whether the targets hold on every PLANNED seed (a seed
+    whose run is missing, failed or never started fails them)."""
     agg = {}
     for trainer in sorted({r["trainer"] for r in table}, key=lambda t: (t != "standard", t)):
         rs = [r for r in table if r["trainer"] == trainer]
-        a = {"seeds": len(rs)}
+        a = {"seeds": len(rs), "seeds_planned": len(planned["seeds"]) if planned else len(rs)}
         for key in ("srcc_end", "greedy_end", "over_baseline", "test_srcc", "test_greedy", "kl_max"):
             vals = [r[key] for r in rs if r[key] is not None]
             a[f"{key}_mean"] = sum(vals) / len(vals) if vals else None
@@ -84,13 +104,18 @@ def aggregate(table: list[dict]) -> dict:
         agg[trainer] = a
     std = {r["seed"]: r for r in table if r["trainer"] == "standard"}
     if std:
+        complete = agg["standard"]["seeds"] == agg["standard"]["seeds_planned"]
         agg["standard"]["targets_met"] = {
-            f"held-out SRCC >= {TARGET_SRCC}": all((r["srcc_end"] or -1) >= TARGET_SRCC for r in std.values()),
+            f"held-out SRCC >= {TARGET_SRCC}": complete and all((r["srcc_end"] or -1) >= TARGET_SRCC
+                                                                for r in std.values()),
             f"held-out SRCC >= best baseline + {TARGET_OVER_BASELINE}":
-                all((r["over_baseline"] or -1) >= TARGET_OVER_BASELINE for r in std.values()),
-            f"greedy SRCC >= {TARGET_GREEDY}": all((r["greedy_end"] or -1) >= TARGET_GREEDY for r in std.values()),
-            "per-token KL <= 10 at every step": all(r["kl_max"] is not None and r["kl_max"] <= 10
-                                                    for r in std.values()),
+                complete and all((r["over_baseline"] or -1) >= TARGET_OVER_BASELINE for r in std.values()),
+            f"greedy SRCC >= {TARGET_GREEDY} with <= {MAX_UNPARSED:.0%} unparsed": complete and all(
+                (r["greedy_end"] or -1) >= TARGET_GREEDY and (r.get("greedy_unparsed") or 0.0) <= MAX_UNPARSED
+                for r in std.values()),
+            f"step KL (TRL's `kl`, mean over tokens) <= {TARGET_STEP_KL:g} at every step": complete and all(
+                r["kl_max"] is not None and r["kl_max"] <= TARGET_STEP_KL and not r.get("nonfinite_steps")
+                for r in std.values()),
         }
     ref = {r["seed"]: r for r in table if r["trainer"] == "refine"}
     if ref and std and all(s in std and std[s]["steps_planned"] == r["steps_planned"] for s, r in ref.items()):
@@ -105,20 +130,29 @@ def aggregate(table: list[dict]) -> dict:
 def markdown(table: list[dict], agg: dict, task: dict) -> str:
     b = task["baselines"]
     lines = ["| seed | trainer | steps | held-out SRCC: start -> end | greedy (end) | best baseline | end - baseline "
-             "| TEST SRCC (expected / greedy) | max per-token KL |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| TEST SRCC (expected / greedy) | max step KL | max token KL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(table, key=lambda r: (r["trainer"] != "standard", r["trainer"], r["seed"])):
         steps = f"{r['steps']}" + (" (time)" if r["stopped_by_deadline"] else "")
         lines.append(f"| {r['seed']} | {r['trainer']} | {steps} | {_f(r['srcc_start'])} -> **{_f(r['srcc_end'])}** | "
-                     f"{_f(r['greedy_end'])} | {_f(r['baseline'])} ({r['baseline_name']}) | {_f(r['over_baseline'])} | "
-                     f"{_f(r['test_srcc'])} / {_f(r['test_greedy'])} | {_g(r['kl_max'])} |")
+                     f"{_f(r['greedy_end'])}{_unparsed(r.get('greedy_unparsed'))} | {_f(r['baseline'])} "
+                     f"({r['baseline_name']}) | {_f(r['over_baseline'])} | "
+                     f"{_f(r['test_srcc'])} / {_f(r['test_greedy'])} | {_g(r['kl_max'])} | "
+                     f"{_g(r.get('kl_token_max'))} |")
     for trainer, a in agg.items():
         lines.append(f"| mean | {trainer} | | **{_f(a['srcc_end_mean'])}** | {_f(a['greedy_end_mean'])} | | "
-                     f"{_f(a['over_baseline_mean'])} | {_f(a['test_srcc_mean'])} / {_f(a['test_greedy_mean'])} | |")
+                     f"{_f(a['over_baseline_mean'])} | {_f(a['test_srcc_mean'])} / {_f(a['test_greedy_mean'])} | | |")
         lines.append(f"| worst | {trainer} | | **{_f(a['srcc_end_worst'])}** | {_f(a['greedy_end_worst'])} | | "
                      f"{_f(a['over_baseline_worst'])} | {_f(a['test_srcc_worst'])} / {_f(a['test_greedy_worst'])} | "
-                     f"{_g(a['kl_max_worst'])} |")
+                     f"{_g(a['kl_max_worst'])} | |")
     lines.append("")
+    lines.append("Step KL: TRL's `kl`, the mean over a step's completion tokens of the k3 estimate (the target's "
+                 "quantity); token KL: the largest single token's k3 (heavy-tailed even on-policy, docs/learning.md).")
+    for trainer, a in agg.items():
+        if a["seeds"] < a["seeds_planned"]:
+            lines.append(f"**{trainer}: {a['seeds']} of {a['seeds_planned']} planned seeds have a run**; mean, worst "
+                         f"and targets are over those, and the targets count as not met.")
+    lines.append("Best baseline: the best of the signed and the two-sided statistics on the scored split.")
     lines.append("Baselines (one image statistic, direction fitted on train): " + ", ".join(
         f"{name} held-out {_f(v['heldout'])} / test {_f(v['test'])}" for name, v in b["baselines"].items()) + ".")
     if b.get("two_sided"):
@@ -155,7 +189,7 @@ def plot(results: dict, path: Path, title: str) -> None:
 
     fig, (ax_s, ax_r, ax_k) = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = plt.get_cmap("tab10")
-    base = results["task"]["baselines"]["best_heldout"]
+    base = best_baseline(results["task"]["baselines"], "heldout")
     for i, (seed, entry) in enumerate(results["seeds"].items()):
         for trainer, run in entry["runs"].items():
             style = "-" if trainer == "standard" else "--"
@@ -187,13 +221,16 @@ def write_report(cfg, failures: list[dict], seconds: float) -> dict:
     out = Path(cfg.out)
     results = collect(cfg)
     table = rows(results)
-    agg = aggregate(table)
+    agg = aggregate(table, results["planned"])
     title = (f"learning check ({cfg.preset}{' smoke' if cfg.smoke else ''}, {cfg.device}): tiny Qwen2.5-VL from "
              f"scratch, seeds {' '.join(map(str, cfg.seeds))}, {cfg.prompts_per_step} prompts x "
              f"{cfg.num_generations} per step")
     results.update({"title": title, "config": vars(cfg), "table": table, "aggregate": agg, "failures": failures,
                     "seconds": round(seconds, 1)})
     text = markdown(table, agg, results["task"])
+    if results["missing"]:
+        text += "\nMissing runs (no run.json): " + ", ".join(f"seed {m['seed']} {m['trainer']}"
+                                                           for m in results["missing"]) + "."
     if failures:
         text += "\nFailed or stopped: " + "; ".join(f"seed {f['seed']} {f['trainer'] or f['stage']}: {f['reason']} "
                                                    f"({f['log']})" for f in failures)
@@ -214,6 +251,10 @@ def _f(x) -> str:
 
 def _g(x) -> str:
     return "-" if x is None else f"{x:.3g}"
+
+
+def _unparsed(x) -> str:
+    return f" ({100 * x:.0f}% unparsed)" if x else ""
 
 
 def _pct(x) -> str:

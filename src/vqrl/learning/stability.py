@@ -72,7 +72,10 @@ class SamplingProbe:
         if not mask.any():
             return
         gap = (sampled - scored).masked_fill(~mask, 0.0)
+        # the signed maximum shows a token scored below its sampling (the suppressed-token runaway); the absolute one
+        # shows disagreement in either direction
         row = {"step": self.state.global_step + 1, "sampled_minus_scored_max": float(gap.max()),
+               "sampled_scored_abs_max": float(gap.abs().max()),
                "scored_logp_min": float(scored.masked_fill(~mask, 0.0).min())}
         ref = inputs.get("ref_per_token_logps")
         if ref is not None:
@@ -82,7 +85,7 @@ class SamplingProbe:
             row.update({"kl_token_max": float(k3[i, j]), "at_sampled": float(sampled[i, j]),
                         "at_scored": float(scored[i, j]), "at_ref": float(ref[i, j]),
                         "at_token": self._tokenizer.decode([int(inputs["completion_ids"][i, j])])})
-        for key in ("sampled_minus_scored_max", "scored_logp_min", "kl_token_max"):
+        for key in ("sampled_minus_scored_max", "sampled_scored_abs_max", "scored_logp_min", "kl_token_max"):
             if key in row:
                 self._metrics["train"][f"probe/{key}"].append(row[key])
         if self.accelerator.is_main_process:
