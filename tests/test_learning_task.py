@@ -164,6 +164,8 @@ def test_a_planned_seed_without_a_run_fails_the_targets_and_is_named():
     assert not any(agg["standard"]["targets_met"].values())
     text = report.markdown(report.rows(good), agg, good["task"])
     assert "1 of 3 planned seeds have a run" in text
+    none = report.aggregate([], {"seeds": [0, 1], "trainers": ["standard"]})  # every run failed: still judged
+    assert none["standard"]["seeds"] == 0 and not any(none["standard"]["targets_met"].values())
 
 
 def test_greedy_target_needs_parsed_answers_and_a_nan_kl_fails():

@@ -94,7 +94,8 @@ def aggregate(table: list[dict], planned: dict | None = None) -> dict:
     """Per trainer: mean and worst seed of each number, and whether the targets hold on every PLANNED seed (a seed
     whose run is missing, failed or never started fails them)."""
     agg = {}
-    for trainer in sorted({r["trainer"] for r in table}, key=lambda t: (t != "standard", t)):
+    trainers = {r["trainer"] for r in table} | set((planned or {}).get("trainers", []))  # one with no run too
+    for trainer in sorted(trainers, key=lambda t: (t != "standard", t)):
         rs = [r for r in table if r["trainer"] == trainer]
         a = {"seeds": len(rs), "seeds_planned": len(planned["seeds"]) if planned else len(rs)}
         for key in ("srcc_end", "greedy_end", "over_baseline", "test_srcc", "test_greedy", "kl_max"):
@@ -103,7 +104,7 @@ def aggregate(table: list[dict], planned: dict | None = None) -> dict:
             a[f"{key}_worst"] = (max(vals) if key == "kl_max" else min(vals)) if vals else None
         agg[trainer] = a
     std = {r["seed"]: r for r in table if r["trainer"] == "standard"}
-    if std:
+    if "standard" in agg:
         complete = agg["standard"]["seeds"] == agg["standard"]["seeds_planned"]
         agg["standard"]["targets_met"] = {
             f"held-out SRCC >= {TARGET_SRCC}": complete and all((r["srcc_end"] or -1) >= TARGET_SRCC
