@@ -405,7 +405,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_processes", type=int, default=1,
                         help="with --accelerate_config: processes (GPUs); each runs the same per-device batch")
     parser.add_argument("--profile_dir", default=None,
-                        help="write a torch.profiler table of each row's first timed step here (profile_<row>.txt)")
+                        help="write a torch.profiler table of one extra step after the timed ones (profile_<row>.txt)")
     parser.add_argument("--out", default="outputs/bench.json")
 
 
