@@ -287,12 +287,12 @@ def test_pd_has_no_gradient(tiny_model_dir, tmp_path):
 
 # ---------------------------------------------------------------- the seed's advantage shaping
 
-def seed_advantages_reference(rewards, num_generations):
+def seed_advantages_reference(rewards, num_generations, dtype=torch.float32):
     """Written from the seed's compute_loss (grpo_trainer_refine-iqa.py), one group at a time (the seed holds one
     prompt per device, so its whole-batch test is a per-group test)."""
     out = []
     for start in range(0, len(rewards), num_generations):
-        r = torch.tensor(rewards[start:start + num_generations], dtype=torch.float32)
+        r = torch.tensor(rewards[start:start + num_generations], dtype=dtype)
         mean, std = r.mean(), r.std()
         if not all(v < 2 for v in r):
             advantages = (r - mean) / (std + 1e-4)
@@ -321,10 +321,13 @@ def test_seed_advantages_pinned(rewards, expected):
     st.lists(st.one_of(st.sampled_from([0.0, 1.0, 2.0, 1.9999, 2.0001]), st.floats(0, 3)), min_size=g, max_size=g),
     min_size=1, max_size=4))))
 def test_seed_advantages_equal_the_seeds_code(case):
+    """In float64: the formula divides by std + 1e-4, so in float32 the rounding of a group's mean and std (all
+    equal rewards of 1.9999: std 0 one way, ~1e-7 the other) moves an advantage by ~1e-3 between two correct
+    implementations; in float64 that noise is ~1e-12 and the comparison is of the formula itself."""
     generations, groups = case
     rewards = [r for group in groups for r in group]
-    got = refine.seed_advantages(torch.tensor(rewards, dtype=torch.float32), generations).tolist()
-    assert got == pytest.approx(seed_advantages_reference(rewards, generations), rel=1e-5, abs=1e-4)
+    got = refine.seed_advantages(torch.tensor(rewards, dtype=torch.float64), generations).tolist()
+    assert got == pytest.approx(seed_advantages_reference(rewards, generations, torch.float64), rel=1e-9, abs=1e-9)
 
 
 PRESET = [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 0.0, 2.5]

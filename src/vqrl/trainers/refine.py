@@ -49,9 +49,11 @@ def seed_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tensor
     """The seed's advantages for a whole batch of groups (consecutive blocks of num_generations rewards).
 
     Per group: if some reward is ≥ 2, (r − mean) / (std + 1e-4) with every value ≤ 0 set to 0; otherwise
-    (r − mean − 0.2·1e-4) / (std + 1e-4). std is unbiased (torch's default, as in the seed).
+    (r − mean − 0.2·1e-4) / (std + 1e-4). std is unbiased (torch's default, as in the seed). Computed in float32
+    (the seed's dtype), or in float64 when given float64 (the property test compares the formula there, free of
+    float32 rounding, which the 1e-4 in the divisor magnifies).
     """
-    grouped = rewards.float().view(-1, num_generations)
+    grouped = rewards.to(torch.promote_types(rewards.dtype, torch.float32)).view(-1, num_generations)
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True)
     passes = (grouped >= SEED_PASS_REWARD).any(dim=1, keepdim=True)
