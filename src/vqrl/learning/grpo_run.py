@@ -179,8 +179,8 @@ def stability(logs: list[dict]) -> dict:
     kl, kl_step = peak("kl")
     return {"kl_max": kl, "kl_max_step": kl_step,
             "abs_loss_max": max((abs(v) for v, _ in finite("loss")), default=None),
-            "nonfinite_steps": sum(1 for r in logs for k in ("kl", "loss")
-                                   if r.get(k) is not None and not math.isfinite(r[k])),
+            "nonfinite_steps": sum(1 for r in logs if any(r.get(k) is not None and not math.isfinite(r[k])
+                                                          for k in ("kl", "loss"))),
             "kl_token_max": peak("probe/kl_token_max")[0],
             "sampled_minus_scored_max": peak("probe/sampled_minus_scored_max")[0],
             "sampled_scored_abs_max": peak("probe/sampled_scored_abs_max")[0]}
