@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from test_equivalence import IMAGES, _assert_same, _fixed_batch, _loss_and_grads, _trainer
+from test_equivalence import G, IMAGES, _assert_same, _fixed_batch, _loss_and_grads, _trainer
 from vqrl.training import activation_budget as AB
 
 GB = 2**30
@@ -22,17 +22,21 @@ def test_keeping_activations_changes_neither_loss_nor_gradients(tiny_models, tmp
     assert budget is not None and budget.kept == 2 and len(budget.layers) == 3
     trainer.model.gradient_checkpointing_enable({"use_reentrant": False})  # as train() and TRL's generation do
     assert all(layer.gradient_checkpointing for layer in budget.layers)
+    assert budget.vision and all(block.gradient_checkpointing for block in budget.vision)
     inputs = _fixed_batch(trainer, 2)
     recomputed = []
-    for layer in budget.layers:  # which layers actually run through the checkpoint function
+    for layer in budget.layers + budget.vision:  # which blocks actually run through the checkpoint function
         layer._gradient_checkpointing_func = (lambda f, *a, _l=layer, _orig=layer._gradient_checkpointing_func:
                                               (recomputed.append(_l), _orig(f, *a))[1])
     selective = _loss_and_grads(trainer, inputs)
     assert [layer.gradient_checkpointing for layer in budget.layers] == [False, False, True]
+    assert not any(block.gradient_checkpointing for block in budget.vision)  # the tower keeps its activations too
     assert recomputed and set(map(id, recomputed)) == {id(budget.layers[2])}
-    budget.kept = 0
+    assert trainer._max_loss_patches == sum(int(v["pixel_values"].shape[0]) for v in inputs["vision"][::G])
+    budget.kept, budget.vision_kept = 0, False
     full = _loss_and_grads(trainer, inputs)
-    assert all(layer.gradient_checkpointing for layer in budget.layers)
+    assert all(layer.gradient_checkpointing for layer in budget.layers + budget.vision)
+    assert set(map(id, recomputed)) == set(map(id, budget.layers + budget.vision))
     _assert_same(selective, full)
 
 
@@ -53,13 +57,16 @@ class Layer(GradientCheckpointingLayer):
 
 
 class Model(torch.nn.Module):
-    def __init__(self, n):
+    def __init__(self, n, vision_blocks=1, vision_trains=False):
         super().__init__()
         self.layers = torch.nn.ModuleList(Layer() for _ in range(n))
-        self.visual = torch.nn.ModuleList([Layer()])  # vision blocks are never touched
+        self.visual = torch.nn.ModuleList(Layer() for _ in range(vision_blocks))
+        if vision_trains:
+            self.visual[0].weight = torch.nn.Parameter(torch.zeros(1))
         self.config = SimpleNamespace(text_config=SimpleNamespace(hidden_size=1024, intermediate_size=4096,
                                                                   num_attention_heads=8, num_key_value_heads=2,
-                                                                  head_dim=128))
+                                                                  head_dim=128),
+                                      vision_config=SimpleNamespace(hidden_size=256, intermediate_size=1024))
 
 
 @pytest.fixture
@@ -91,7 +98,7 @@ def test_auto_keeps_what_measured_memory_allows_then_halves_when_over_plan(gpu):
     budget.on_step_end(args, state, None)
     assert budget.kept == 3
     assert [layer.gradient_checkpointing for layer in model.layers] == [False] * 3 + [True] * 5
-    assert model.visual[0].gradient_checkpointing
+    assert not model.visual[0].gradient_checkpointing  # a frozen tower (no trainable parameter) costs nothing to keep
     gpu["peak"] = int(AB.USABLE * (gpu["free"] + gpu["reserved"]))  # the next step reached the usable limit
     budget.on_step_end(args, state, None)
     assert budget.kept == 1 and [layer.gradient_checkpointing for layer in model.layers] == [False] + [True] * 7
@@ -137,8 +144,9 @@ def test_the_decision_is_logged_in_gigabytes(gpu, caplog):
     per_layer = AB.ESTIMATE_MARGIN * AB.bytes_per_token_per_layer(model.config) * tokens / GB
     usable = budget.log["activation_budget/capacity_gb"]
     assert usable == pytest.approx(AB.USABLE * 80)
-    assert (f"{budget.kept} of 4 language layers now keep their activations (measured peak 40.0 GB, usable "
-            f"{usable:.1f} GB, estimate {per_layer:.2f} GB per layer)") in caplog.text
+    assert (f"{budget.kept} of 4 language layers now keep their activations, the vision tower too (measured peak "
+            f"40.0 GB, usable {usable:.1f} GB, estimate {per_layer:.2f} GB per layer, 0.00 GB for the tower)"
+            ) in caplog.text
     assert budget.log["activation_budget/measured_peak_gb"] == 40.0
 
 
@@ -245,3 +253,66 @@ def test_no_tokens_yet_keeps_nothing_and_checks_nothing(gpu):
     gpu["peak"] = 200 * GB
     budget.on_step_end(None, None, None)
     assert budget.kept == 0 and "activation_budget/checked_peak_gb" not in budget.log
+
+
+def test_auto_keeps_the_vision_tower_first_when_it_fits(gpu):
+    """The tower's estimate (patches x blocks x bytes per patch, with the margin) comes out of the room before the
+    language layers; a tower that does not fit is recomputed and the language layers get the room."""
+    model = Model(8, vision_blocks=4, vision_trains=True)
+    tokens, patches = 10_000, 20_000
+    budget = AB.ActivationBudget(model, "auto", lambda: tokens, lambda: patches)
+    per_patch = AB.bytes_per_patch_per_block(model.config)
+    assert per_patch == 2 * (16 * 256 + 4 * 1024) + 8 * 256
+    per_layer = AB.ESTIMATE_MARGIN * budget.per_token * tokens
+    tower = AB.ESTIMATE_MARGIN * per_patch * 4 * patches
+    assert budget.vision_estimate() == tower
+    gpu.update(peak=40 * GB, reserved=0)
+    gpu["free"] = int((40 * GB + tower + 2.5 * per_layer) / AB.USABLE) + 1
+    budget.on_step_end(None, None, None)
+    budget.on_step_end(None, None, None)
+    assert budget.vision_kept and budget.kept == 2
+    assert not any(block.gradient_checkpointing for block in model.visual)
+    assert budget.planned_peak == 40 * GB + tower + 2 * per_layer and budget.log["activation_budget/vision_kept"] == 1
+
+    model = Model(8, vision_blocks=4, vision_trains=True)
+    budget = AB.ActivationBudget(model, "auto", lambda: tokens, lambda: patches)
+    gpu["free"] = int((40 * GB + 0.9 * tower) / AB.USABLE) + 1
+    budget.on_step_end(None, None, None)
+    budget.on_step_end(None, None, None)
+    assert not budget.vision_kept and budget.kept == int(0.9 * tower // per_layer) == 1
+    assert all(block.gradient_checkpointing for block in model.visual)
+
+
+def test_a_step_over_plan_with_no_language_layer_kept_recomputes_the_tower_again(gpu):
+    model = Model(8, vision_blocks=2, vision_trains=True)
+    budget = AB.ActivationBudget(model, "auto", lambda: 10_000, lambda: 1_000)
+    tower = budget.vision_estimate()
+    gpu.update(peak=40 * GB, reserved=0)
+    gpu["free"] = int((40 * GB + 1.2 * tower) / AB.USABLE) + 1  # the tower fits, no language layer does
+    budget.on_step_end(None, None, None)
+    budget.on_step_end(None, None, None)
+    assert budget.vision_kept and budget.kept == 0
+    gpu["peak"] = int(AB.USABLE * gpu["free"])  # the next step reached the usable limit
+    budget.on_step_end(None, None, None)
+    assert not budget.vision_kept and all(block.gradient_checkpointing for block in model.visual)
+    assert budget.log["activation_budget/vision_kept"] == 0
+
+
+def test_a_fixed_number_keeps_the_tower_and_the_estimate_reads_qwen2_vl_width():
+    model = Model(3, vision_blocks=2, vision_trains=True)
+    AB.ActivationBudget(model, 1, lambda: 1).apply()
+    assert [b.gradient_checkpointing for b in model.visual] == [False, False]
+    qwen2 = SimpleNamespace(vision_config=SimpleNamespace(embed_dim=1280, hidden_size=3584, mlp_ratio=4))
+    assert AB.bytes_per_patch_per_block(qwen2) == 2 * (16 * 1280 + 4 * 5120) + 8 * 1280
+    assert AB.bytes_per_patch_per_block(SimpleNamespace()) == 0
+
+
+def test_a_trainable_tower_that_has_encoded_nothing_yet_is_recomputed(gpu):
+    """No patches measured (text-only steps so far): the tower's cost is unknown, so it is not kept."""
+    model = Model(4, vision_blocks=2, vision_trains=True)
+    budget = AB.ActivationBudget(model, "auto", lambda: 10_000, lambda: 0)
+    gpu.update(peak=40 * GB, reserved=0, free=100 * GB)
+    budget.on_step_end(None, None, None)
+    budget.on_step_end(None, None, None)
+    assert budget.vision_estimate() is None and not budget.vision_kept and budget.kept == 4
+    assert all(block.gradient_checkpointing for block in model.visual)

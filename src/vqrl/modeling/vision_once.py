@@ -49,6 +49,13 @@ def _count(s: dict, grid_key: str) -> int:
     return 0 if grid is None else int(grid.shape[0])
 
 
+def tower_rows(samples: list[dict], once: bool) -> int:
+    """Pixel rows (patches) the vision tower encodes for these samples' media: the distinct samples' with
+    vision-once, every sample's without. Sizes the activations the tower keeps for its backward."""
+    chosen = distinct(samples)[0] if once else samples
+    return sum(int(s[key].shape[0]) for s in chosen if s for key, _, _ in MODALITIES if s.get(key) is not None)
+
+
 def expansion(uniq: list[dict], inverse: list[int], grid_key: str) -> list[int]:
     """For each image (or video) of the chunk, in the order the sequences carry them, its index among the
     distinct samples' images."""

@@ -140,11 +140,13 @@ class VQRLTrainer(GRPOTrainer):
         else:
             vllm_rollouts.attach(self)
         self._max_loss_tokens = 0  # the most tokens one loss micro-batch held: sizes the activation budget
+        self._max_loss_patches = 0  # the most patches the vision tower encoded for one loss micro-batch: likewise
         self.activation_budget = None
         setting = parse_setting(self.args.checkpoint_layers)
         measurable = setting != "auto" or self.accelerator.device.type == "cuda"
         if self.args.gradient_checkpointing and setting != "all" and measurable:
-            self.activation_budget = ActivationBudget(self.model, setting, lambda: self._max_loss_tokens)
+            self.activation_budget = ActivationBudget(self.model, setting, lambda: self._max_loss_tokens,
+                                                      lambda: self._max_loss_patches)
             # first: it reads each step's peak memory before ResourceLogger resets the counters
             self.callback_handler.callbacks.insert(0, self.activation_budget)
 
@@ -269,6 +271,9 @@ class VQRLTrainer(GRPOTrainer):
         self._pending_vision = inputs.get("vision")
         tokens = inputs["prompt_ids"].numel() + inputs["completion_ids"].numel()
         self._max_loss_tokens = max(self._max_loss_tokens, tokens)
+        if self._pending_vision is not None:
+            patches = vision_once.tower_rows(self._pending_vision, once=self.vision_once)
+            self._max_loss_patches = max(self._max_loss_patches, patches)
         if self.activation_budget is not None:
             self.activation_budget.apply()
         try:
