@@ -57,7 +57,8 @@ class VQRLConfig(GRPOConfig):
 
     vision_once: str = field(default="auto", metadata={
         "help": "auto | true | false: every log-prob pass (and HF generation's prefill, and Refine's PD passes) "
-                "encodes each distinct image/video once, not once per completion; loss and gradients are unchanged "
+                "encodes each distinct image/video once, not once per completion, and computes its M-RoPE positions "
+                "once per prompt (modeling/rope_once.py); loss and gradients are unchanged "
                 "(tests/test_equivalence.py; under ZeRO-3 on one H200: scripts/zero3_equivalence_check.py). auto: on, "
                 "except under ZeRO-3 with several processes (not yet run there on GPUs)"})
 

@@ -18,7 +18,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from ..modeling import vision as V
-from ..modeling import vision_once
+from ..modeling import rope_once, vision_once
 from ..training import checkpoints, saved_settings
 from ..training.activation_budget import ActivationBudget, parse_setting
 from . import trl_seam, vllm_rollouts
@@ -108,6 +108,10 @@ class VQRLTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         trl_seam.check_trainer(self)  # every TRL attribute read below is set
         self.vision_once = self._resolve_vision_once()
+        if self.vision_once:  # the same sharing for M-RoPE positions (computed once per prompt, checked once)
+            for model in (self.model, getattr(self, "ref_model", None)):
+                if isinstance(model, torch.nn.Module) and (base := vision_once.base_model(model)) is not None:
+                    rope_once.install(base)
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
