@@ -45,12 +45,14 @@ for part in $parts; do
     zero3_equivalence)  # vision-once + compiled generation on vs off under ZeRO-3: same completions, loss, grad norm
       python3 scripts/zero3_equivalence_check.py --nproc "${NPROC:-1}" --out /tmp/z3 > "$out/zero3_equivalence.log" 2>&1
       rc=$?; cp /tmp/z3/zero3_equivalence.json "$out/" 2>/dev/null; (exit $rc) ;;
-    video_step)  # the speed issue's video target: a video row, then an image row with the same visual tokens per prompt
-      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --video true --steps 2 --warmup 1 \
-        --workdir /tmp/bv3 --out "$out/bench_3b_video.json" > "$out/bench_3b_video.log" 2>&1
+    video_step)  # the speed issue's video target: a video row, then an image row with the same visual tokens per prompt;
+      # new media every step (--fresh_media), so both steps pay their decoding as training does
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --video true --fresh_media true --steps 2 \
+        --warmup 1 --workdir /tmp/bv3 --out "$out/bench_3b_video.json" > "$out/bench_3b_video.log" 2>&1
       side=$(python3 -c "import json,math; r=json.load(open('$out/bench_3b_video.json'))['results'][0]; t=max(r['visual_tokens_per_prompt']); print(28*round(math.sqrt(t)))") &&
-      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --image_size "$side" --steps 2 --warmup 1 \
-        --workdir /tmp/bv3 --out "$out/bench_3b_image_same_tokens.json" > "$out/bench_3b_image_same_tokens.log" 2>&1 ;;
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --image_size "$side" --fresh_media true \
+        --steps 2 --warmup 1 --workdir /tmp/bv3 --out "$out/bench_3b_image_same_tokens.json" \
+        > "$out/bench_3b_image_same_tokens.log" 2>&1 ;;
     mixed)  # the speed issue's mixed sizes and aspect ratios (a fixed, seeded mix), beside the 448^2 anchor row
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --image_sizes mixed --steps 2 --warmup 1 \
         --workdir /tmp/bv3 --out "$out/bench_3b_mixed.json" > "$out/bench_3b_mixed.log" 2>&1 ;;

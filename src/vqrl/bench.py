@@ -194,6 +194,13 @@ def bench_data(a, workdir: str, n_prompts: int, write: bool = True) -> tuple[str
     return img_dir, data
 
 
+def records_needed(a) -> int:
+    """Records per process: one step's prompts, or with --fresh_media one step's worth for every step the run takes
+    (TRL's sampler draws an epoch without repeats, so no step meets a record, and its decoded media, again)."""
+    steps = a.warmup + a.steps + (1 if a.profile_dir else 0)
+    return a.prompts * (steps if a.fresh_media else 1)
+
+
 def build(kind: str, a, workdir: str):
     from transformers import AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
@@ -204,7 +211,7 @@ def build(kind: str, a, workdir: str):
     processor = AutoProcessor.from_pretrained(path, padding_side="left")
     # each process trains on its own a.prompts prompts per step (TRL's sampler needs prompts x processes distinct
     # rows for one generation batch; with fewer it yields nothing)
-    n_prompts = a.prompts * processes()
+    n_prompts = records_needed(a) * processes()
     if kind == "trl" and a.video:
         raise ValueError("plain TRL 1.16 drops video from its loss: --video measures vqrl's trainers only")
     if kind == "trl":
@@ -270,9 +277,9 @@ def run_one(kind: str, a, workdir: str) -> dict:
     instrument(trainer, timer)
     if a.profile_dir:  # one extra step after the timed ones: the profiler's overhead stays out of the timing
         profile_step(trainer, a.warmup + a.steps + 1, os.path.join(a.profile_dir, f"profile_{kind}.txt"))
-    visual = visual_tokens(trainer)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())  # ZeRO-3: full size
     trainer.train()
+    visual = visual_tokens(trainer)  # after training: counting decodes every record, which would warm the cache
     seen = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]  # TRL: prompt + completion
     tokens = int((seen[-1] - seen[a.warmup - 1]) / (len(seen) - a.warmup)) if len(seen) > a.warmup >= 1 else int(
         seen[-1] / len(seen))
@@ -291,6 +298,7 @@ def run_one(kind: str, a, workdir: str) -> dict:
         result["activation_budget"] = budget.log
     result["metrics"] = last_metrics(trainer.state.log_history, a.warmup)
     result["visual_tokens_per_prompt"] = visual
+    result["fresh_media"] = bool(a.fresh_media)
     del trainer
     gc.collect()
     if torch.cuda.is_available():
@@ -374,6 +382,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mixed: a fixed, seeded mix of real IQA sizes and aspect ratios")
     parser.add_argument("--video", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
                         help="true: vqrl's trainers on video records instead of images (plain TRL cannot train on video)")
+    parser.add_argument("--fresh_media", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        help="every step's prompts hold images/videos no earlier step used, so no decode is served "
+                             "from the media cache: the step (and between_steps_s) pays decoding as training does")
     parser.add_argument("--video_size", default="1280x720")
     parser.add_argument("--video_seconds", type=float, default=10.0)
     parser.add_argument("--video_frames", type=int, default=16, help="frames sampled per video")
