@@ -68,8 +68,9 @@ for part in $parts; do
     ckpt_vision)  # selective checkpointing with the vision tower kept (tenth session's fix) beside plain TRL (which
       # recomputes every layer: --checkpoint_layers is vqrl's), then vqrl with every layer recomputed; three timed
       # steps after two warm-up ones (the second step of a run is slow)
-      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers trl standard --checkpoint_layers auto --steps 3 \
-        --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_ckpt_auto.json" > "$out/bench_3b_ckpt_auto.log" 2>&1
+      # (TRAINERS_CKPT="trl standard vllm" adds the vLLM row: it needs vLLM's parts copied first, see bench3b)
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers ${TRAINERS_CKPT:-trl standard} --checkpoint_layers auto \
+        --steps 3 --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_ckpt_auto.json" > "$out/bench_3b_ckpt_auto.log" 2>&1
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --steps 3 --warmup 2 --workdir /tmp/bw3 \
         --out "$out/bench_3b_ckpt_all.json" > "$out/bench_3b_ckpt_all.log" 2>&1 ;;
     bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
