@@ -124,7 +124,8 @@ def install(base) -> bool:
             video_grid_thw=video_grid_thw[torch.tensor(video_rows, dtype=torch.long, device=video_grid_thw.device)]
             if video_rows else None,
             attention_mask=attention_mask[pick] if attention_mask is not None else None, **sub)
-        index = torch.tensor([reps.index(r) for r in rep_of], device=device)
+        slot = {r: i for i, r in enumerate(reps)}
+        index = torch.tensor([slot[r] for r in rep_of], device=device)
         out, delta = expand(positions, mask[pick], index, mask, deltas.dtype)
         if not checked["done"]:
             reference, reference_deltas = full()
