@@ -202,3 +202,13 @@ def test_fresh_media_decodes_every_steps_media_during_training(tmp_path, monkeyp
     assert bench.run(bench_args(tmp_path, ["standard"], video="true", video_size="128x96", video_seconds=1,
                                 video_frames=2, steps=2)) == 0
     assert len(during["train"]) == len(set(during["train"])) == 2  # the same two prompts every step: cached
+
+
+def test_the_table_states_the_step_time_ratio_beside_the_tokens_ratio(capsys):
+    """Like for like is the step-time ratio (the same prompts, images and completions); the tokens/s ratio differs
+    where the rows processed different tokens, so both are printed, step time first."""
+    split = {"generate": 1.0, "weight_sync": 0.0, "logprobs_nograd": 0.5, "pd": 0.0, "backward_optimizer_other": 1.0}
+    row = dict(split_s=split, peak_memory_gb=1.0, mfu=0.1)
+    bench.print_table([dict(row, trainer="trl", step_s=30.0, tokens_per_s=1000.0),
+                       dict(row, trainer="standard", step_s=7.5, tokens_per_s=4400.0)])
+    assert "standard: 4.00x plain TRL by step time (4.40x by tokens/s)" in capsys.readouterr().out
