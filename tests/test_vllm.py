@@ -197,8 +197,11 @@ def test_eval_vllm_backend_agrees_with_hf(model64, tmp_path):
     eval_run.evaluate(args("hf", "h"))
     v, h = (eval_run.read_predictions(str(tmp_path / d / "predictions.csv")) for d in ("v", "h"))
     assert set(v) == set(h) and len(v) == 4
-    for sid in v:  # same prompt, media and weights: the same digit probabilities up to float32 rounding
-        assert abs(float(v[sid]["prediction"]) - float(h[sid]["prediction"])) < 1e-3
+    # same prompt, media and weights: the same digit probabilities up to float32 rounding of two kernels (vLLM's and
+    # torch's), which depends on the CPU: 1.04e-3 on an AMD EPYC (2026-12-02, last session's code too), below 1e-3
+    # before; a prompt that differs (the duplicated image tokens of docs/perf.md) moves scores by far more
+    for sid in v:
+        assert abs(float(v[sid]["prediction"]) - float(h[sid]["prediction"])) < 5e-3
 
 
 def test_bench_vllm_rows_split_generation_weight_sync_and_log_the_logprob_gap(tmp_path):
