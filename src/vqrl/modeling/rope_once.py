@@ -37,9 +37,10 @@ def _host(values) -> list:
 
 
 def plan(mm_token_type_ids, attention_mask, image_grid_thw, video_grid_thw, second_per_grid_ts=None):
-    """(representative row of each row, sorted representatives, their image grid rows, video grid rows, video
-    second_per_grid_ts entries) or None where nothing would be saved or the batch is not of the expected form
-    (a row with nothing attended; grids that do not match the runs, e.g. Qwen3-VL's per-frame video runs)."""
+    """(representative row of each row, sorted representatives, the representatives' image grid rows, their video
+    grid rows, which also index second_per_grid_ts) or None where nothing would be saved or the batch is not of the
+    expected form (a row with nothing attended; grids that do not match the runs, e.g. Qwen3-VL's per-frame video
+    runs)."""
     types = mm_token_type_ids.detach().cpu()
     mask = (attention_mask.detach().cpu().bool() if attention_mask is not None
             else torch.ones(types.shape, dtype=torch.bool))

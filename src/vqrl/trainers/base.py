@@ -275,10 +275,10 @@ class VQRLTrainer(GRPOTrainer):
         self._pending_vision = inputs.get("vision")
         tokens = inputs["prompt_ids"].numel() + inputs["completion_ids"].numel()
         self._max_loss_tokens = max(self._max_loss_tokens, tokens)
-        if self._pending_vision is not None:
-            patches = vision_once.tower_rows(self._pending_vision, once=self.vision_once)
-            self._max_loss_patches = max(self._max_loss_patches, patches)
         if self.activation_budget is not None:
+            if self._pending_vision is not None:  # only the budget reads it
+                patches = vision_once.tower_rows(self._pending_vision, once=self.vision_once)
+                self._max_loss_patches = max(self._max_loss_patches, patches)
             self.activation_budget.apply()
         try:
             return super()._compute_loss(model=model, inputs=inputs)

@@ -36,16 +36,19 @@ def parse_setting(value) -> str | int:
     raise ValueError(f"checkpoint_layers must be auto, all or a number of layers, not {value!r}")
 
 
+def _checkpointing_layers(model, vision: bool) -> list:
+    return [m for name, m in model.named_modules()
+            if isinstance(m, GradientCheckpointingLayer) and ("visual" in name.split(".")) == vision]
+
+
 def language_layers(model) -> list:
     """The decoder layers of the language model that checkpoint."""
-    return [m for name, m in model.named_modules()
-            if isinstance(m, GradientCheckpointingLayer) and "visual" not in name.split(".")]
+    return _checkpointing_layers(model, vision=False)
 
 
 def vision_blocks(model) -> list:
     """The vision tower's blocks that checkpoint (module path through `visual`)."""
-    return [m for name, m in model.named_modules()
-            if isinstance(m, GradientCheckpointingLayer) and "visual" in name.split(".")]
+    return _checkpointing_layers(model, vision=True)
 
 
 def bytes_per_token_per_layer(config, dtype_bytes: int = 2) -> int:
