@@ -72,7 +72,11 @@ for part in $parts; do
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers ${TRAINERS_CKPT:-trl standard} --checkpoint_layers auto \
         --steps 3 --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_ckpt_auto.json" > "$out/bench_3b_ckpt_auto.log" 2>&1
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --steps 3 --warmup 2 --workdir /tmp/bw3 \
-        --out "$out/bench_3b_ckpt_all.json" > "$out/bench_3b_ckpt_all.log" 2>&1 ;;
+        --out "$out/bench_3b_ckpt_all.json" > "$out/bench_3b_ckpt_all.log" 2>&1
+      # the vision tower's attention one call per window (transformers' SDPA path) against one per window length
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --checkpoint_layers auto \
+        --batch_vision_windows false --steps 3 --warmup 2 --workdir /tmp/bw3 --label per_window_attention \
+        --out "$out/bench_3b_ckpt_auto_per_window.json" > "$out/bench_3b_ckpt_auto_per_window.log" 2>&1 ;;
     bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1 ;;

@@ -251,6 +251,7 @@ def build(kind: str, a, workdir: str):
                      video_max_frames=a.video_frames, video_root=[img_dir],
                      heartbeat=False, freeze_vision_tower=a.freeze_vision_tower,
                      checkpoint_layers=a.checkpoint_layers, vision_once=a.vision_once,
+                     batch_vision_windows=a.batch_vision_windows,
                      compiled_generation=a.compiled_generation, **vllm_options)
     return build_trainer(cfg, ModelConfig(), model=load_model(a, path), processor=processor)
 
@@ -292,6 +293,7 @@ def run_one(kind: str, a, workdir: str) -> dict:
     result["deepspeed_zero_stage"] = (trainer.accelerator.state.deepspeed_plugin.zero_stage
                                       if trainer.is_deepspeed_enabled else None)
     result["vision_once"] = getattr(trainer, "vision_once", None)
+    result["batched_vision_windows"] = getattr(trainer, "batched_vision_windows", None)
     result["compiled_generation"] = trainer._compiled_generation() if hasattr(trainer, "_compiled_generation") else None
     budget = getattr(trainer, "activation_budget", None)
     if budget is not None:
@@ -399,6 +401,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vision_once", default="auto", choices=["auto", "true", "false"],
                         help="vqrl trainers: encode each image/video once per log-prob forward (auto: the trainer's "
                         "default)")
+    parser.add_argument("--batch_vision_windows", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                        help="vqrl trainers: the vision tower's attention in one call per window length")
     parser.add_argument("--compiled_generation", default="auto", choices=["auto", "true", "false"],
                         help="vqrl trainers: static-cache compiled decoding (auto: the trainer's default)")
     parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3)

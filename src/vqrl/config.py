@@ -62,6 +62,11 @@ class VQRLConfig(GRPOConfig):
                 "(tests/test_equivalence.py; under ZeRO-3 on one H200: scripts/zero3_equivalence_check.py). auto: on, "
                 "except under ZeRO-3 with several processes (not yet run there on GPUs)"})
 
+    batch_vision_windows: bool = field(default=True, metadata={
+        "help": "the vision tower's attention runs one SDPA call per window length (windows stacked as a batch), not "
+                "one per window as transformers' SDPA path does; same attention (modeling/vision_windows.py, checked "
+                "against the per-window calls at the first call). Only where the tower uses SDPA"})
+
     checkpoint_layers: str = field(default="all", metadata={
         "help": "with --gradient_checkpointing: all | auto | N. all: every layer recomputes its activations in the "
                 "backward (HF's behaviour). N: the vision tower and the first N language layers keep them. auto "

@@ -21,6 +21,7 @@ from ..data.dataset import MediaLoader
 from ..data.prompts import build_messages
 from ..data.records import TASK_TYPES, to_float
 from ..modeling import vision as V
+from ..modeling import vision_windows
 from ..rewards.parsing import thought_of
 from . import inference
 from . import predictions as store
@@ -202,6 +203,7 @@ def _evaluate_hf(args, todo, pred_path):
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, use_safetensors=True,
                                                         attn_implementation="sdpa")
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    vision_windows.install(model)  # the vision tower's attention in one call per window length (same attention)
     processor = AutoProcessor.from_pretrained(args.model, padding_side="left")
     loader = MediaLoader(vision_spec(processor, args), None, None, cache_size=8)  # records carry anchored paths
     prompt_cfg = prompt_config(args)

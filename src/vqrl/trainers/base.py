@@ -18,7 +18,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from ..modeling import vision as V
-from ..modeling import rope_once, vision_once
+from ..modeling import rope_once, vision_once, vision_windows
 from ..training import checkpoints, saved_settings
 from ..training.activation_budget import ActivationBudget, parse_setting
 from . import trl_seam, vllm_rollouts
@@ -112,6 +112,11 @@ class VQRLTrainer(GRPOTrainer):
             for model in (self.model, getattr(self, "ref_model", None)):
                 if isinstance(model, torch.nn.Module) and (base := vision_once.base_model(model)) is not None:
                     rope_once.install(base)
+        self.batched_vision_windows = False
+        if self.args.batch_vision_windows:  # one attention call per window length in the vision tower
+            for model in (self.model, getattr(self, "ref_model", None)):
+                if isinstance(model, torch.nn.Module) and vision_windows.install(model):
+                    self.batched_vision_windows = True
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
