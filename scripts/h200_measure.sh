@@ -6,7 +6,7 @@
 # .whl/setup-vllm.sh`; each part logs to its own file and a failing part does not stop the next.
 set -uo pipefail
 out=${1:-outputs/h200}
-parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step mixed profile3b ckpt_vision
+parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step mixed profile3b ckpt_vision grouped_decode
 trainers3b=${TRAINERS_3B:-"trl standard vllm refine refine_vllm"}
 mkdir -p "$out"
 # the bench's model shapes need Qwen's vocabulary: fail at once, not after each part has started
@@ -77,6 +77,13 @@ for part in $parts; do
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --checkpoint_layers auto \
         --batch_vision_windows false --steps 3 --warmup 2 --workdir /tmp/bw3 --label per_window_attention \
         --out "$out/bench_3b_ckpt_auto_per_window.json" > "$out/bench_3b_ckpt_auto_per_window.log" 2>&1 ;;
+    grouped_decode)  # decode steps without expanding the grouped-query KV cache (opt-in), beside plain TRL and
+      # standard without it, one invocation each way (the tower and language layers kept: --checkpoint_layers auto)
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers trl standard --checkpoint_layers auto \
+        --grouped_decode_attention true --steps 3 --warmup 2 --workdir /tmp/bw3 --label grouped_decode \
+        --out "$out/bench_3b_grouped_decode.json" > "$out/bench_3b_grouped_decode.log" 2>&1
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --checkpoint_layers auto --steps 3 \
+        --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_expanded_decode.json" > "$out/bench_3b_expanded_decode.log" 2>&1 ;;
     bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1 ;;

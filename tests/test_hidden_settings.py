@@ -103,3 +103,23 @@ def test_a_missing_checkpoint_names_the_flag_given(tmp_path, data, capsys):
     code = grpo.main(flags("", tmp_path / "o", [data], resume_from_checkpoint=str(tmp_path / "nope")))
     assert code == 2
     assert f"--resume_from_checkpoint {tmp_path / 'nope'}: no such checkpoint folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- attention speed-ups
+
+
+def test_attention_speed_ups_are_flags(tiny_model_dir, tmp_path, data):
+    """--batch_vision_windows (on by default) and --grouped_decode_attention (opt-in) reach the model they name."""
+    from vqrl.modeling import grouped_decode, vision_windows
+
+    default = make_trainer(tiny_model_dir, tmp_path / "a", [data])
+    assert default.batched_vision_windows is True and default.grouped_decode_attention is False
+    config = default.model.config
+    assert config.vision_config._attn_implementation == vision_windows.NAME
+    assert config.text_config._attn_implementation == "sdpa"
+    other = make_trainer(tiny_model_dir, tmp_path / "b", [data], batch_vision_windows="false",
+                         grouped_decode_attention="true")
+    assert other.batched_vision_windows is False and other.grouped_decode_attention is True
+    config = other.model.config
+    assert config.vision_config._attn_implementation == "sdpa"
+    assert config.text_config._attn_implementation == grouped_decode.NAME

@@ -251,7 +251,7 @@ def build(kind: str, a, workdir: str):
                      video_max_frames=a.video_frames, video_root=[img_dir],
                      heartbeat=False, freeze_vision_tower=a.freeze_vision_tower,
                      checkpoint_layers=a.checkpoint_layers, vision_once=a.vision_once,
-                     batch_vision_windows=a.batch_vision_windows,
+                     batch_vision_windows=a.batch_vision_windows, grouped_decode_attention=a.grouped_decode_attention,
                      compiled_generation=a.compiled_generation, **vllm_options)
     return build_trainer(cfg, ModelConfig(), model=load_model(a, path), processor=processor)
 
@@ -294,6 +294,7 @@ def run_one(kind: str, a, workdir: str) -> dict:
                                       if trainer.is_deepspeed_enabled else None)
     result["vision_once"] = getattr(trainer, "vision_once", None)
     result["batched_vision_windows"] = getattr(trainer, "batched_vision_windows", None)
+    result["grouped_decode_attention"] = getattr(trainer, "grouped_decode_attention", None)
     result["compiled_generation"] = trainer._compiled_generation() if hasattr(trainer, "_compiled_generation") else None
     budget = getattr(trainer, "activation_budget", None)
     if budget is not None:
@@ -403,6 +404,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default)")
     parser.add_argument("--batch_vision_windows", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                         help="vqrl trainers: the vision tower's attention in one call per window length")
+    parser.add_argument("--grouped_decode_attention", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        help="vqrl trainers: decode steps read the grouped-query KV cache without copying it per head")
     parser.add_argument("--compiled_generation", default="auto", choices=["auto", "true", "false"],
                         help="vqrl trainers: static-cache compiled decoding (auto: the trainer's default)")
     parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.3)

@@ -18,7 +18,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from ..modeling import vision as V
-from ..modeling import rope_once, vision_once, vision_windows
+from ..modeling import grouped_decode, rope_once, vision_once, vision_windows
 from ..training import checkpoints, saved_settings
 from ..training.activation_budget import ActivationBudget, parse_setting
 from . import trl_seam, vllm_rollouts
@@ -117,6 +117,9 @@ class VQRLTrainer(GRPOTrainer):
             for model in (self.model, getattr(self, "ref_model", None)):
                 if isinstance(model, torch.nn.Module) and vision_windows.install(model):
                     self.batched_vision_windows = True
+        # decode steps read the grouped-query KV cache without expanding it (HF generation; the reference model
+        # never decodes)
+        self.grouped_decode_attention = bool(self.args.grouped_decode_attention) and grouped_decode.install(self.model)
         self._pending_vision: list[dict] | None = None  # per-sample vision of the batch being scored/trained
         self._pending_prompt_ids: list[list[int]] | None = None
         self._pending_sample_ids: list | None = None  # dedupes prompt encoding within a generation batch
