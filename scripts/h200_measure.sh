@@ -85,7 +85,7 @@ for part in $parts; do
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --checkpoint_layers auto --steps 3 \
         --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_expanded_decode.json" > "$out/bench_3b_expanded_decode.log" 2>&1 ;;
     bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
-               --vllm_gpu_memory_utilization 0.25 --steps 2 --warmup 2 --workdir /tmp/bw7 \
+               --vllm_gpu_memory_utilization 0.25 --checkpoint_layers "${CKPT_7B:-all}" --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1 ;;
   esac
   stamp "end $part (exit $?)"

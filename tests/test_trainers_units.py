@@ -372,7 +372,8 @@ def _init_without_trl(monkeypatch, cls, device="cpu", pad_token_id=7, **config):
                                                                                 patches=patches))
     base = dict(vision_once="auto", use_vllm=False, vllm_max_model_length=None, max_prompt_length=100,
                 max_completion_length=20, generation_kwargs=None, compiled_generation="false",
-                checkpoint_layers="auto", gradient_checkpointing=False)
+                checkpoint_layers="auto", gradient_checkpointing=False, batch_vision_windows=True,
+                grouped_decode_attention=False)
     config_ns = SimpleNamespace(**{**base, **config})
     trainer = cls(model="m", args=config_ns)
     return trainer, seen, attached
