@@ -18,9 +18,10 @@ import logging
 import torch
 import transformers
 
+from .vision_once import SUPPORTED
+
 logger = logging.getLogger(__name__)
 
-SUPPORTED = ("Qwen2VLModel", "Qwen2_5_VLModel", "Qwen3VLModel")
 TEXT = 0
 
 

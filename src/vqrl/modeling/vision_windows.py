@@ -26,7 +26,6 @@ import transformers
 logger = logging.getLogger(__name__)
 
 NAME = "vqrl_sdpa_windows_flash_api"
-SUPPORTED = ("Qwen2VLModel", "Qwen2_5_VLModel", "Qwen3VLModel")
 
 
 class _Plan:
@@ -148,8 +147,8 @@ def install(model) -> bool:
 
     from .vision_once import base_model
 
-    base = base_model(model)
-    visual = getattr(base, "visual", None) if base is not None and type(base).__name__ in SUPPORTED else None
+    base = base_model(model)  # None unless a supported Qwen-VL (vision_once.SUPPORTED)
+    visual = getattr(base, "visual", None)
     if visual is None:
         return False
     attentions = _vision_attentions(visual)

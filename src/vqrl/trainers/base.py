@@ -108,15 +108,15 @@ class VQRLTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         trl_seam.check_trainer(self)  # every TRL attribute read below is set
         self.vision_once = self._resolve_vision_once()
+        # the policy and (with beta > 0) the reference model: both run the vision tower and M-RoPE
+        forward_models = [m for m in (self.model, getattr(self, "ref_model", None)) if isinstance(m, torch.nn.Module)]
         if self.vision_once:  # the same sharing for M-RoPE positions (computed once per prompt, checked once)
-            for model in (self.model, getattr(self, "ref_model", None)):
-                if isinstance(model, torch.nn.Module) and (base := vision_once.base_model(model)) is not None:
+            for model in forward_models:
+                if (base := vision_once.base_model(model)) is not None:
                     rope_once.install(base)
-        self.batched_vision_windows = False
-        if self.args.batch_vision_windows:  # one attention call per window length in the vision tower
-            for model in (self.model, getattr(self, "ref_model", None)):
-                if isinstance(model, torch.nn.Module) and vision_windows.install(model):
-                    self.batched_vision_windows = True
+        # one attention call per window length in the vision tower
+        installed = [vision_windows.install(m) for m in forward_models] if self.args.batch_vision_windows else []
+        self.batched_vision_windows = any(installed)
         # decode steps read the grouped-query KV cache without expanding it (HF generation; the reference model
         # never decodes)
         self.grouped_decode_attention = bool(self.args.grouped_decode_attention) and grouped_decode.install(self.model)
