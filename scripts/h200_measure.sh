@@ -6,7 +6,7 @@
 # .whl/setup-vllm.sh`; each part logs to its own file and a failing part does not stop the next.
 set -uo pipefail
 out=${1:-outputs/h200}
-parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero3_equivalence video_step mixed profile3b ckpt_vision grouped_decode
+parts=${PARTS:-"bench3b vllm_examples logprob_check bench7b"}  # also: video_gap zero3 zero2 zero3_equivalence video_step mixed profile3b ckpt_vision grouped_decode
 trainers3b=${TRAINERS_3B:-"trl standard vllm refine refine_vllm"}
 mkdir -p "$out"
 # the bench's model shapes need Qwen's vocabulary: fail at once, not after each part has started
@@ -84,9 +84,25 @@ for part in $parts; do
         --out "$out/bench_3b_grouped_decode.json" > "$out/bench_3b_grouped_decode.log" 2>&1
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --checkpoint_layers auto --steps 3 \
         --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_expanded_decode.json" > "$out/bench_3b_expanded_decode.log" 2>&1 ;;
-    bench7b) python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
+    zero2)  # plain TRL and standard under ZeRO-2, the user's config (as the zero3 part), the fast settings of the 3B rows
+      python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers trl standard --checkpoint_layers auto \
+        --accelerate_config configs/accelerate/zero2.yaml --num_processes "${NPROC:-1}" --steps 2 --warmup 2 \
+        --workdir /tmp/bz2 --out "$out/bench_3b_zero2.json" > "$out/bench_3b_zero2.log" 2>&1 ;;
+    bench7b)  # GD_7B=auto: with --grouped_decode_attention when the grouped_decode part found it faster at 3B, and
+      # then standard without it too (the lever's own gain at 7B)
+      gd=${GD_7B:-false}
+      if [[ $gd == auto ]]; then
+        gd=$(python3 -c "import json; g=json.load(open('$out/bench_3b_grouped_decode.json'))['results']; \
+e=json.load(open('$out/bench_3b_expanded_decode.json'))['results']; s=lambda rs: [r['step_s'] for r in rs \
+if r['trainer']=='standard' and 'error' not in r][0]; print(str(s(g) < s(e)).lower())" 2>/dev/null || echo false)
+        stamp "bench7b: grouped decode $gd"
+      fi
+      python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --checkpoint_layers "${CKPT_7B:-all}" --steps 2 --warmup 2 --workdir /tmp/bw7 \
-               --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1 ;;
+               --grouped_decode_attention "$gd" --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1
+      [[ $gd == true ]] && python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers standard --checkpoint_layers \
+        "${CKPT_7B:-all}" --steps 2 --warmup 2 --workdir /tmp/bw7 --out "$out/bench_7b_expanded_decode.json" \
+        > "$out/bench_7b_expanded_decode.log" 2>&1 ;;
   esac
   stamp "end $part (exit $?)"
 done
