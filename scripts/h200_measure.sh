@@ -77,20 +77,20 @@ for part in $parts; do
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --checkpoint_layers auto \
         --batch_vision_windows false --steps 3 --warmup 2 --workdir /tmp/bw3 --label per_window_attention \
         --out "$out/bench_3b_ckpt_auto_per_window.json" > "$out/bench_3b_ckpt_auto_per_window.log" 2>&1 ;;
-    grouped_decode)  # decode steps without expanding the grouped-query KV cache (opt-in), beside plain TRL and
+    grouped_decode)  # decode steps without expanding the grouped-query KV cache (the default), beside plain TRL and
       # standard without it, one invocation each way (the tower and language layers kept: --checkpoint_layers auto)
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers trl standard --checkpoint_layers auto \
         --grouped_decode_attention true --steps 3 --warmup 2 --workdir /tmp/bw3 --label grouped_decode \
         --out "$out/bench_3b_grouped_decode.json" > "$out/bench_3b_grouped_decode.log" 2>&1
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers standard --checkpoint_layers auto --steps 3 \
-        --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_expanded_decode.json" > "$out/bench_3b_expanded_decode.log" 2>&1 ;;
+        --grouped_decode_attention false --warmup 2 --workdir /tmp/bw3 --out "$out/bench_3b_expanded_decode.json" > "$out/bench_3b_expanded_decode.log" 2>&1 ;;
     zero2)  # plain TRL and standard under ZeRO-2, the user's config (as the zero3 part), the fast settings of the 3B rows
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers trl standard --checkpoint_layers auto \
         --accelerate_config configs/accelerate/zero2.yaml --num_processes "${NPROC:-1}" --steps 2 --warmup 2 \
         --workdir /tmp/bz2 --out "$out/bench_3b_zero2.json" > "$out/bench_3b_zero2.log" 2>&1 ;;
     bench7b)  # GD_7B=auto: with --grouped_decode_attention when the grouped_decode part found it faster at 3B, and
       # then standard without it too (the lever's own gain at 7B; EXPANDED_7B=false skips that row)
-      gd=${GD_7B:-false}
+      gd=${GD_7B:-true}
       if [[ $gd == auto ]]; then
         gd=$(python3 -c "import json; g=json.load(open('$out/bench_3b_grouped_decode.json'))['results']; \
 e=json.load(open('$out/bench_3b_expanded_decode.json'))['results']; s=lambda rs: [r['step_s'] for r in rs \
@@ -100,9 +100,10 @@ if r['trainer']=='standard' and 'error' not in r][0]; print(str(s(g) < s(e)).low
       python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --checkpoint_layers "${CKPT_7B:-all}" --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --grouped_decode_attention "$gd" --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1
-      [[ $gd == true && ${EXPANDED_7B:-true} == true ]] && python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers standard --checkpoint_layers \
-        "${CKPT_7B:-all}" --steps 2 --warmup 2 --workdir /tmp/bw7 --out "$out/bench_7b_expanded_decode.json" \
-        > "$out/bench_7b_expanded_decode.log" 2>&1 ;;
+      if [[ $gd == true && ${EXPANDED_7B:-true} == true ]]; then python3 -m vqrl.cli bench --model qwen2_5_vl_7b \
+        --trainers standard --checkpoint_layers "${CKPT_7B:-all}" --grouped_decode_attention false --steps 2 \
+        --warmup 2 --workdir /tmp/bw7 --out "$out/bench_7b_expanded_decode.json" > "$out/bench_7b_expanded_decode.log" 2>&1
+      fi ;;
   esac
   stamp "end $part (exit $?)"
 done

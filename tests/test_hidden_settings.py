@@ -109,17 +109,17 @@ def test_a_missing_checkpoint_names_the_flag_given(tmp_path, data, capsys):
 
 
 def test_attention_speed_ups_are_flags(tiny_model_dir, tmp_path, data):
-    """--batch_vision_windows (on by default) and --grouped_decode_attention (opt-in) reach the model they name."""
+    """--batch_vision_windows and --grouped_decode_attention (both on by default) reach the model they name."""
     from vqrl.modeling import grouped_decode, vision_windows
 
     default = make_trainer(tiny_model_dir, tmp_path / "a", [data])
-    assert default.batched_vision_windows is True and default.grouped_decode_attention is False
+    assert default.batched_vision_windows is True and default.grouped_decode_attention is True
     config = default.model.config
     assert config.vision_config._attn_implementation == vision_windows.NAME
-    assert config.text_config._attn_implementation == "sdpa"
+    assert config.text_config._attn_implementation == grouped_decode.NAME
     other = make_trainer(tiny_model_dir, tmp_path / "b", [data], batch_vision_windows="false",
-                         grouped_decode_attention="true")
-    assert other.batched_vision_windows is False and other.grouped_decode_attention is True
+                         grouped_decode_attention="false")
+    assert other.batched_vision_windows is False and other.grouped_decode_attention is False
     config = other.model.config
     assert config.vision_config._attn_implementation == "sdpa"
-    assert config.text_config._attn_implementation == grouped_decode.NAME
+    assert config.text_config._attn_implementation == "sdpa"

@@ -105,3 +105,17 @@ def test_only_sdpa_language_models(tmp_path):
     assert grouped_decode.install(model)
     assert grouped_decode.install(model)  # twice is harmless
     assert model.config.vision_config._attn_implementation == "sdpa"  # the vision tower is left alone
+
+
+def test_install_stops_when_transformers_attention_no_longer_matches(tmp_path, monkeypatch):
+    """A change in transformers' SDPA attention (here: its output doubled) is caught at install, not trained on."""
+    import transformers.integrations.sdpa_attention as sdpa
+    from vqrl.models.tiny import make_tiny_model
+
+    path = make_tiny_model("qwen2_5_vl", tmp_path / "m")
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="sdpa")
+    real = sdpa.sdpa_attention_forward
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", lambda *a, **k: (2 * real(*a, **k)[0], None))
+    with pytest.raises(RuntimeError, match="differs from transformers' SDPA attention"):
+        grouped_decode.install(model)
+    assert model.config.text_config._attn_implementation == "sdpa"  # nothing was switched

@@ -404,7 +404,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default)")
     parser.add_argument("--batch_vision_windows", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                         help="vqrl trainers: the vision tower's attention in one call per window length")
-    parser.add_argument("--grouped_decode_attention", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+    parser.add_argument("--grouped_decode_attention", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                         help="vqrl trainers: decode steps read the grouped-query KV cache without copying it per head")
     parser.add_argument("--compiled_generation", default="auto", choices=["auto", "true", "false"],
                         help="vqrl trainers: static-cache compiled decoding (auto: the trainer's default)")

@@ -67,11 +67,11 @@ class VQRLConfig(GRPOConfig):
                 "one per window as transformers' SDPA path does; same attention (modeling/vision_windows.py, checked "
                 "against the per-window calls at the first call). Only where the tower uses SDPA"})
 
-    grouped_decode_attention: bool = field(default=False, metadata={
+    grouped_decode_attention: bool = field(default=True, metadata={
         "help": "HF generation: each decode step's attention reads the grouped-query KV cache as it is, the query "
                 "heads of a group standing in for query positions, instead of copying the cache to every query head "
-                "(transformers' SDPA path with a mask); same attention (modeling/grouped_decode.py). Opt-in until "
-                "measured on a GPU"})
+                "(transformers' SDPA path with a mask); same attention (modeling/grouped_decode.py). On the H200 it "
+                "halved HF generation on the 3B shape (docs/perf.md). Only where the language model uses SDPA"})
 
     checkpoint_layers: str = field(default="all", metadata={
         "help": "with --gradient_checkpointing: all | auto | N. all: every layer recomputes its activations in the "

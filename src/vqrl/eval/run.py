@@ -21,7 +21,7 @@ from ..data.dataset import MediaLoader
 from ..data.prompts import build_messages
 from ..data.records import TASK_TYPES, to_float
 from ..modeling import vision as V
-from ..modeling import vision_windows
+from ..modeling import grouped_decode, vision_windows
 from ..rewards.parsing import thought_of
 from . import inference
 from . import predictions as store
@@ -204,6 +204,7 @@ def _evaluate_hf(args, todo, pred_path):
                                                         attn_implementation="sdpa")
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     vision_windows.install(model)  # the vision tower's attention in one call per window length (same attention)
+    grouped_decode.install(model)  # decode steps read the grouped-query KV cache without copying it per head
     processor = AutoProcessor.from_pretrained(args.model, padding_side="left")
     loader = MediaLoader(vision_spec(processor, args), None, None, cache_size=8)  # records carry anchored paths
     prompt_cfg = prompt_config(args)

@@ -12,7 +12,8 @@ query is viewed as (batch, kv heads, heads per group, head_dim) and attends to t
 its one position broadcast over the group. Each query head meets the same keys, values and mask as before; nothing
 is copied. Any other call (prefill, training forwards: more than one query position) goes to transformers' SDPA
 function unchanged. Registered with transformers' AttentionInterface (and its mask interface, as SDPA's) under NAME
-for the language model only; `--grouped_decode_attention` turns it on.
+for the language model only; on by default, `--grouped_decode_attention false` turns it off. Measured on one H200
+(3B shape): HF generation 4.55 -> 2.39 s per step.
 """
 
 from __future__ import annotations
@@ -50,6 +51,26 @@ def _text_attentions(model) -> list:
             and "Vision" not in type(m).__name__]
 
 
+def check_against_transformers(module) -> None:
+    """At start-up, once: a decode-shaped call (padding mask, the model's head counts) must give transformers' SDPA
+    result, so a change in transformers' attention contract stops the run instead of silently changing attention."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    heads, kv_heads = module.config.num_attention_heads, module.config.num_key_value_heads
+    dim = getattr(module, "head_dim", None) or module.config.hidden_size // heads
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, heads, 1, dim, generator=g)
+    k, v = (torch.randn(2, kv_heads, 7, dim, generator=g) for _ in range(2))
+    keep = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    keep[0, ..., :3] = False  # left padding on one row
+    ours, _ = grouped_decode_attention(module, q, k, v, keep, scaling=dim ** -0.5)
+    theirs, _ = sdpa_attention_forward(module, q, k, v, keep, scaling=dim ** -0.5)
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"vqrl.modeling.grouped_decode: with transformers {transformers.__version__} the grouped "
+                           f"decode attention differs from transformers' SDPA attention; --grouped_decode_attention "
+                           f"false turns it off")
+
+
 def install(model) -> bool:
     """Make the language model of `model` decode with grouped_decode_attention; False where it is not on SDPA (the
     user chose another attention) or has no grouped-query layers."""
@@ -64,6 +85,7 @@ def install(model) -> bool:
     if ALL_MASK_ATTENTION_FUNCTIONS["sdpa"] is not sdpa_mask:
         raise RuntimeError(f"vqrl.modeling.grouped_decode: transformers {transformers.__version__}'s SDPA mask "
                            f"function is not masking_utils.sdpa_mask; --grouped_decode_attention false turns this off")
+    check_against_transformers(attentions[0])
     AttentionInterface.register(NAME, grouped_decode_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks SDPA gets
     for config in {id(m.config): m.config for m in attentions}.values():
