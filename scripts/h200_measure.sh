@@ -88,15 +88,9 @@ for part in $parts; do
       python3 -m vqrl.cli bench --model qwen2_5_vl_3b --trainers trl standard --checkpoint_layers auto \
         --accelerate_config configs/accelerate/zero2.yaml --num_processes "${NPROC:-1}" --steps 2 --warmup 2 \
         --workdir /tmp/bz2 --out "$out/bench_3b_zero2.json" > "$out/bench_3b_zero2.log" 2>&1 ;;
-    bench7b)  # GD_7B=auto: with --grouped_decode_attention when the grouped_decode part found it faster at 3B, and
-      # then standard without it too (the lever's own gain at 7B; EXPANDED_7B=false skips that row)
+    bench7b)  # grouped decoding as by default (GD_7B=false: without it), then standard without it too, the lever's
+      # own gain at 7B (EXPANDED_7B=false skips that row)
       gd=${GD_7B:-true}
-      if [[ $gd == auto ]]; then
-        gd=$(python3 -c "import json; g=json.load(open('$out/bench_3b_grouped_decode.json'))['results']; \
-e=json.load(open('$out/bench_3b_expanded_decode.json'))['results']; s=lambda rs: [r['step_s'] for r in rs \
-if r['trainer']=='standard' and 'error' not in r][0]; print(str(s(g) < s(e)).lower())" 2>/dev/null || echo false)
-        stamp "bench7b: grouped decode $gd"
-      fi
       python3 -m vqrl.cli bench --model qwen2_5_vl_7b --trainers trl standard vllm --vllm_sleep true \
                --vllm_gpu_memory_utilization 0.25 --checkpoint_layers "${CKPT_7B:-all}" --steps 2 --warmup 2 --workdir /tmp/bw7 \
                --grouped_decode_attention "$gd" --out "$out/bench_7b.json" > "$out/bench_7b.log" 2>&1

@@ -52,7 +52,7 @@ def _text_attentions(model) -> list:
 
 
 def check_against_transformers(module) -> None:
-    """At start-up, once: a decode-shaped call (padding mask, the model's head counts) must give transformers' SDPA
+    """At install (start-up): a decode-shaped call (padding mask, the model's head counts) must give transformers' SDPA
     result, so a change in transformers' attention contract stops the run instead of silently changing attention."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
