@@ -19,7 +19,7 @@ reuse=""; data=""
 for p in $cal; do
   stamp "calibrate $p prompts per step"
   python3 scripts/learning_check.py $config --seeds 0 --parallel 0 --threads "${CAL_THREADS:-8}" \
-    --prompts_per_step "$p" --steps "${CAL_STEPS:-12}" --eval_every 1000 --no_final_eval $reuse $extra \
+    --prompts_per_step "$p" --steps "${CAL_STEPS:-12}" --eval_every 1000 --no_final_eval --profile_step 6 $reuse $extra \
     --out "$out/cal_$p" > "$out/cal_$p.log" 2>&1 || stamp "calibration at $p failed (see cal_$p.log)"
   # the first calibration's data and warm-up serve the others (the seeds below warm up each on its own)
   [[ -z $reuse && -d $out/cal_$p/seed0/sft ]] && reuse="--reuse_data $out/cal_$p/data --warm_start $out/cal_$p/seed0/sft" \
