@@ -84,6 +84,6 @@ def test_gpu_preset_path_end_to_end(tmp_path):
             assert os.path.isfile(os.path.join(run["final_model"], "vqrl_settings.json"))
     assert {r["trainer"] for r in results["table"]} == {"standard", "refine"} and len(results["table"]) == 4
     for name in ("summary.md", "curves.png", "results.json", "data/task.json", "seed1/refine/run.json",
-                 "seed0/standard/stability_probe.jsonl"):
+                 "seed0/standard/stability_probe.jsonl", "seed0/standard/update_probe.jsonl"):
         assert (export / name).is_file(), name
     assert not list(export.rglob("*.safetensors")) and not (export / "data" / "images").exists()

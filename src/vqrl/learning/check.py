@@ -157,7 +157,7 @@ def stage_grpo(cfg, seed: int, trainer: str, deadline: float | None = None) -> d
 
 EXPORTED = ("results.json", "summary.md", "curves.png", "config.json", "data/task.json", "seed*/warmup.json",
             "seed*/*.log", "seed*/*/run.json", "seed*/*/profile.txt", "seed*/*/metrics.jsonl",
-            "seed*/*/stability_probe.jsonl",
+            "seed*/*/stability_probe.jsonl", "seed*/*/update_probe.jsonl",
             "seed*/*/eval/*/metrics.json", "seed*/*/eval/*/scatter_*.png")
 
 

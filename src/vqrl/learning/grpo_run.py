@@ -17,7 +17,7 @@ from pathlib import Path
 from ..training import saved_settings
 from ..training.step_timing import StepTimer, instrument, profile_step
 from .evaluate import SplitScorer, vqrl_eval
-from .stability import probing
+from .stability import UpdateProbe, probing
 
 LAST_EVALS = 3  # a run's result: the mean held-out SRCC of its last three evaluations (one lucky point cannot pass)
 LOGGED = ("reward", "reward_std", "kl", "loss", "entropy", "grad_norm", "completions/mean_length",
@@ -67,6 +67,8 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     args, model_args = parse(grpo_flags(cfg, trainer_name, start, data, out, seed))
     with probing() if cfg.stability_probe else nullcontext():
         trainer = build_trainer(args, model_args)
+    if cfg.stability_probe:
+        trainer.add_callback(UpdateProbe(trainer))
     scorer = SplitScorer(data / "heldout.json", data, trainer.processing_class, cfg.max_completion_length)
     points, logs = [], []
     stopped = {"early": False}
@@ -98,6 +100,7 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
             if logs and "reward" in logs:
                 row = {"step": state.global_step}
                 row.update({k: logs[k] for k in LOGGED if k in logs})
+                row.update({k: v for k, v in logs.items() if k.startswith("probe/update_")})
                 row.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith("rewards/") and
                             k.endswith("/mean")})
                 if timer is not None and timer.steps:

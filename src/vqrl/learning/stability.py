@@ -1,9 +1,11 @@
-"""A diagnostic of the learning check: does the loss score the distribution that generation sampled from?
+"""Diagnostics of the learning check: does the loss score the distribution that generation sampled from, and how
+far does each optimizer step move each part of the model?
 
-Per GRPO step it logs, as TRL metrics, the largest gap between a sampled token's log-probability under the
-distribution `generate` sampled it from (its processed scores: temperature, suppressed tokens) and under the
-policy the loss scores, and the largest per-token KL estimate (TRL's k3) with the log-probabilities behind it. It
-observes only: it must not change what is sampled, scored or trained.
+Per GRPO step `SamplingProbe` logs, as TRL metrics, the largest gap between a sampled token's log-probability under
+the distribution `generate` sampled it from (its processed scores: temperature, suppressed tokens) and under the
+policy the loss scores, and the largest per-token KL estimate (TRL's k3) with the log-probabilities behind it;
+`UpdateProbe` logs each parameter group's update in units of the learning rate. Both observe only: they must not
+change what is sampled, scored or trained.
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 PROBE_FILE = "stability_probe.jsonl"
+UPDATE_FILE = "update_probe.jsonl"
+# (group, substring of the parameter name), first match wins: the merger before the rest of the vision tower
+PARAM_GROUPS = (("merger", "visual.merger."), ("vision_tower", "visual."), ("embeddings", "embed_tokens"),
+                ("lm_head", "lm_head"), ("lm_layers", ".layers."))
 
 
 class SamplingProbe:
@@ -110,3 +117,49 @@ def probing():
         yield
     finally:
         grpo.get_trainer = original
+
+
+def param_group(name: str) -> str:
+    return next((group for group, part in PARAM_GROUPS if part in name), "other")
+
+
+class UpdateProbe(TrainerCallback):
+    """Per optimizer step, each parameter group's update |new - old| in units of the step's learning rate: its root
+    mean square and its maximum (with the parameter that holds it, in `update_probe.jsonl`). Adam moves a parameter
+    by about lr whatever the size of its gradient, so a step that flips a confident token (the format breaks of the
+    GPU runs) may come from a small gradient; this shows which part of the model moved, and by how much."""
+
+    def __init__(self, trainer):
+        self.trainer, self._before = trainer, None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self._before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        before, self._before = self._before, None
+        if not before or optimizer is None:
+            return
+        lr = optimizer.param_groups[0]["lr"]
+        if not lr:
+            return
+        sums: dict[str, list] = {}  # group -> [sum of squares, count, max, parameter at the max]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name not in before:
+                    continue
+                delta = (p.detach() - before[name]).abs()
+                s = sums.setdefault(param_group(name), [0.0, 0, -1.0, None])
+                s[0] += float(delta.square().sum())
+                s[1] += delta.numel()
+                top = float(delta.max()) if delta.numel() else 0.0
+                if top > s[2]:
+                    s[2], s[3] = top, name
+        row = {"step": state.global_step + 1, "lr": lr, "groups": {}}
+        for group, (sq, n, top, name) in sorted(sums.items()):
+            rms = (sq / max(n, 1)) ** 0.5 / lr
+            row["groups"][group] = {"rms_lr": rms, "max_lr": top / lr, "max_at": name}
+            self.trainer._metrics["train"][f"probe/update_rms_lr/{group}"].append(rms)
+            self.trainer._metrics["train"][f"probe/update_max_lr/{group}"].append(top / lr)
+        if state.is_world_process_zero:
+            with open(Path(args.output_dir) / UPDATE_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
