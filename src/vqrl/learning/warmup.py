@@ -109,14 +109,16 @@ class RandomScoreSFT:
 
 
 def warmup(model_path: Path, train_file: Path, image_root: Path, out: Path, *, seed: int, steps: int, lr: float,
-           batch: int, targets: str = "random", see_image: bool = False, device: str = "cpu",
-           bf16: bool = False) -> tuple[Path, dict]:
-    """SFT from model_path into `<out>`; the vision tower stays frozen, and so does its merger unless see_image."""
+           batch: int, targets: str = "random", see_image: bool = False, train_tower: bool = False,
+           device: str = "cpu", bf16: bool = False, callbacks=None) -> tuple[Path, dict]:
+    """SFT from model_path into `<out>`; the vision tower stays frozen, and so does its merger unless see_image
+    (train_tower: nothing frozen, for supervised reference probes; `callbacks`: TrainerCallbacks, e.g. evaluations)."""
     from trl import SFTConfig, SFTTrainer
 
     started = time.perf_counter()
     model, processor = load(model_path, device)
-    freeze_vision(model, keep_merger=see_image)
+    if not train_tower:
+        freeze_vision(model, keep_merger=see_image)
     dataset = RandomScoreSFT(row_builder(train_file, image_root, processor), steps * batch, seed, targets)
     config = SFTConfig(
         output_dir=str(out) + "_run", max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
@@ -125,7 +127,8 @@ def warmup(model_path: Path, train_file: Path, image_root: Path, out: Path, *, s
         use_cpu=device == "cpu", bf16=bf16, completion_only_loss=True, remove_unused_columns=False,
         gradient_checkpointing=False, max_length=None, dataloader_num_workers=0, disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset.as_dataset(), processing_class=processor)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset.as_dataset(), processing_class=processor,
+                         callbacks=callbacks)
     result = trainer.train()
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
