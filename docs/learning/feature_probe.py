@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
-from vqrl.learning.task import SPLITS, TaskSpec, build_task
+from vqrl.learning.task import SPLITS, TaskSpec, build_or_load_task
 from vqrl.learning.warmup import load, make_model
 
 
@@ -94,9 +94,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     data = Path(a.data)
-    if not (data / "task.json").exists():
-        build_task(TaskSpec(train_sources=a.train_sources, seed=a.data_seed), data, workers=a.workers)
-    size = json.loads((data / "task.json").read_text())["spec"]["size"]
+    task = build_or_load_task(TaskSpec(train_sources=a.train_sources, seed=a.data_seed), data, a.workers)
+    size = task["spec"]["size"]
     results = [run(data, seed, tower == "trainable", a.steps, a.lr, a.batch, size, a.vision_hidden_size,
                    a.vision_depth) for tower in a.towers for seed in a.seeds]
     if a.out:

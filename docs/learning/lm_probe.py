@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import AutoProcessor, TrainerCallback
 
 from vqrl.learning.evaluate import SplitScorer
-from vqrl.learning.task import TaskSpec, build_task
+from vqrl.learning.task import TaskSpec, build_or_load_task
 from vqrl.learning.warmup import make_model, warmup
 
 FAMILIES = ("darken", "brighten", "gaussian_blur", "gaussian_noise")
@@ -67,14 +67,11 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     data = Path(a.data)
-    if not (data / "task.json").exists():
-        build_task(TaskSpec(train_sources=a.train_sources, seed=a.data_seed), data, workers=a.workers)
-    size = json.loads((data / "task.json").read_text())["spec"]["size"]
+    task = build_or_load_task(TaskSpec(train_sources=a.train_sources, seed=a.data_seed), data, a.workers)
+    size = task["spec"]["size"]
     work = Path(tempfile.mkdtemp())
     path = make_model(work / "m", seed=a.seed, max_pixels=size * size, hidden_size=a.hidden_size, layers=a.layers,
                       vision_hidden_size=a.vision_hidden_size, vision_depth=a.vision_depth)
-    from transformers import AutoProcessor
-
     scorer = SplitScorer(data / "heldout.json", data, AutoProcessor.from_pretrained(path, padding_side="left"), 32)
     points: list = []
     _, info = warmup(path, data / "train.json", data, work / "sft", seed=a.seed, steps=a.steps, lr=a.lr,

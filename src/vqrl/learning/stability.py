@@ -142,18 +142,23 @@ class UpdateProbe(TrainerCallback):
         lr = optimizer.param_groups[0]["lr"]
         if not lr:
             return
-        sums: dict[str, list] = {}  # group -> [sum of squares, count, max, parameter at the max]
+        # per group: each parameter's sum of squares and largest move, read back to the host once (not per tensor)
+        names: dict[str, list] = {}
+        stats: dict[str, list] = {}
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if name not in before:
+                if name not in before or not p.numel():
                     continue
                 delta = (p.detach() - before[name]).abs()
-                s = sums.setdefault(param_group(name), [0.0, 0, -1.0, None])
-                s[0] += float(delta.square().sum())
-                s[1] += delta.numel()
-                top = float(delta.max()) if delta.numel() else 0.0
-                if top > s[2]:
-                    s[2], s[3] = top, name
+                group = param_group(name)
+                names.setdefault(group, []).append((name, delta.numel()))
+                stats.setdefault(group, []).append(torch.stack([delta.square().sum(), delta.max()]).float())
+            host = {group: torch.stack(rows).cpu().tolist() for group, rows in stats.items()}
+        sums = {}  # group -> (sum of squares, count, max, parameter at the max)
+        for group, rows in host.items():
+            top = max(range(len(rows)), key=lambda i: rows[i][1])
+            sums[group] = (sum(r[0] for r in rows), sum(n for _, n in names[group]), rows[top][1],
+                           names[group][top][0])
         row = {"step": state.global_step + 1, "lr": lr, "groups": {}}
         for group, (sq, n, top, name) in sorted(sums.items()):
             rms = (sq / max(n, 1)) ** 0.5 / lr

@@ -87,5 +87,12 @@ def load_task(out: str | Path, spec: TaskSpec | None = None) -> dict:
     return summary
 
 
+def build_or_load_task(spec: TaskSpec, out: str | Path, workers: int = 1) -> dict:
+    """The task in `out`: built there first if it has no task.json (the probe scripts' --data folders)."""
+    if (Path(out) / "task.json").exists():
+        return load_task(out)
+    return build_task(spec, out, workers=workers)
+
+
 def _read(path: Path):
     return json.loads(path.read_text())
