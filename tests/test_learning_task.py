@@ -18,7 +18,7 @@ from PIL import Image
 
 from vqrl.datagen.scenes import MEAN_LUMINANCE, render_scene, write_scenes
 from vqrl.learning import baselines, grpo_run, parallel, report
-from vqrl.learning.task import SPLITS, TaskSpec, build_task, load_task, source_of
+from vqrl.learning.task import SPLITS, TaskSpec, build_or_load_task, build_task, load_task, source_of
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -87,6 +87,16 @@ def test_load_task_refuses_data_built_from_another_spec(task):
     with pytest.raises(ValueError, match="was built from"):
         load_task(out, TaskSpec(train_sources=11, heldout_sources=6, test_sources=6, per_source=5,
                                 per_source_eval=5, size=56))
+
+
+def test_build_or_load_task_reuses_only_a_folder_of_the_same_spec(task):
+    spec, out, summary = task
+    stamp = (out / "train.json").stat().st_mtime_ns
+    assert build_or_load_task(spec, out) == summary
+    assert (out / "train.json").stat().st_mtime_ns == stamp, "the same spec must reuse, not rebuild"
+    with pytest.raises(ValueError, match="was built from"):  # a probe's --size or --train_sources changed
+        build_or_load_task(TaskSpec(train_sources=10, heldout_sources=6, test_sources=6, per_source=5,
+                                    per_source_eval=5, size=64), out)
 
 
 # ---- baselines -------------------------------------------------------------------------------------------------

@@ -33,29 +33,37 @@ def encode(processor, data: Path, split: str):
         [float(r["solution"]) for r in records])
 
 
+POOLS = ("mean_std", "mean")
+
+
 class Probe(torch.nn.Module):
-    def __init__(self, model, train_tower: bool):
+    """pool "mean_std": the head reads the merged tokens' mean and spread; "mean": their mean only (what a language
+    model's attention averages most directly; a spread across tokens it has to build per token first)."""
+
+    def __init__(self, model, train_tower: bool, pool: str = "mean_std"):
         super().__init__()
-        self.model = model.model
+        self.model, self.pool = model.model, pool
         for name, p in self.model.visual.named_parameters():
             p.requires_grad_(train_tower or name.startswith("merger."))
         width = self.model.visual.merger.mlp[-1].out_features
-        self.head = torch.nn.Sequential(torch.nn.Linear(2 * width, 128), torch.nn.GELU(), torch.nn.Linear(128, 1))
+        pooled = width * (2 if pool == "mean_std" else 1)
+        self.head = torch.nn.Sequential(torch.nn.Linear(pooled, 128), torch.nn.GELU(), torch.nn.Linear(128, 1))
 
     def forward(self, pixels, grids):
         feats = self.model.get_image_features(pixels.flatten(0, 1), grids).pooler_output
         tokens = torch.stack(list(feats))  # images x merged tokens x width
-        return self.head(torch.cat([tokens.mean(1), tokens.std(1)], -1))[:, 0]
+        pooled = [tokens.mean(1), tokens.std(1)] if self.pool == "mean_std" else [tokens.mean(1)]
+        return self.head(torch.cat(pooled, -1))[:, 0]
 
 
 def run(data: Path, seed: int, train_tower: bool, steps: int, lr: float, batch: int, size: int = 112,
-        vision_hidden_size: int = 32, vision_depth: int = 2) -> dict:
+        vision_hidden_size: int = 32, vision_depth: int = 2, pool: str = "mean_std") -> dict:
     torch.manual_seed(seed)
     path = make_model(Path(tempfile.mkdtemp()) / "m", seed=seed, max_pixels=size * size, zero_merger=False,
                       vision_hidden_size=vision_hidden_size, vision_depth=vision_depth)
     model, processor = load(path)
     splits = {s: encode(processor, data, s) for s in SPLITS}
-    probe = Probe(model, train_tower)
+    probe = Probe(model, train_tower, pool)
     opt = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=lr)
     pixels, grids, mos = splits["train"]
     gen = torch.Generator().manual_seed(seed)
@@ -67,7 +75,7 @@ def run(data: Path, seed: int, train_tower: bool, steps: int, lr: float, batch: 
         loss.backward()
         opt.step()
     out = {"seed": seed, "train_tower": train_tower, "steps": steps, "vision_hidden_size": vision_hidden_size,
-           "vision_depth": vision_depth, "seconds": round(time.perf_counter() - started)}
+           "vision_depth": vision_depth, "pool": pool, "seconds": round(time.perf_counter() - started)}
     with torch.no_grad():
         for split, (px, gr, y) in splits.items():
             pred = torch.cat([probe(px[i:i + 256], gr[i:i + 256]) for i in range(0, len(y), 256)])
@@ -90,6 +98,7 @@ def main() -> None:
     p.add_argument("--vision_hidden_size", type=int, default=32, help="the tower's width (the check's: 32)")
     p.add_argument("--vision_depth", type=int, default=2, help="the tower's blocks (the check's: 2)")
     p.add_argument("--towers", nargs="+", default=["frozen", "trainable"], choices=["frozen", "trainable"])
+    p.add_argument("--pool", default="mean_std", choices=POOLS, help="what the head reads of the merged tokens")
     p.add_argument("--out", help="write every result here (JSON)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -97,7 +106,7 @@ def main() -> None:
     task = build_or_load_task(TaskSpec(train_sources=a.train_sources, seed=a.data_seed), data, a.workers)
     size = task["spec"]["size"]
     results = [run(data, seed, tower == "trainable", a.steps, a.lr, a.batch, size, a.vision_hidden_size,
-                   a.vision_depth) for tower in a.towers for seed in a.seeds]
+                   a.vision_depth, a.pool) for tower in a.towers for seed in a.seeds]
     if a.out:
         Path(a.out).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
 

@@ -88,9 +88,10 @@ def load_task(out: str | Path, spec: TaskSpec | None = None) -> dict:
 
 
 def build_or_load_task(spec: TaskSpec, out: str | Path, workers: int = 1) -> dict:
-    """The task in `out`: built there first if it has no task.json (the probe scripts' --data folders)."""
+    """The task in `out`: built there first if it has no task.json (the probe scripts' --data folders); a folder
+    built from another spec is an error, not a silent reuse."""
     if (Path(out) / "task.json").exists():
-        return load_task(out)
+        return load_task(out, spec)
     return build_task(spec, out, workers=workers)
 
 
