@@ -5,13 +5,14 @@
 # larger batch must buy >= 25 % more prompts per second than the smaller one it replaces, since it makes fewer
 # updates), the learning rate scaled by the square root of the batch ratio, until DEADLINE (epoch seconds).
 # Run from the repository root after `source .whl/setup.sh`. EXTRA adds flags to every check (e.g. on the CPU:
-# EXTRA="--smoke --device cpu --threads 1" CAL_PROMPTS="2 4").
+# EXTRA="--smoke --device cpu --threads 1" CAL_PROMPTS="2 4"). TOWER: the vision tower's flags (default: trained by
+# GRPO; TOWER="" keeps it frozen, e.g. with EXTRA="--vision_init DIR", a tower trained by feature_probe.py --save).
 set -uo pipefail
 out=${1:-/tmp/lc_h200}
 deadline=${DEADLINE:?DEADLINE: epoch seconds by which the chain must be done}
 cal=${CAL_PROMPTS:-"64 128 256"}
 extra=${EXTRA:-}
-config="--gpu --trainers standard --vision_hidden_size 64 --vision_depth 4 --grpo_arg freeze_vision_tower=false"
+config="--gpu --trainers standard --vision_hidden_size 64 --vision_depth 4 ${TOWER---grpo_arg freeze_vision_tower=false}"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$out"
 stamp() { echo "[h200_learning] $(date +%T) $*" | tee -a "$out/progress.log"; }

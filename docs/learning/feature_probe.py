@@ -57,7 +57,7 @@ class Probe(torch.nn.Module):
 
 
 def run(data: Path, seed: int, train_tower: bool, steps: int, lr: float, batch: int, size: int = 112,
-        vision_hidden_size: int = 32, vision_depth: int = 2, pool: str = "mean_std") -> dict:
+        vision_hidden_size: int = 32, vision_depth: int = 2, pool: str = "mean_std", save: Path | None = None) -> dict:
     torch.manual_seed(seed)
     path = make_model(Path(tempfile.mkdtemp()) / "m", seed=seed, max_pixels=size * size, zero_merger=False,
                       vision_hidden_size=vision_hidden_size, vision_depth=vision_depth)
@@ -80,6 +80,10 @@ def run(data: Path, seed: int, train_tower: bool, steps: int, lr: float, batch: 
         for split, (px, gr, y) in splits.items():
             pred = torch.cat([probe(px[i:i + 256], gr[i:i + 256]) for i in range(0, len(y), 256)])
             out[split] = round(float(spearmanr(pred.numpy(), y.numpy())[0]), 3)
+    if save is not None:  # the whole model, its tower and merger trained (lm_probe.py --init reads it)
+        model.save_pretrained(save)
+        processor.save_pretrained(save)
+        out["saved"] = str(save)
     print(json.dumps(out), flush=True)
     return out
 
@@ -99,6 +103,7 @@ def main() -> None:
     p.add_argument("--vision_depth", type=int, default=2, help="the tower's blocks (the check's: 2)")
     p.add_argument("--towers", nargs="+", default=["frozen", "trainable"], choices=["frozen", "trainable"])
     p.add_argument("--pool", default="mean_std", choices=POOLS, help="what the head reads of the merged tokens")
+    p.add_argument("--save", help="save each trained model into <save>/<tower>_seed<seed>")
     p.add_argument("--out", help="write every result here (JSON)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -106,7 +111,8 @@ def main() -> None:
     task = build_or_load_task(TaskSpec(train_sources=a.train_sources, seed=a.data_seed), data, a.workers)
     size = task["spec"]["size"]
     results = [run(data, seed, tower == "trainable", a.steps, a.lr, a.batch, size, a.vision_hidden_size,
-                   a.vision_depth, a.pool) for tower in a.towers for seed in a.seeds]
+                   a.vision_depth, a.pool, Path(a.save) / f"{tower}_seed{seed}" if a.save else None)
+               for tower in a.towers for seed in a.seeds]
     if a.out:
         Path(a.out).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
 

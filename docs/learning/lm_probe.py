@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2, help="the language model's layers (the check's: 2)")
     p.add_argument("--vision_hidden_size", type=int, default=64)
     p.add_argument("--vision_depth", type=int, default=4)
+    p.add_argument("--init", help="start from this saved model (e.g. feature_probe.py --save: a trained tower)")
     p.add_argument("--keep_merger", action="store_true",
                    help="start from the random merger, not one whose output layer is zero (the check's start)")
     p.add_argument("--frozen_tower", action="store_true", help="train the merger only (the check's old setting)")
@@ -82,9 +83,9 @@ def main() -> None:
     if a.steps == 0:
         return
     work = Path(tempfile.mkdtemp())
-    path = make_model(work / "m", seed=a.seed, max_pixels=size * size, hidden_size=a.hidden_size, layers=a.layers,
-                      vision_hidden_size=a.vision_hidden_size, vision_depth=a.vision_depth,
-                      zero_merger=not a.keep_merger)
+    path = Path(a.init) if a.init else make_model(
+        work / "m", seed=a.seed, max_pixels=size * size, hidden_size=a.hidden_size, layers=a.layers,
+        vision_hidden_size=a.vision_hidden_size, vision_depth=a.vision_depth, zero_merger=not a.keep_merger)
     processor = AutoProcessor.from_pretrained(path, padding_side="left")
     scorer = SplitScorer(data / "heldout.json", data, processor, 32)
     train = SplitScorer(data / "train.json", data, processor, 32, limit=a.train_eval) if a.train_eval else None

@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("hidden_size", "layers", "head_dim", "vision_hidden_size", "vision_depth", "sft_steps", "sft_batch"):
         model.add_argument(f"--{name}", type=int)
     model.add_argument("--sft_lr", type=float)
+    model.add_argument("--vision_init", help="a saved model whose vision tower and merger (output layer zeroed) every "
+                                             "seed starts from (docs/learning/feature_probe.py --save)")
     model.add_argument("--sft_targets", default="random", choices=["random", "random_per_image", "mos"],
                        help="random: the format only (the check) | random_per_image | mos: a supervised reference "
                             "probe (the merger then trains in the warm-up)")
@@ -126,7 +128,7 @@ def task_spec(cfg) -> TaskSpec:
 
 # ---- stages: each reads and writes files under cfg.out only ---------------------------------------------------
 def stage_warmup(cfg, seed: int) -> dict:
-    from .warmup import make_model, warmup
+    from .warmup import make_model, transplant_vision, warmup
 
     out = Path(cfg.out) / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -139,9 +141,11 @@ def stage_warmup(cfg, seed: int) -> dict:
     model = make_model(out / "model_init", seed=seed, max_pixels=cfg.size * cfg.size, hidden_size=cfg.hidden_size,
                        layers=cfg.layers, head_dim=cfg.head_dim, vision_hidden_size=cfg.vision_hidden_size,
                        vision_depth=cfg.vision_depth)
+    transplanted = transplant_vision(model, cfg.vision_init) if cfg.vision_init else {}
     _, info = warmup(model, data / "train.json", data, out / "sft", seed=seed, steps=cfg.sft_steps, lr=cfg.sft_lr,
                      batch=cfg.sft_batch, targets=cfg.sft_targets, see_image=cfg.sft_targets == "mos",
                      device=cfg.device)
+    info.update(transplanted)
     print(f"[seed {seed}] warm-up: {info['steps']} SFT steps, loss {info['loss_first']:.3f} -> "
           f"{info['loss_last']:.3f}, {info['seconds']}s", flush=True)
     (out / "warmup.json").write_text(json.dumps(info, indent=1))
@@ -178,6 +182,8 @@ def _setup(cfg) -> None:
         torch.set_num_threads(cfg.threads)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no GPU is visible")
+    if getattr(cfg, "vision_init", None) and not (Path(cfg.vision_init) / "model.safetensors").is_file():
+        raise SystemExit(f"--vision_init {cfg.vision_init}: no model.safetensors there (a saved model is expected)")
 
 
 def main(argv=None) -> dict | None:

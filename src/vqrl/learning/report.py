@@ -223,9 +223,9 @@ def write_report(cfg, failures: list[dict], seconds: float) -> dict:
     results = collect(cfg)
     table = rows(results)
     agg = aggregate(table, results["planned"])
-    title = (f"learning check ({cfg.preset}{' smoke' if cfg.smoke else ''}, {cfg.device}): tiny Qwen2.5-VL from "
-             f"scratch, seeds {' '.join(map(str, cfg.seeds))}, {cfg.prompts_per_step} prompts x "
-             f"{cfg.num_generations} per step")
+    start = f"its vision tower from {cfg.vision_init}" if getattr(cfg, "vision_init", None) else "from scratch"
+    title = (f"learning check ({cfg.preset}{' smoke' if cfg.smoke else ''}, {cfg.device}): tiny Qwen2.5-VL {start}, "
+             f"seeds {' '.join(map(str, cfg.seeds))}, {cfg.prompts_per_step} prompts x {cfg.num_generations} per step")
     results.update({"title": title, "config": vars(cfg), "table": table, "aggregate": agg, "failures": failures,
                     "seconds": round(seconds, 1)})
     text = markdown(table, agg, results["task"])

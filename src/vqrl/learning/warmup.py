@@ -47,6 +47,28 @@ def make_model(out: str | Path, *, seed: int, max_pixels: int, zero_merger: bool
     return Path(path)
 
 
+def transplant_vision(model_path: str | Path, source: str | Path) -> dict:
+    """Give the model at `model_path` the vision tower and merger of the saved model `source` (e.g. one trained by
+    docs/learning/feature_probe.py --save: a stand-in for the pretrained encoder real models start from), keeping the
+    merger's output layer at zero so that the warm-up stays blind. Shapes must match; saved in place."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(model_path)
+    donor = AutoModelForImageTextToText.from_pretrained(source, use_safetensors=True)
+    mine, theirs = model.model.visual.state_dict(), donor.model.visual.state_dict()
+    wrong = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
+    if wrong or len(mine) != len(theirs):
+        raise ValueError(f"{source}: its vision tower does not match this model's ({len(wrong)} tensors differ, e.g. "
+                         f"{wrong[:3]}): build it with the same --vision_hidden_size / --vision_depth / --hidden_size")
+    model.model.visual.load_state_dict(theirs)
+    last = [m for m in model.model.visual.merger.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    model.save_pretrained(model_path)
+    return {"vision_init": str(source), "tensors": len(theirs)}
+
+
 def load(path: str | Path, device: str = "cpu"):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
