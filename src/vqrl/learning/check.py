@@ -128,7 +128,7 @@ def task_spec(cfg) -> TaskSpec:
 
 # ---- stages: each reads and writes files under cfg.out only ---------------------------------------------------
 def stage_warmup(cfg, seed: int) -> dict:
-    from .warmup import make_model, transplant_vision, warmup
+    from .warmup import make_model, warmup
 
     out = Path(cfg.out) / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -140,12 +140,12 @@ def stage_warmup(cfg, seed: int) -> dict:
     data = Path(cfg.out) / "data"
     model = make_model(out / "model_init", seed=seed, max_pixels=cfg.size * cfg.size, hidden_size=cfg.hidden_size,
                        layers=cfg.layers, head_dim=cfg.head_dim, vision_hidden_size=cfg.vision_hidden_size,
-                       vision_depth=cfg.vision_depth)
-    transplanted = transplant_vision(model, cfg.vision_init) if cfg.vision_init else {}
+                       vision_depth=cfg.vision_depth, vision_from=cfg.vision_init)
     _, info = warmup(model, data / "train.json", data, out / "sft", seed=seed, steps=cfg.sft_steps, lr=cfg.sft_lr,
                      batch=cfg.sft_batch, targets=cfg.sft_targets, see_image=cfg.sft_targets == "mos",
                      device=cfg.device)
-    info.update(transplanted)
+    if cfg.vision_init:
+        info["vision_init"] = cfg.vision_init
     print(f"[seed {seed}] warm-up: {info['steps']} SFT steps, loss {info['loss_first']:.3f} -> "
           f"{info['loss_last']:.3f}, {info['seconds']}s", flush=True)
     (out / "warmup.json").write_text(json.dumps(info, indent=1))

@@ -23,9 +23,11 @@ TARGETS = ("random", "random_per_image", "mos")
 
 
 def make_model(out: str | Path, *, seed: int, max_pixels: int, zero_merger: bool = True, hidden_size: int = 128,
-               layers: int = 2, head_dim: int = 32, vision_hidden_size: int = 32, vision_depth: int = 2) -> Path:
-    """`vqrl tiny-model` with one pixel budget saved in its processor (warm-up, GRPO and eval all read it) and,
-    with zero_merger, the merger's output layer at zero: image features enter the language model as zeros."""
+               layers: int = 2, head_dim: int = 32, vision_hidden_size: int = 32, vision_depth: int = 2,
+               vision_from: str | Path | None = None) -> Path:
+    """`vqrl tiny-model` with one pixel budget saved in its processor (warm-up, GRPO and eval all read it);
+    vision_from: the vision tower and merger of that saved model (copy_vision); with zero_merger, the merger's
+    output layer at zero: image features enter the language model as zeros (the warm-up stays blind)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..models.tiny import make_tiny_model
@@ -37,23 +39,25 @@ def make_model(out: str | Path, *, seed: int, max_pixels: int, zero_merger: bool
     size["longest_edge"] = max_pixels
     size["shortest_edge"] = min(size["shortest_edge"], max_pixels)
     processor.save_pretrained(path)
-    if zero_merger:
+    if zero_merger or vision_from:
         model = AutoModelForImageTextToText.from_pretrained(path)
-        last = [m for m in model.model.visual.merger.modules() if isinstance(m, torch.nn.Linear)][-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.zero_()
+        if vision_from:
+            copy_vision(model, vision_from)
+        if zero_merger:
+            last = [m for m in model.model.visual.merger.modules() if isinstance(m, torch.nn.Linear)][-1]
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.zero_()
         model.save_pretrained(path)
     return Path(path)
 
 
-def transplant_vision(model_path: str | Path, source: str | Path) -> dict:
-    """Give the model at `model_path` the vision tower and merger of the saved model `source` (e.g. one trained by
-    docs/learning/feature_probe.py --save: a stand-in for the pretrained encoder real models start from), keeping the
-    merger's output layer at zero so that the warm-up stays blind. Shapes must match; saved in place."""
+def copy_vision(model, source: str | Path) -> int:
+    """Load into `model` (in memory) the vision tower and merger of the saved model `source` (e.g. one trained by
+    docs/learning/feature_probe.py --save: a stand-in for the pretrained encoder real models start from). Shapes
+    must match, or nothing is loaded. Returns the number of tensors copied."""
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(model_path)
     donor = AutoModelForImageTextToText.from_pretrained(source, use_safetensors=True)
     mine, theirs = model.model.visual.state_dict(), donor.model.visual.state_dict()
     wrong = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
@@ -61,12 +65,7 @@ def transplant_vision(model_path: str | Path, source: str | Path) -> dict:
         raise ValueError(f"{source}: its vision tower does not match this model's ({len(wrong)} tensors differ, e.g. "
                          f"{wrong[:3]}): build it with the same --vision_hidden_size / --vision_depth / --hidden_size")
     model.model.visual.load_state_dict(theirs)
-    last = [m for m in model.model.visual.merger.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-    model.save_pretrained(model_path)
-    return {"vision_init": str(source), "tensors": len(theirs)}
+    return len(theirs)
 
 
 def load(path: str | Path, device: str = "cpu"):
