@@ -105,7 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     grpo.add_argument("--stability_probe", action=argparse.BooleanOptionalAction, default=True,
                       help="log per step the sampled-vs-scored log-prob gap and the largest token KL "
                            "(vqrl.learning.stability; no extra forward pass)")
-    p.add_argument("--stage", choices=["all", "warmup", "grpo"], default="all", help=argparse.SUPPRESS)
+    p.add_argument("--stage", choices=["all", "data", "warmup", "grpo"], default="all",
+                   help="data: only build the preset's data into OUT/data (for several checks to --reuse_data); "
+                        "warmup, grpo: a worker's stage")
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # a worker's seed
     p.add_argument("--trainer", help=argparse.SUPPRESS)  # a worker's trainer
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # a worker's GRPO stop time (time.time())
@@ -161,7 +163,7 @@ def stage_grpo(cfg, seed: int, trainer: str, deadline: float | None = None) -> d
 
 EXPORTED = ("results.json", "summary.md", "curves.png", "config.json", "data/task.json", "seed*/warmup.json",
             "seed*/*.log", "seed*/*/run.json", "seed*/*/profile.txt", "seed*/*/metrics.jsonl",
-            "seed*/*/stability_probe.jsonl", "seed*/*/update_probe.jsonl",
+            "seed*/*/stability_probe.jsonl", "seed*/*/update_probe.jsonl", "seed*/*/completions_probe.jsonl",
             "seed*/*/eval/*/metrics.json", "seed*/*/eval/*/scatter_*.png")
 
 
@@ -188,6 +190,12 @@ def _setup(cfg) -> None:
 
 def main(argv=None) -> dict | None:
     cfg = parse_args(argv)
+    if cfg.stage == "data":
+        from .task import build_or_load_task
+
+        task = build_or_load_task(task_spec(cfg), Path(cfg.out) / "data", workers=cfg.workers)
+        print(f"data: {task['splits']['train']['records']} train records in {Path(cfg.out) / 'data'}", flush=True)
+        return None
     if cfg.stage != "all":  # a worker: one stage of a check whose config.json the parent wrote
         saved = json.loads((Path(cfg.out) / "config.json").read_text())
         cfg = argparse.Namespace(**{**saved, **{k: getattr(cfg, k) for k in ("stage", "seed", "trainer", "deadline")}})

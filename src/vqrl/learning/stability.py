@@ -4,22 +4,28 @@ far does each optimizer step move each part of the model?
 Per GRPO step `SamplingProbe` logs, as TRL metrics, the largest gap between a sampled token's log-probability under
 the distribution `generate` sampled it from (its processed scores: temperature, suppressed tokens) and under the
 policy the loss scores, and the largest per-token KL estimate (TRL's k3) with the log-probabilities behind it;
-`UpdateProbe` logs each parameter group's update in units of the learning rate. Both observe only: they must not
-change what is sampled, scored or trained.
+`UpdateProbe` logs each parameter group's update in units of the learning rate; the completions' shapes
+(`completion_shapes`: is the thought still the warm-up's, are the tags closed, examples of the ones that are not) go
+to `completions_probe.jsonl`, so a format break shows which part of the template changed. All observe only: they must
+not change what is sampled, scored or trained.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from ..training.warmup import THINK_TEXT
+
 PROBE_FILE = "stability_probe.jsonl"
 UPDATE_FILE = "update_probe.jsonl"
+COMPLETIONS_FILE = "completions_probe.jsonl"
 # (group, substring of the parameter name), first match wins: the merger before the rest of the vision tower
 PARAM_GROUPS = (("merger", "visual.merger."), ("vision_tower", "visual."), ("embeddings", "embed_tokens"),
                 ("lm_head", "lm_head"), ("lm_layers", ".layers."))
@@ -53,6 +59,7 @@ class SamplingProbe:
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
+        self._probe_completions(output)
         sampled = getattr(self, "_probe_sampled", None)
         ids = output["completion_ids"]
         if sampled is not None and sampled.size(0) == ids.size(0) and sampled.size(1) >= ids.size(1):
@@ -98,6 +105,35 @@ class SamplingProbe:
         if self.accelerator.is_main_process:
             with open(Path(self.args.output_dir) / PROBE_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+    def _probe_completions(self, output) -> None:
+        ids, mask = output["completion_ids"], output["completion_mask"].bool()
+        texts = self._tokenizer.batch_decode([row[m].tolist() for row, m in zip(ids, mask)])
+        row = {"step": self.state.global_step + 1, **completion_shapes(texts)}
+        for key in ("think_template", "think_closed", "answer_closed"):
+            self._metrics["train"][f"probe/{key}"].append(row[key])
+        if self.accelerator.is_main_process:
+            with open(Path(self.args.output_dir) / COMPLETIONS_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def completion_shapes(texts: list[str], template: str = THINK_TEXT, top: int = 3, examples: int = 2) -> dict:
+    """Shares of completions whose thought is `template`, whose `</think>` and `</answer>` are written, the most
+    common other thoughts (the text up to `</answer>` or the end when the think is not closed), and the first
+    `examples` completions that do not close their answer, as sampled (special tokens kept)."""
+    n = max(1, len(texts))
+    thoughts = []
+    for text in texts:
+        start, end = text.find("<think>"), text.find("</think>")
+        body = text[start + len("<think>"):] if start >= 0 else text
+        thoughts.append(text[start + len("<think>"):end].strip() if 0 <= start < end else "[unclosed] " + body)
+    others = Counter(t for t in thoughts if t != template)
+    failing = [t for t in texts if "</answer>" not in t]
+    return {"n": len(texts), "think_template": sum(t == template for t in thoughts) / n,
+            "think_closed": sum("</think>" in t for t in texts) / n, "answer_closed": 1 - len(failing) / n,
+            "distinct_thoughts": len(set(thoughts)), "top_other_thoughts": others.most_common(top),
+            "unclosed_examples": failing[:examples]}
 
 
 def probed(trainer_cls):

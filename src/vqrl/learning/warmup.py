@@ -17,8 +17,8 @@ from ..data.dataset import DataConfig, MediaLoader, RowBuilder, load_checked_rec
 from ..data.media import VisionSpec
 from ..data.prompts import SCORE_PREFIX, PromptConfig, format_score
 from ..grpo import freeze_vision
+from ..training.warmup import THINK_TEXT  # the warm-up's fixed thought, one definition
 
-THINK_TEXT = "I look at the image."
 TARGETS = ("random", "random_per_image", "mos")
 
 
