@@ -84,6 +84,11 @@ def test_gpu_preset_path_end_to_end(tmp_path):
             assert os.path.isfile(os.path.join(run["final_model"], "vqrl_settings.json"))
     assert {r["trainer"] for r in results["table"]} == {"standard", "refine"} and len(results["table"]) == 4
     for name in ("summary.md", "curves.png", "results.json", "data/task.json", "seed1/refine/run.json",
-                 "seed0/standard/stability_probe.jsonl", "seed0/standard/update_probe.jsonl"):
+                 "seed0/standard/stability_probe.jsonl", "seed0/standard/update_probe.jsonl",
+                 "seed0/standard/completions_probe.jsonl"):
         assert (export / name).is_file(), name
     assert not list(export.rglob("*.safetensors")) and not (export / "data" / "images").exists()
+    # the preset's adaptive entropy bonus is what ran: TRL logs its coefficient, lowered while entropy is above target
+    rows = [json.loads(line) for line in (export / "seed0" / "standard" / "metrics.jsonl").read_text().splitlines()]
+    coefs = [row["entropy_coef"] for row in rows if "entropy_coef" in row]  # (the last row is the run's summary)
+    assert coefs and all(0.0 <= c <= 0.02 for c in coefs) and coefs[-1] < 0.02

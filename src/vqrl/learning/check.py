@@ -30,17 +30,20 @@ PRESETS = {
         prompts_per_step=16, temperature=1.0, beta=0.1, entropy_coef=0.02, scale_rewards="group",
         max_completion_length=32, eval_every=10, parallel=0, budget=None,
     ),
-    # one H200 (16 cores): 3 seeds x (standard, refine) as 6 processes sharing the GPU, in one device call; GRPO
+    # one H200 (16 cores): 3 seeds x (standard, refine) as 6 processes sharing the GPU, in one device call. The tower
+    # (64 x 4), batch (128 prompts, lr scaled by sqrt 2) and adaptive entropy bonus are those of the runs that met
+    # the targets with a pretrained tower (--vision_init; docs/learning.md, fifteenth session); GRPO
     # stops at the step budget or when the wall-clock budget says so, leaving time for the final evaluations. Data
-    # seed 2: the task was designed on data seed 0, and three GPU sessions (2026-12-01/02) scored data seed 1's
-    # held-out and test splits before choices were made that followed them (docs/learning.md): 2 is fresh
+    # seed 3: the task was designed on data seed 0; data seeds 1 and 2 had their held-out splits scored by the runs
+    # that later choices followed (the tower, the batch, the entropy bonus chosen among four on seed 2's held-out
+    # split; docs/learning.md), so the preset confirms on scenes no choice has seen
     "gpu": dict(
-        device="cuda", threads=2, workers=12, seeds=[0, 1, 2], data_seed=2, families=list(FAMILIES), train_sources=1000,
+        device="cuda", threads=2, workers=12, seeds=[0, 1, 2], data_seed=3, families=list(FAMILIES), train_sources=1000,
         heldout_sources=8, test_sources=8, per_source=5, per_source_eval=10, size=112, hidden_size=128, layers=2,
-        head_dim=32, vision_hidden_size=32, vision_depth=2, sft_steps=200, sft_lr=2e-3, sft_batch=16,
-        steps=300, refine_steps=300, lr=1e-3, lr_schedule="constant_with_warmup", warmup_steps=10,
-        num_generations=4, prompts_per_step=64, temperature=1.0, beta=0.1, entropy_coef=0.02, scale_rewards="group",
-        max_completion_length=32, eval_every=20, parallel=6, budget=480,
+        head_dim=32, vision_hidden_size=64, vision_depth=4, sft_steps=200, sft_lr=2e-3, sft_batch=16,
+        steps=300, refine_steps=300, lr=1.4142e-3, lr_schedule="constant_with_warmup", warmup_steps=10,
+        num_generations=4, prompts_per_step=128, temperature=1.0, beta=0.1, entropy_coef=0.02, entropy_target=0.15,
+        scale_rewards="group", max_completion_length=32, eval_every=20, parallel=6, budget=480,
     ),
 }
 # --smoke: the same code path at a toy scale (2-3 steps), to check a preset end to end before spending device time
@@ -71,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warm_start", help="an earlier warm-up (e.g. <out>/seed0/sft): every seed starts GRPO from it")
     task = p.add_argument_group("task (procedural scenes, see vqrl.learning.task)")
     task.add_argument("--data_seed", type=int, help="the scenes and distortions, the same for every training seed (GPU "
-                                                    "preset: 1, whose scenes no design choice was tuned on)")
+                                                    "preset: 3, whose scenes no design choice has seen)")
     task.add_argument("--families", nargs="+", help=f"distortion families (default {' '.join(FAMILIES)}; quick "
                                                     "preset: brighten darken)")
     for name in ("train_sources", "heldout_sources", "test_sources", "per_source", "per_source_eval", "size"):
@@ -91,6 +94,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         grpo.add_argument(f"--{name}", type=int)
     for name in ("lr", "temperature", "beta", "entropy_coef"):
         grpo.add_argument(f"--{name}", type=float)
+    grpo.add_argument("--entropy_target", type=float,
+                      help="TRL's adaptive entropy control: the bonus (at most --entropy_coef) applies only while the "
+                           "mean token entropy is at or below this (GPU preset 0.15: off after a format break, whose "
+                           "entropy is high); 0: a constant bonus (quick preset)")
     grpo.add_argument("--lr_schedule", choices=["constant_with_warmup", "cosine"])
     grpo.add_argument("--scale_rewards", choices=["group", "batch", "none"])
     grpo.add_argument("--reward_funcs", nargs="+", default=["format", "score_l1"])

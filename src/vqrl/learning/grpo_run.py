@@ -43,6 +43,8 @@ def grpo_flags(cfg, trainer: str, start: Path, data: Path, out: Path, seed: int)
         # a 2-layer model decodes 32 tokens in a fraction of a second: compiling its decode step costs more than that
         "compiled_generation": "false",
     }
+    if getattr(cfg, "entropy_target", None):  # the bonus only while entropy is low (docs/learning.md, Stability)
+        values.update(use_adaptive_entropy="true", entropy_target=cfg.entropy_target, entropy_coef_max=cfg.entropy_coef)
     for item in cfg.grpo_arg:
         key, sep, value = item.partition("=")
         if not sep:

@@ -223,7 +223,7 @@ def write_report(cfg, failures: list[dict], seconds: float) -> dict:
     results = collect(cfg)
     table = rows(results)
     agg = aggregate(table, results["planned"])
-    start = f"its vision tower from {cfg.vision_init}" if getattr(cfg, "vision_init", None) else "from scratch"
+    start = f"with the vision tower of {cfg.vision_init}" if getattr(cfg, "vision_init", None) else "from scratch"
     title = (f"learning check ({cfg.preset}{' smoke' if cfg.smoke else ''}, {cfg.device}): tiny Qwen2.5-VL {start}, "
              f"seeds {' '.join(map(str, cfg.seeds))}, {cfg.prompts_per_step} prompts x {cfg.num_generations} per step")
     results.update({"title": title, "config": vars(cfg), "table": table, "aggregate": agg, "failures": failures,
