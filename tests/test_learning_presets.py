@@ -1,5 +1,5 @@
-"""The learning check's presets become the GRPO flags they say (vqrl.learning.check / grpo_run.grpo_flags), parsed by
-vqrl.grpo as a run parses them."""
+"""The learning check's presets become the GRPO flags they say (vqrl.learning.check / grpo_run.grpo_flags, parsed by
+vqrl.grpo as a run parses them), and its perception warm-up's targets and their accuracy read the records."""
 
 from __future__ import annotations
 
@@ -36,3 +36,35 @@ def test_a_constant_bonus_when_asked_or_on_the_quick_preset(argv):
 def test_grpo_arg_still_overrides_the_preset():
     _, args = _trl_args(["--gpu", "--grpo_arg", "entropy_target=0.3"])
     assert args.entropy_target == pytest.approx(0.3)
+
+
+def test_perception_warmup_names_the_distortion_and_keeps_the_score_random():
+    from vqrl.learning.warmup import RandomScoreSFT, perception_thought
+
+    assert perception_thought({"distortion": "gaussian_blur", "severity": 3}) == "Distortion: gaussian blur, level 3."
+    assert perception_thought({"distortion": None, "severity": None}) == "Distortion: none."
+
+    class Builder:  # the two fields the targets read, for three records of one MOS
+        records = [0, 1, 2]
+
+        def row(self, i):
+            return {"prompt": [{"role": "user", "content": [{"type": "text", "text": "q"}]}], "solution": 2.6,
+                    "image_path": f"{i}.png", "distortion": ["darken", "brighten", None][i], "severity": [2, 2, None][i]}
+
+    rows = [RandomScoreSFT(Builder(), 60, seed=0, targets="perception")[i] for i in range(60)]
+    texts = [r["completion"][0]["content"][0]["text"] for r in rows]
+    thoughts = {t[len("<think>"):t.index("</think>")] for t in texts}
+    assert thoughts == {"Distortion: darken, level 2.", "Distortion: brighten, level 2.", "Distortion: none."}
+    scores = {t[t.index("Score: ") + 7:t.index("</answer>")] for t in texts}
+    assert len(scores) > 30  # drawn at random, not the MOS (2.60 for every record here)
+
+
+def test_perception_accuracy_counts_the_family_and_the_level_apart():
+    from vqrl.learning.evaluate import perception_accuracy
+
+    records = [{"distortion": "darken", "severity": 2}, {"distortion": "darken", "severity": 2},
+               {"distortion": None, "severity": None}, {"distortion": "brighten", "severity": 4}]
+    thoughts = ["Distortion: darken, level 2.", "Distortion: darken, level 5.", "Distortion: none.", None]
+    assert perception_accuracy(records, thoughts) == {"think_names_distortion": 0.75, "think_names_level": 0.5}
+    assert perception_accuracy(records, ["I look at the image."] * 4) == {"think_names_distortion": 0.0,
+                                                                          "think_names_level": 0.0}

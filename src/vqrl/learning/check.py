@@ -85,9 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--sft_lr", type=float)
     model.add_argument("--vision_init", help="a saved model whose vision tower and merger (output layer zeroed) every "
                                              "seed starts from (docs/learning/feature_probe.py --save)")
-    model.add_argument("--sft_targets", default="random", choices=["random", "random_per_image", "mos"],
+    model.add_argument("--sft_targets", default="random", choices=["random", "random_per_image", "mos", "perception"],
                        help="random: the format only (the check) | random_per_image | mos: a supervised reference "
-                            "probe (the merger then trains in the warm-up)")
+                            "probe | perception: Stage-1, the thought names the distortion and its level, the score "
+                            "stays random (for Refine's PD; docs/learning.md) | the merger trains in the warm-up "
+                            "for mos and perception")
     grpo = p.add_argument_group("GRPO (flags of vqrl.grpo / TRL)")
     for name in ("steps", "refine_steps", "warmup_steps", "num_generations", "prompts_per_step",
                  "max_completion_length", "eval_every"):
@@ -151,7 +153,8 @@ def stage_warmup(cfg, seed: int) -> dict:
                        layers=cfg.layers, head_dim=cfg.head_dim, vision_hidden_size=cfg.vision_hidden_size,
                        vision_depth=cfg.vision_depth, vision_from=cfg.vision_init)
     _, info = warmup(model, data / "train.json", data, out / "sft", seed=seed, steps=cfg.sft_steps, lr=cfg.sft_lr,
-                     batch=cfg.sft_batch, targets=cfg.sft_targets, see_image=cfg.sft_targets == "mos",
+                     batch=cfg.sft_batch, targets=cfg.sft_targets,
+                     see_image=cfg.sft_targets in ("mos", "perception"),
                      device=cfg.device)
     if cfg.vision_init:
         info["vision_init"] = cfg.vision_init

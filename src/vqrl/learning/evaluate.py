@@ -18,7 +18,7 @@ from ..data.prompts import PromptConfig
 from ..eval.metrics import compute_metrics
 from ..eval.run import _score_batch, load_eval_records
 from .task import source_of
-from .warmup import THINK_TEXT
+from .warmup import THINK_TEXT, perception_thought
 
 MODES = ("expected", "greedy")
 KEYS = ("srcc", "plcc", "krcc", "rmse", "parse_fail_rate")
@@ -59,6 +59,7 @@ class SplitScorer:
                     thoughts = [_thought(t) for t in texts]
                     out[mode]["think_is_template"] = sum(t == THINK_TEXT for t in thoughts) / max(1, len(thoughts))
                     out[mode]["think_distinct"] = len(set(thoughts))
+                    out[mode].update(perception_accuracy(self.records, thoughts))
         finally:
             model.train(was_training)
         return out
@@ -79,6 +80,18 @@ class SplitScorer:
             idx = [i for i, r in enumerate(self.records) if r.get("distortion") in (family, None)]
             out[f"srcc_{family}"] = compute_metrics([mos[i] for i in idx], [preds[i] for i in idx])["srcc"]
         return out
+
+
+def perception_accuracy(records: list[dict], thoughts: list[str | None]) -> dict:
+    """After a perception warm-up (`--sft_targets perception`): the share of thoughts that name the record's
+    distortion (or none) and the share that also give its level, as the warm-up taught them."""
+    family = exact = 0
+    for record, thought in zip(records, thoughts, strict=True):
+        want = perception_thought(record)
+        exact += thought == want
+        family += thought is not None and thought.startswith(want.split(",")[0].rstrip("."))
+    n = max(1, len(records))
+    return {"think_names_distortion": family / n, "think_names_level": exact / n}
 
 
 def _thought(text: str) -> str | None:

@@ -87,7 +87,9 @@ def _thinking(run: dict) -> dict:
     points = run.get("points") or []
     return {"pd": mean("pd", tail), "p_think": mean("refine/p_think", tail),
             "p_nothink": mean("refine/p_nothink", tail),
-            "think_is_template": mean("greedy_think_is_template", points[1:][-3:])}
+            "think_is_template": mean("greedy_think_is_template", points[1:][-3:]),
+            "think_names_distortion": mean("greedy_think_names_distortion", points[1:][-3:]),
+            "think_names_level": mean("greedy_think_names_level", points[1:][-3:])}
 
 
 def aggregate(table: list[dict], planned: dict | None = None) -> dict:
@@ -164,7 +166,9 @@ def markdown(table: list[dict], agg: dict, task: dict) -> str:
             lines.append(f"Thinking, seed {r['seed']} {r['trainer']}: greedy thoughts equal to the warm-up's sentence "
                          f"{_pct(r.get('think_is_template'))}" + (
                              f"; last quarter: PD reward {_g(r['pd'])}, P(true score | think) {_g(r['p_think'])} vs "
-                             f"no-think {_g(r['p_nothink'])}" if r.get("pd") is not None else "") + ".")
+                             f"no-think {_g(r['p_nothink'])}" if r.get("pd") is not None else "") + (
+                             f"; thoughts naming the distortion {_pct(r['think_names_distortion'])}, its level too "
+                             f"{_pct(r.get('think_names_level'))}" if r.get("think_names_distortion") else "") + ".")
     for r in sorted(table, key=lambda r: (r["trainer"], r["seed"])):
         t = r.get("step_seconds") or {}
         if "step" in t:

@@ -19,7 +19,15 @@ from ..data.prompts import SCORE_PREFIX, PromptConfig, format_score
 from ..grpo import freeze_vision
 from ..training.warmup import THINK_TEXT  # the warm-up's fixed thought, one definition
 
-TARGETS = ("random", "random_per_image", "mos")
+TARGETS = ("random", "random_per_image", "mos", "perception")
+
+
+def perception_thought(row: dict) -> str:
+    """The thought a Stage-1 perception warm-up teaches: what is wrong with the image and how badly (the record's
+    distortion and severity), so that Stage-2's PD has a thought that can make the true score more probable."""
+    if not row.get("distortion"):
+        return "Distortion: none."
+    return f"Distortion: {str(row['distortion']).replace('_', ' ')}, level {row['severity']}."
 
 
 def make_model(out: str | Path, *, seed: int, max_pixels: int, zero_merger: bool = True, hidden_size: int = 128,
@@ -83,14 +91,16 @@ def row_builder(data_file: str | Path, image_root: str | Path, processor, think:
     return RowBuilder(records, MediaLoader(VisionSpec.for_processor(processor), None, None), PromptConfig(think=think))
 
 
-def format_target(score: float, think: bool = True) -> str:
+def format_target(score: float, think: bool = True, thought: str = THINK_TEXT) -> str:
     answer = f"{SCORE_PREFIX}{format_score(score)}</answer>"
-    return f"<think>{THINK_TEXT}</think>{answer}" if think else answer
+    return f"<think>{thought}</think>{answer}" if think else answer
 
 
 class RandomScoreSFT:
     """Prompt-completion rows for TRL's vision collator: a record's GRPO prompt and a format-correct answer whose
-    score is drawn uniformly from [1, 5] independently of the image (fresh for every index, reproducible)."""
+    score is drawn uniformly from [1, 5] independently of the image (fresh for every index, reproducible). Targets
+    "perception": the thought names the record's distortion and severity (Stage-1 perception, supervised), the score
+    stays random, so the warm-up teaches what to see and nothing about what it is worth."""
 
     def __init__(self, builder: RowBuilder, length: int, seed: int, targets: str = "random"):
         if targets not in TARGETS:
@@ -113,13 +123,17 @@ class RandomScoreSFT:
                 else:
                     parts.append(part)
             prompt.append({"role": message["role"], "content": parts})
-        if self.targets == "random":  # a fresh draw every time: the image says nothing about the target
+        thought = THINK_TEXT
+        if self.targets in ("random", "perception"):  # a fresh draw every time: the image says nothing about it
             score = rng.uniform(1.0, 5.0)
+            if self.targets == "perception":
+                thought = perception_thought(row)
         elif self.targets == "random_per_image":  # one fixed draw per image: look at the image, learn no quality
             score = random.Random(f"{self.seed}:{row['image_path']}").uniform(1.0, 5.0)
         else:  # "mos": supervised, a reference probe only
             score = float(row["solution"])
-        completion = [{"role": "assistant", "content": [{"type": "text", "text": format_target(score)}]}]
+        text = format_target(score, thought=thought)
+        completion = [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
         return {"prompt": prompt, "completion": completion, "images": images}
 
     def as_dataset(self):
