@@ -49,7 +49,8 @@ def test_perception_warmup_names_the_distortion_and_keeps_the_score_random():
 
         def row(self, i):
             return {"prompt": [{"role": "user", "content": [{"type": "text", "text": "q"}]}], "solution": 2.6,
-                    "image_path": f"{i}.png", "distortion": ["darken", "brighten", None][i], "severity": [2, 2, None][i]}
+                    "image_path": f"{i}.png", "distortion": ["darken", "brighten", None][i],
+                    "severity": [2, 2, None][i]}
 
     rows = [RandomScoreSFT(Builder(), 60, seed=0, targets="perception")[i] for i in range(60)]
     texts = [r["completion"][0]["content"][0]["text"] for r in rows]

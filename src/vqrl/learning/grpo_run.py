@@ -124,7 +124,8 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
     final = out / "final"
     trainer.save_model(str(final))
     trainer.processing_class.save_pretrained(str(final))
-    saved_settings.write(final, saved_settings.of_config(trainer.args))  # the final `vqrl eval` reads what it trained with
+    # the final `vqrl eval` reads what it trained with
+    saved_settings.write(final, saved_settings.of_config(trainer.args))
     train_seconds = round(time.perf_counter() - started, 1)
     del trainer
     for i, p in enumerate(points):  # reward of a point: mean over the rollouts since the previous point
