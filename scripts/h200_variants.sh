@@ -13,8 +13,7 @@ set -uo pipefail
 out=${1:-/tmp/lc_variants}
 deadline=${DEADLINE:?DEADLINE: epoch seconds by which every variant must be done}
 : "${VARIANTS:?VARIANTS: one variant per line, <name> <flags>}"
-config=${CONFIG:-"--gpu --trainers standard --vision_hidden_size 64 --vision_depth 4 --vision_init $PWD/outputs/fp_tower \
---steps 4000 --eval_every 20"}
+config=${CONFIG:-"--gpu --trainers standard --vision_init $PWD/outputs/fp_tower --steps 4000 --eval_every 20"}
 config="$config ${EXTRA:-}"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$out"

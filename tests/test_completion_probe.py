@@ -33,8 +33,7 @@ def test_a_thought_that_never_closes_is_named_with_what_was_written():
 SHAPES = [GOOD, "<think>x</think><answer>Score: 1.00</answer>", "<think>I look", "", "</think>"]
 
 
-@given(st.lists(st.sampled_from(SHAPES),
-                min_size=1, max_size=30))
+@given(st.lists(st.sampled_from(SHAPES), min_size=1, max_size=30))
 def test_shares_are_fractions_and_examples_are_unclosed_completions(texts):
     row = completion_shapes(texts, examples=3)
     for key in ("think_template", "think_closed", "answer_closed"):

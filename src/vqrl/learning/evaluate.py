@@ -18,7 +18,7 @@ from ..data.prompts import PromptConfig
 from ..eval.metrics import compute_metrics
 from ..eval.run import _score_batch, load_eval_records
 from .task import source_of
-from .warmup import THINK_TEXT, perception_thought
+from .warmup import THINK_TEXT, perception_thought, written_thought
 
 MODES = ("expected", "greedy")
 KEYS = ("srcc", "plcc", "krcc", "rmse", "parse_fail_rate")
@@ -56,7 +56,7 @@ class SplitScorer:
                         texts += [t for _, t in scored]
                 out[mode] = self._metrics(preds)
                 if mode == "greedy":  # is the thinking still the warm-up's fixed sentence? (what PD compares)
-                    thoughts = [_thought(t) for t in texts]
+                    thoughts = [written_thought(t) for t in texts]
                     out[mode]["think_is_template"] = sum(t == THINK_TEXT for t in thoughts) / max(1, len(thoughts))
                     out[mode]["think_distinct"] = len(set(thoughts))
                     out[mode].update(perception_accuracy(self.records, thoughts))
@@ -92,11 +92,6 @@ def perception_accuracy(records: list[dict], thoughts: list[str | None]) -> dict
         family += thought is not None and thought.startswith(want.split(",")[0].rstrip("."))
     n = max(1, len(records))
     return {"think_names_distortion": family / n, "think_names_level": exact / n}
-
-
-def _thought(text: str) -> str | None:
-    start, end = text.find("<think>"), text.find("</think>")
-    return text[start + len("<think>"):end].strip() if 0 <= start < end else None
 
 
 def vqrl_eval(model_dir: str | Path, data_file: str | Path, image_root: str | Path, out: str | Path, *,

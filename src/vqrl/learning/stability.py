@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ..training.warmup import THINK_TEXT
+from .warmup import THINK_TEXT, written_thought
 
 PROBE_FILE = "stability_probe.jsonl"
 UPDATE_FILE = "update_probe.jsonl"
@@ -120,14 +120,13 @@ class SamplingProbe:
 
 def completion_shapes(texts: list[str], template: str = THINK_TEXT, top: int = 3, examples: int = 2) -> dict:
     """Shares of completions whose thought is `template`, whose `</think>` and `</answer>` are written, the most
-    common other thoughts (the text up to `</answer>` or the end when the think is not closed), and the first
+    common other thoughts (an unclosed one as "[unclosed] " and all it wrote after `<think>`), and the first
     `examples` completions that do not close their answer, as sampled (special tokens kept)."""
     n = max(1, len(texts))
     thoughts = []
     for text in texts:
-        start, end = text.find("<think>"), text.find("</think>")
-        body = text[start + len("<think>"):] if start >= 0 else text
-        thoughts.append(text[start + len("<think>"):end].strip() if 0 <= start < end else "[unclosed] " + body)
+        thought = written_thought(text)
+        thoughts.append(thought if thought is not None else "[unclosed] " + text.split("<think>", 1)[-1])
     others = Counter(t for t in thoughts if t != template)
     failing = [t for t in texts if "</answer>" not in t]
     return {"n": len(texts), "think_template": sum(t == template for t in thoughts) / n,

@@ -91,6 +91,13 @@ def row_builder(data_file: str | Path, image_root: str | Path, processor, think:
     return RowBuilder(records, MediaLoader(VisionSpec.for_processor(processor), None, None), PromptConfig(think=think))
 
 
+def written_thought(text: str) -> str | None:
+    """The thought a completion wrote between its first `<think>` and the first `</think>` after it (stripped);
+    None when it did not write both."""
+    start, end = text.find("<think>"), text.find("</think>")
+    return text[start + len("<think>"):end].strip() if 0 <= start < end else None
+
+
 def format_target(score: float, think: bool = True, thought: str = THINK_TEXT) -> str:
     answer = f"{SCORE_PREFIX}{format_score(score)}</answer>"
     return f"<think>{thought}</think>{answer}" if think else answer
@@ -123,11 +130,9 @@ class RandomScoreSFT:
                 else:
                     parts.append(part)
             prompt.append({"role": message["role"], "content": parts})
-        thought = THINK_TEXT
+        thought = perception_thought(row) if self.targets == "perception" else THINK_TEXT
         if self.targets in ("random", "perception"):  # a fresh draw every time: the image says nothing about it
             score = rng.uniform(1.0, 5.0)
-            if self.targets == "perception":
-                thought = perception_thought(row)
         elif self.targets == "random_per_image":  # one fixed draw per image: look at the image, learn no quality
             score = random.Random(f"{self.seed}:{row['image_path']}").uniform(1.0, 5.0)
         else:  # "mos": supervised, a reference probe only
