@@ -83,6 +83,9 @@ def test_gpu_preset_path_end_to_end(tmp_path):
             # the final model carries what it was trained with, so its `vqrl eval` uses the same prompt and budgets
             assert os.path.isfile(os.path.join(run["final_model"], "vqrl_settings.json"))
     assert {r["trainer"] for r in results["table"]} == {"standard", "refine"} and len(results["table"]) == 4
+    # thoughts are scored against the perception warm-up's only after one (else a 0 % would read as a failure)
+    points = results["seeds"]["0"]["runs"]["standard"]["points"]
+    assert "greedy_think_is_template" in points[-1] and "greedy_think_names_distortion" not in points[-1]
     for name in ("summary.md", "curves.png", "results.json", "data/task.json", "seed1/refine/run.json",
                  "seed0/standard/stability_probe.jsonl", "seed0/standard/update_probe.jsonl",
                  "seed0/standard/completions_probe.jsonl"):

@@ -212,6 +212,19 @@ def test_verdict_means_the_last_three_distinct_evaluations():
     assert v["greedy_srcc_end"] == pytest.approx((0.1 + 0.3 + 0.0) / 3)  # no parsed answer: ranks nothing
 
 
+def test_perception_accuracy_is_printed_when_measured_even_at_zero():
+    # a perception run whose thoughts all name the wrong distortion must say 0 %, not stay silent
+    results = _results({(0, "standard"): 0.5, (1, "standard"): 0.5})
+    for seed, share in (("0", 0.0), ("1", None)):  # seed 1: a template warm-up, nothing to score
+        point = {"greedy_think_is_template": 0.0 if share is not None else 1.0}
+        if share is not None:
+            point |= {"greedy_think_names_distortion": share, "greedy_think_names_level": share}
+        results["seeds"][seed]["runs"]["standard"]["points"] = [{}, point]
+    text = report.markdown(report.rows(results), report.aggregate(report.rows(results)), results["task"])
+    lines = [line for line in text.splitlines() if line.startswith("Thinking")]
+    assert "naming the distortion 0%, its level too 0%" in lines[0] and "naming" not in lines[1]
+
+
 def test_markdown_has_a_row_per_seed_and_the_mean_and_worst():
     text = report.markdown(*(lambda r: (report.rows(r), report.aggregate(report.rows(r)), r["task"]))(
         _results({(0, "standard"): 0.85, (1, "standard"): 0.6})))

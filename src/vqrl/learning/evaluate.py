@@ -29,13 +29,14 @@ class SplitScorer:
     model in memory; also the SRCC within each source scene and the spread of the predictions."""
 
     def __init__(self, data_file: str | Path, image_root: str | Path, processor, max_new_tokens: int,
-                 batch_size: int = 64, limit: int | None = None):
+                 batch_size: int = 64, limit: int | None = None, perception: bool = False):
         records, problems = load_eval_records([str(data_file)], str(image_root), None)
         if problems:
             raise ValueError(f"{data_file}: records failed their checks: " + "; ".join(problems[:5]))
         if limit and len(records) > limit:  # an even subsample (train-set diagnostics)
             records = records[:: len(records) // limit][:limit]
         self.records, self.processor = records, processor
+        self.perception = perception  # score the thoughts against the perception warm-up's (absent otherwise)
         self.loader = MediaLoader(VisionSpec.for_processor(processor), str(image_root), None, cache_size=4096)
         self.prompt_cfg = PromptConfig(think=True)
         self.ns = {mode: argparse.Namespace(mode=mode, num_samples=1, temperature=1.0, batch_size=batch_size,
@@ -59,7 +60,8 @@ class SplitScorer:
                     thoughts = [written_thought(t) for t in texts]
                     out[mode]["think_is_template"] = sum(t == THINK_TEXT for t in thoughts) / max(1, len(thoughts))
                     out[mode]["think_distinct"] = len(set(thoughts))
-                    out[mode].update(perception_accuracy(self.records, thoughts))
+                    if self.perception:
+                        out[mode].update(perception_accuracy(self.records, thoughts))
         finally:
             model.train(was_training)
         return out

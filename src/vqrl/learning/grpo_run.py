@@ -71,7 +71,8 @@ def run_grpo(cfg, trainer_name: str, seed: int, start: Path, data: Path, out: Pa
         trainer = build_trainer(args, model_args)
     if cfg.stability_probe:
         trainer.add_callback(UpdateProbe(trainer))
-    scorer = SplitScorer(data / "heldout.json", data, trainer.processing_class, cfg.max_completion_length)
+    scorer = SplitScorer(data / "heldout.json", data, trainer.processing_class, cfg.max_completion_length,
+                         perception=cfg.sft_targets == "perception")
     points, logs = [], []
     stopped = {"early": False}
     timer = None

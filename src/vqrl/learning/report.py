@@ -168,7 +168,7 @@ def markdown(table: list[dict], agg: dict, task: dict) -> str:
                              f"; last quarter: PD reward {_g(r['pd'])}, P(true score | think) {_g(r['p_think'])} vs "
                              f"no-think {_g(r['p_nothink'])}" if r.get("pd") is not None else "") + (
                              f"; thoughts naming the distortion {_pct(r['think_names_distortion'])}, its level too "
-                             f"{_pct(r.get('think_names_level'))}" if r.get("think_names_distortion") else "") + ".")
+                             f"{_pct(r.get('think_names_level'))}" if r.get("think_names_distortion") is not None else "") + ".")
     for r in sorted(table, key=lambda r: (r["trainer"], r["seed"])):
         t = r.get("step_seconds") or {}
         if "step" in t:
