@@ -163,12 +163,15 @@ def markdown(table: list[dict], agg: dict, task: dict) -> str:
             f"{name} held-out {_f(v['heldout'])} / test {_f(v['test'])}" for name, v in b["two_sided"].items()) + ".")
     for r in sorted(table, key=lambda r: (r["trainer"], r["seed"])):
         if r["trainer"] == "refine" or r.get("think_is_template") is not None:
-            lines.append(f"Thinking, seed {r['seed']} {r['trainer']}: greedy thoughts equal to the warm-up's sentence "
-                         f"{_pct(r.get('think_is_template'))}" + (
-                             f"; last quarter: PD reward {_g(r['pd'])}, P(true score | think) {_g(r['p_think'])} vs "
-                             f"no-think {_g(r['p_nothink'])}" if r.get("pd") is not None else "") + (
-                             f"; thoughts naming the distortion {_pct(r['think_names_distortion'])}, its level too "
-                             f"{_pct(r.get('think_names_level'))}" if r.get("think_names_distortion") is not None else "") + ".")
+            text = (f"Thinking, seed {r['seed']} {r['trainer']}: greedy thoughts equal to the warm-up's sentence "
+                    f"{_pct(r.get('think_is_template'))}")
+            if r.get("pd") is not None:
+                text += (f"; last quarter: PD reward {_g(r['pd'])}, P(true score | think) {_g(r['p_think'])} vs "
+                         f"no-think {_g(r['p_nothink'])}")
+            if r.get("think_names_distortion") is not None:  # measured only after a perception warm-up; 0 % shows
+                text += (f"; thoughts naming the distortion {_pct(r['think_names_distortion'])}, its level too "
+                         f"{_pct(r.get('think_names_level'))}")
+            lines.append(text + ".")
     for r in sorted(table, key=lambda r: (r["trainer"], r["seed"])):
         t = r.get("step_seconds") or {}
         if "step" in t:
