@@ -53,13 +53,14 @@ def test_the_recorded_table_is_what_the_report_computes_from_the_evaluations(nam
 
 def test_the_confirmation_ran_the_gpu_preset_on_its_fresh_data_seed():
     # the run the README quotes as "on fresh scenes": the preset as it is now, every seed planned, every target met
-    cfg = _load("h200_seed3")["config"]
+    results = _load("h200_seed3")
+    cfg = results["config"]
     preset = parse_args(["--gpu"])
     for key in ("data_seed", "families", "train_sources", "vision_hidden_size", "vision_depth", "prompts_per_step",
                 "lr", "beta", "entropy_coef", "entropy_target", "num_generations", "sft_targets"):
         assert cfg[key] == getattr(preset, key), key
     assert cfg["seeds"] == [0, 1, 2] and cfg["trainers"] == ["standard"] and cfg["vision_init"]
-    agg = _load("h200_seed3")["aggregate"]["standard"]
+    agg = results["aggregate"]["standard"]
     assert agg["seeds"] == agg["seeds_planned"] == 3 and all(agg["targets_met"].values())
 
 
